@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install everything from scratch and run the whole test suite headless (virtual display via pytest-xvfb).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh dev
+# Real data for the tests: ../shared/data beside the checkout unless NAPARI_GDT_DATA is set.
+if [ -z "${NAPARI_GDT_DATA:-}" ] && [ -d ../shared/data ]; then export NAPARI_GDT_DATA="$(cd ../shared/data && pwd)"; fi
+export MPLBACKEND=Agg
+if [ -f mkdocs.yml ]; then .venv/bin/python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"; fi
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

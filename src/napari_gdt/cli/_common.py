@@ -1,0 +1,77 @@
+"""Shared helpers of the subcommands: model/canvas loading, progress, image output."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CanvasError, GDTError
+
+
+def add_model_args(p, required=True):
+    p.add_argument("--model", required=required, metavar="MODEL", help="bundle path or demo model name (her2st-he, merfish-dapi)")
+
+
+def add_render_args(p):
+    p.add_argument("--seed", type=int, default=0, help="seed of the global latent and the noise (default 0)")
+    p.add_argument("--tile-px", type=int, default=None, help="tile edge in output px (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto: CUDA > MPS > CPU)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
+
+
+def load_model(name, device="auto"):
+    from ..models.bundle import load_bundle
+    from ..models.device import get_device
+
+    return load_bundle(name, device=get_device(device))
+
+
+def open_canvas(path):
+    from ..expression.canvas import ExpressionCanvas
+
+    p = Path(path)
+    if not p.exists():
+        raise CanvasError(f"{p}: no such expression canvas")
+    return ExpressionCanvas.from_ome_zarr(p)
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on a terminal (stderr), silent otherwise. Returns an ``update(done, total)`` callback and the bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="tile", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def update(done, total_):
+        bar.total = total_
+        bar.n = done
+        bar.refresh()
+
+    return update, bar
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0, 1] (H, W, C) -> uint8, squeezing a single channel."""
+    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return u8[..., 0] if u8.ndim == 3 and u8.shape[-1] == 1 else u8
+
+
+def write_image(path, img: np.ndarray) -> None:
+    """Write float (H, W, C) output by extension: .png/.tif 8-bit, .npy float32."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".ome.zarr") else path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, img.astype(np.float32))
+    elif suffix == ".png":
+        from skimage.io import imsave
+
+        imsave(str(path), to_uint8(img), check_contrast=False)
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        u8 = to_uint8(img)
+        tifffile.imwrite(str(path), u8, photometric="rgb" if u8.ndim == 3 else "minisblack")
+    else:
+        raise GDTError(f"{path}: unsupported output extension {suffix!r} (use .png, .tif, .npy or .ome.zarr)")

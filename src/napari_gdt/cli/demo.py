@@ -1,0 +1,16 @@
+"""``napari-gdt demo``: open napari with the demo data, the generator and all dock widgets."""
+
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="open the demo in napari", description="Open napari with expression, generated tissue and the plugin's widgets.")
+    p.add_argument("--dataset", choices=["synthetic", "her2st", "merfish"], default="synthetic", help="demo dataset (default: synthetic)")
+    p.add_argument("--screenshot", metavar="OUT.png", help="render the view to OUT.png and exit")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..demo import open_demo
+
+    return open_demo(args.dataset, screenshot=args.screenshot)

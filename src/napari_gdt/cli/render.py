@@ -1,0 +1,66 @@
+"""``napari-gdt render``: generate a region (or the whole canvas) to an image or OME-Zarr."""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import add_model_args, add_render_args, load_model, open_canvas, progress_bar, write_image
+
+
+def register(sub):
+    p = sub.add_parser(
+        "render",
+        help="render generated tissue to .png/.tif/.npy/.ome.zarr",
+        description="Render generated tissue for an expression canvas. Any --tile-px gives the same pixels.",
+    )
+    add_model_args(p)
+    p.add_argument("--expression", required=True, metavar="CANVAS", help="expression canvas (.ome.zarr from napari-gdt convert)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output: .png/.tif (8-bit), .npy (float32 HxWxC) or .ome.zarr")
+    p.add_argument("--edits", metavar="RECIPE", help="edit recipe JSON applied before rendering")
+    p.add_argument("--region", metavar="Y0:Y1,X0:X1", help="output-pixel region (default: whole canvas)")
+    p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
+    p.add_argument("--workers", type=int, help="render on a local dask.distributed cluster of N workers")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="render on an existing dask.distributed scheduler")
+    p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")
+    add_render_args(p)
+    p.set_defaults(func=run)
+
+
+def build_renderer(args, bundle, canvas):
+    """Renderer for CLI args (edits and cache applied); shared by render/figure/evaluate."""
+    from ..rendering.tiles import TileRenderer
+
+    cache = None
+    if getattr(args, "cache", None):
+        from ..rendering import cache as cache_mod
+
+        cache = cache_mod.open_cache(args.cache)
+    if getattr(args, "edits", None):
+        from ..editing.recipe import apply_recipe_file
+
+        canvas = apply_recipe_file(args.edits, canvas, px_per_bin=bundle.px_per_bin)
+    return TileRenderer(bundle, canvas, seed=args.seed, tile_px=args.tile_px, device=args.device, batch_size=args.batch_size, cache=cache, zero_fill=args.zero_fill)
+
+
+def run(args):
+    from ..errors import GDTError
+    from ..rendering.tiles import parse_region
+
+    out = str(args.out)
+    bundle = load_model(args.model, args.device)
+    canvas = open_canvas(args.expression)
+    region = parse_region(args.region) if args.region else None
+    if out.lower().rstrip("/").endswith(".ome.zarr"):
+        from ..export import omezarr_render
+
+        return omezarr_render.run_cli(args, bundle, canvas, region)
+    if args.workers or args.scheduler:
+        raise GDTError("--workers/--scheduler apply to .ome.zarr output only")
+    r = build_renderer(args, bundle, canvas)
+    region = r.check_region(region)
+    update, bar = progress_bar(len(r.tiles_for(region)), "render")
+    img = r.render_region(region, progress=update)
+    bar.close()
+    write_image(out, img)
+    print(f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} from cache", file=sys.stdout)
+    return 0
