@@ -297,9 +297,28 @@ class EditingWidget(QWidget):
             return Path(str(src).rstrip("/") + ".edits.autosave.json")
         return Path(tempfile.gettempdir()) / "napari-gdt" / f"session-{os.getpid()}.edits.json"
 
+    def _find_generator(self):
+        """The GeneratorWidget docked in the same viewer, if any."""
+        from .generator import GeneratorWidget
+
+        try:
+            docks = self.viewer.window.dock_widgets
+            for dw in dict(docks).values():
+                cands = [dw] + list(dw.findChildren(GeneratorWidget)) if hasattr(dw, "findChildren") else [dw]
+                for c in cands:
+                    if isinstance(c, GeneratorWidget):
+                        return c
+        except Exception:  # noqa: BLE001 - no window (headless model) or older napari
+            return None
+        return None
+
     def _sync_from_generator(self):
+        if self.canvas is not None:
+            return
+        if self.generator is None and self.viewer is not None:
+            self.generator = self._find_generator()
         g = self.generator
-        if g is None or self.canvas is not None:
+        if g is None:
             return
         if getattr(g, "bundle", None) is None or getattr(g, "canvas", None) is None:
             raise GDTError("load a model and an expression canvas in the generator panel first")
