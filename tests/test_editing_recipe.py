@@ -56,6 +56,8 @@ def test_rect_and_polygon_masks_use_bin_centres():
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "transfer", "from": "r", "to": "r", "genes": "all", "strength": 2}], "'strength' must lie in [0, 1], got 2"),
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "genes": "all", "k": 0}], "'k' must be an integer >= 1, got 0"),
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "knockout", "region": "r", "genes": []}], "field 'genes'"),
+        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "genes": "all"}], "give either 'reference'"),
+        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "coef": 0.5, "genes": "all"}], "not both"),
         ({"r": {"rect": [0, 0, 0, 32]}}, [], "region 'r' field 'rect' [0, 0, 0, 32] is empty"),
         ({"r": {"labels": "x.tif", "value": 0}}, [], "field 'value' must be a positive integer label, got 0"),
         ({"r": {"circle": 3}}, [], "region 'r' needs exactly one of"),
@@ -146,6 +148,16 @@ def test_transfer_and_eigen_population_stats(canvas):
     vals_new = np.linalg.eigvalsh(ops.second_moment(got[:, ms].T.astype(np.float64)))[::-1]
     vals_ref = np.linalg.eigvalsh(Mr)[::-1]
     np.testing.assert_allclose(vals_new[0], vals_ref[0], rtol=0.05)
+
+    # IST-editing's whole-slide variant: the source's own top-k directions x sqrt(coef), mapped back with them
+    r = recipe(regions, [{"op": "eigen", "region": "str", "source": "tum", "coef": 0.25, "k": 2, "genes": "all"}])
+    got = np.asarray(r.apply(canvas, PPB).data)
+    vals, U = np.linalg.eigh(Mr)
+    U = U[:, ::-1]
+    w = np.array([0.5, 0.5, 1, 1, 1, 1])
+    y = x.copy()
+    y[:, ms] = np.maximum(x[:, ms].T @ (U @ np.diag(w) @ U.T), 0).T
+    np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
 
     # basis "genes": moments over the listed genes only
     r = recipe(regions, [{"op": "eigen", "region": "str", "source": "str", "reference": "tum", "genes": ["B", "C"], "basis": "genes"}])

@@ -155,6 +155,8 @@ def describe_edit(e: dict) -> str:
     if op == "transfer":
         return f"transfer {g}: {e['to']} -> {e['from']} (strength {e.get('strength', 1.0):g})"
     if op == "eigen":
+        if "coef" in e:
+            return f"eigen {g} in {e['region']}: top-{e.get('k', 1)} of {e['source']} x sqrt({e['coef']:g})"
         return f"eigen {g} in {e['region']}: {e['source']} -> {e['reference']} (k={e.get('k', 1)})"
     return json.dumps(e)
 

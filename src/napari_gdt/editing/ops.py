@@ -36,6 +36,7 @@ __all__ = [
     "second_moment",
     "eigen_basis",
     "eigen_transform",
+    "eigen_rescale_transform",
 ]
 
 
@@ -178,6 +179,20 @@ def eigen_transform(
     ok = val_s[top] > tiny
     w[top[ok]] = np.sqrt(val_r[top[ok]] / val_s[top[ok]])
     return vec_s @ np.diag(w) @ vec_r.T, w
+
+
+def eigen_rescale_transform(moment_src: np.ndarray, k: int, coef: float) -> tuple[np.ndarray, np.ndarray]:
+    """IST-editing's whole-slide variant: ``A = U diag(w) U^T`` with ``w_i = sqrt(coef)`` for the top ``k``.
+
+    One population only: its expression is projected on its own eigenvectors,
+    the top-``k`` coordinates are multiplied by ``sqrt(coef)`` and mapped back
+    with the same eigenvectors. Returns ``(A, w)``.
+    """
+    val, vec = eigen_basis(moment_src)
+    k = int(max(0, min(k, len(val))))
+    w = np.ones_like(val)
+    w[:k] = np.sqrt(float(coef))
+    return vec @ np.diag(w) @ vec.T, w
 
 
 def eigen(

@@ -53,10 +53,10 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "add": (("region", "genes", "value"), {}),
     "knockout": (("region", "genes"), {}),
     "transfer": (("from", "to", "genes"), {"strength": 1.0}),
-    "eigen": (("region", "source", "reference", "genes"), {"k": 1, "strength": 1.0, "basis": "all"}),
+    "eigen": (("region", "source", "genes"), {"reference": None, "coef": None, "k": 1, "strength": 1.0, "basis": "all"}),
 }
 _REGION_FIELDS = ("region", "from", "to", "source", "reference")
-_NUM_FIELDS = {"factor", "others", "value", "strength"}
+_NUM_FIELDS = {"factor", "others", "value", "strength", "coef"}
 
 
 def _is_num(v) -> bool:
@@ -209,6 +209,10 @@ class Recipe:
         if "strength" in e and not (0.0 <= e["strength"] <= 1.0):
             raise RecipeError(f"{where}: field 'strength' must lie in [0, 1], got {e['strength']!r}")
         if op == "eigen":
+            if ("reference" in e) == ("coef" in e):
+                raise RecipeError(f"{where}: give either 'reference' (match a reference population) or 'coef' (rescale the source's own top-k eigen-directions), not {'both' if 'coef' in e else 'neither'}")
+            if "coef" in e and e["coef"] < 0:
+                raise RecipeError(f"{where}: field 'coef' must be >= 0, got {e['coef']!r}")
             k = e.get("k", 1)
             if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
                 raise RecipeError(f"{where}: field 'k' must be an integer >= 1, got {k!r}")
@@ -295,11 +299,16 @@ class Recipe:
             if len(basis) > MAX_EIGEN_GENES:
                 raise RecipeError(f"{where}: eigen over {len(basis)} genes needs a {len(basis)}x{len(basis)} moment; use \"basis\": \"genes\" with at most {MAX_EIGEN_GENES} genes")
             _, m_src, n_src = _masked_stats(data, masks[e["source"]], basis, moment=True)
-            _, m_ref, n_ref = _masked_stats(data, masks[e["reference"]], basis, moment=True)
-            for name, n in ((e["source"], n_src), (e["reference"], n_ref)):
+            pops = [(e["source"], n_src)]
+            if "coef" in e:
+                A, _ = ops.eigen_rescale_transform(m_src, k=int(e.get("k", 1)), coef=float(e["coef"]))
+            else:
+                _, m_ref, n_ref = _masked_stats(data, masks[e["reference"]], basis, moment=True)
+                pops.append((e["reference"], n_ref))
+                A, _ = ops.eigen_transform(m_src, m_ref, k=int(e.get("k", 1)))
+            for name, n in pops:
                 if n == 0:
                     raise RecipeError(f"{where}: region {name!r} is empty on this canvas")
-            A, _ = ops.eigen_transform(m_src, m_ref, k=int(e.get("k", 1)))
             fn = functools.partial(ops.eigen, transform=A, basis=basis, strength=float(e.get("strength", 1.0)))
             return _map_full_genes(data, mask, fn, gi)
         else:  # pragma: no cover - validated before
