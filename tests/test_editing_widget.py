@@ -23,7 +23,7 @@ def session(make_napari_viewer, small_bundle, qtbot, tmp_path):
     return viewer, gen, w, tmp_path
 
 
-def test_paint_scale_undo(session):
+def test_paint_scale_undo(session, qtbot):
     viewer, gen, w, tmp_path = session
     original = np.array(viewer.layers["generated"].data, copy=True)
     w.region_name_edit.setText("stroma")
@@ -40,8 +40,10 @@ def test_paint_scale_undo(session):
     w.genes_edit.setText("EPCAM, KRT19\nERBB2")
     w.value_spin.setValue(6.0)
     w.apply_btn.click()
+    assert w.busy  # tiles are computed in a worker thread, not on the UI thread
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     assert w.status.text().startswith("1 edit(s)"), w.status.text()
-    edited = np.asarray(viewer.layers["generated (edited)"].data)
+    edited = np.array(viewer.layers["generated (edited)"].data, copy=True)
     assert edited.shape == original.shape
     # expected dirty tiles: windows (tile + halo) touching a painted, non-zero bin
     from napari_gdt.editing.recipe import dirty_tiles
@@ -68,13 +70,24 @@ def test_paint_scale_undo(session):
     assert (tmp_path / "session.labels.tif").exists()
     # undo restores the original pixels exactly; redo brings the edit back
     w.undo_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert "0 computed" in w.status.text()  # undo is served from the cache
     assert np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), original)
     assert w.history_list.count() == 0 and json.loads((tmp_path / "session.json").read_text())["edits"] == []
     w.redo_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     assert np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), edited)
+    # the keyboard shortcuts are bound on the viewer: undo by key
+    from app_model.types import KeyBinding
+
+    from napari_gdt.widgets.editing import KEY_UNDO
+
+    viewer.keymap[KeyBinding.from_str(KEY_UNDO)](viewer)
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert w.history.edits == [] and np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), original)
 
 
-def test_threshold_shapes_gene_sets_and_errors(session):
+def test_threshold_shapes_gene_sets_and_errors(session, qtbot):
     viewer, gen, w, tmp_path = session
     name = w.region_from_threshold("EPCAM", 8.0, name="hot")
     assert name == "hot" and w.history.recipe.regions["hot"].spec == {"gene": "EPCAM", "min": 8.0}
@@ -102,6 +115,7 @@ def test_threshold_shapes_gene_sets_and_errors(session):
     w.other_combo.setCurrentText("hot")
     w.value_spin.setValue(1.0)
     w.apply_edit()
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     e = w.history.edits[-1]
     assert e == {"op": "transfer", "from": "hot", "to": "box", "genes": "all", "strength": 1.0}
     st = w.region_stats("hot", ["EPCAM"])["EPCAM"][0]

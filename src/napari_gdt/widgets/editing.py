@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..editing.history import EditHistory, GeneSets, parse_gene_list
-from ..editing.recipe import OPS, changed_bins, dirty_tiles
+from ..editing.recipe import OPS, dirty_tiles
 from ..editing.regions import shape_to_region
 from ..errors import GDTError
 
@@ -84,8 +84,13 @@ class EditingWidget(QWidget):
         self.tile_px = None
         self.cache = None
         self._orig_renderer = None
-        self._shown_renderer = None
-        self._shown_mask = None
+        self._touched = None
+        self._shown_keys: dict = {}
+        self._generation = 0
+        self._worker = None
+        self._pending: dict = {}
+        self.async_render = True
+        self.batch_size = 2
         self._edited_img = None
         self._original_img = None
         self.last_stats: dict = {}
@@ -272,8 +277,8 @@ class EditingWidget(QWidget):
         self.cache = cache if cache is not None else MemoryTileCache()
         self._orig_renderer = TileRenderer(bundle, canvas, seed=self.seed, tile_px=tile_px, device=str(bundle.device), cache=self.cache)
         self.tile_px = self._orig_renderer.tile_px
-        self._shown_renderer = self._orig_renderer
-        self._shown_mask = np.zeros(canvas.n_bins, dtype=bool)
+        self._touched = np.zeros(canvas.n_bins, dtype=bool)
+        self._shown_keys = {}
         if original is not None:
             original = np.asarray(original, dtype=np.float32)
             if original.ndim == 2:
@@ -532,45 +537,108 @@ class EditingWidget(QWidget):
             self._original_img = self._orig_renderer.render_region()
         return self._original_img
 
-    def _seed_cache(self, specs):
-        """Put the original pixels of these tiles in the cache (so undo hits it and restores them bit for bit)."""
+    def _original_key(self, s):
         r = self._orig_renderer
-        img = self._original_pixels()
-        for s in specs:
-            key = r.tile_key(s, r.read_window(s))
-            if self.cache.get(key) is None:
-                self.cache.put(key, np.ascontiguousarray(img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1]))
+        return r.tile_key(s, r.read_window(s))
 
-    def refresh_edited(self):
-        """Re-render the tiles that differ between the shown edited canvas and the current recipe's."""
+    def refresh_edited(self, wait: bool | None = None):
+        """Bring the edited layer up to date with the current recipe.
+
+        Candidate tiles are those whose input window (tile + halo) touches a bin
+        that any edit of this session has touched. Of those, only tiles whose
+        window content differs from what is displayed (content hash) are
+        computed or fetched from the cache; the rest of the layer is left alone.
+        Original tiles go into the cache first, so undo restores them bit for bit.
+
+        With a viewer the tiles are computed in a worker thread and pasted as
+        they arrive (a newer refresh supersedes an older one); ``wait=True`` or
+        no viewer computes them here.
+        """
         from ..rendering.tiles import TileRenderer
 
         ppb = self.px_per_bin
         recipe = self.history.recipe
         edited = recipe.apply(self.canvas, ppb)
-        new_mask = recipe.edit_mask(self.canvas, ppb) if recipe.edits else np.zeros(self.canvas.n_bins, bool)
-        renderer = TileRenderer(self.bundle, edited, seed=self.seed, tile_px=self.tile_px, device=str(self.bundle.device), cache=self.cache)
-        cand = new_mask | self._shown_mask
-        changed = changed_bins(self._shown_renderer.canvas, renderer.canvas, cand)
-        specs = dirty_tiles(renderer, changed)
+        if recipe.edits:
+            self._touched |= recipe.edit_mask(self.canvas, ppb)
+        renderer = TileRenderer(self.bundle, edited, seed=self.seed, tile_px=self.tile_px, device=str(self.bundle.device),
+                                cache=self.cache, batch_size=self.batch_size)
         if self._edited_img is None:
             self._edited_img = self._original_pixels().copy()
-        # original tiles of every tile we may touch go to the cache first, so undo is exact
-        self._seed_cache(dirty_tiles(self._orig_renderer, cand))
-        before = dict(renderer.stats)
-        img = self._edited_img
-
-        def place(s, tile):
-            img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1] = tile
-
-        renderer.compute_tiles(specs, on_tile=place)
-        self.last_recomputed = [(s.ty, s.tx) for s in specs]
-        self._shown_renderer, self._shown_mask = renderer, new_mask
-        self.status.setText(
-            f"{len(recipe.edits)} edit(s); {len(specs)} tile(s) updated "
-            f"({renderer.stats['computed'] - before['computed']} computed, {renderer.stats['cached'] - before['cached']} from cache)"
-        )
+        img = self._original_pixels()
+        todo, windows, keys = [], {}, {}
+        for s in dirty_tiles(renderer, self._touched):
+            t = (s.ty, s.tx)
+            if t not in self._shown_keys:
+                okey = self._original_key(s)
+                self._shown_keys[t] = okey
+                if self.cache.get(okey) is None:
+                    self.cache.put(okey, np.ascontiguousarray(img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1]))
+            win = renderer.read_window(s)
+            key = renderer.tile_key(s, win)
+            if key != self._shown_keys[t]:
+                todo.append(s)
+                windows[t] = win
+                keys[t] = key
+        self._generation += 1
+        gen = self._generation
+        self.last_recomputed = [(s.ty, s.tx) for s in todo]
+        self._pending = {"n": len(todo), "computed0": 0, "cached0": 0, "renderer": renderer, "edits": len(recipe.edits)}
         self._show_edited()
+        if wait is None:
+            wait = self.viewer is None or not self.async_render
+        if wait or not todo:
+            res = renderer.compute_tiles(todo, windows=windows)
+            self._receive(gen, res, keys, todo)
+            self._finish(gen)
+            return
+        self._start_worker(gen, renderer, todo, windows, keys)
+
+    def _start_worker(self, gen, renderer, todo, windows, keys):
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            self._worker.quit()
+        bs = renderer.batch_size
+
+        def work():
+            for i in range(0, len(todo), bs):
+                part = todo[i : i + bs]
+                yield renderer.compute_tiles(part, windows={(s.ty, s.tx): windows[(s.ty, s.tx)] for s in part}), part
+
+        worker = create_worker(work, _start_thread=False)
+        worker.yielded.connect(lambda out, gen=gen: self._receive(gen, out[0], keys, out[1]))
+        worker.finished.connect(lambda gen=gen: self._finish(gen))
+        worker.errored.connect(lambda e: self.status.setText(f"error while rendering: {e}"))
+        self._worker = worker
+        self.status.setText(f"{len(self.history.recipe.edits)} edit(s); updating {len(todo)} tile(s)…")
+        worker.start()
+
+    def _receive(self, gen, results, keys, specs):
+        """Paste computed tiles (ignored when a newer refresh has started)."""
+        if gen != self._generation:
+            return
+        img = self._edited_img
+        for s in specs:
+            t = (s.ty, s.tx)
+            if t in results:
+                img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1] = results[t]
+                self._shown_keys[t] = keys[t]
+        if self.edited_layer is not None:
+            self.edited_layer.refresh()
+
+    def _finish(self, gen):
+        if gen != self._generation:
+            return
+        self._worker = None
+        p = self._pending
+        st = p["renderer"].stats
+        self.status.setText(f"{p['edits']} edit(s); {p['n']} tile(s) updated ({st['computed']} computed, {st['cached']} from cache)")
+
+    @property
+    def busy(self) -> bool:
+        """True while a worker is computing tiles."""
+        return self._worker is not None
 
     def _show_edited(self):
         if self.viewer is None:
