@@ -124,6 +124,18 @@ def test_per_gene_ops_blockwise_equal_numpy(canvas):
     assert np.array_equal(dirty_bins(r, canvas, PPB), (e != x).any(0))
 
 
+def test_scale_others_replays_ist_marker_scaling(canvas):
+    """IST-editing's script: markers x coef, every other gene x 0 (needs all genes of a bin: gene chunks merged)."""
+    x = np.asarray(canvas.data)
+    r = recipe({"a": {"rect": [16, 32, 160, 224]}}, [{"op": "scale", "region": "a", "genes": ["B", "E"], "factor": 2.0, "others": 0.0}])
+    out = r.apply(canvas, PPB)
+    got = np.asarray(out.data)
+    ma = rect_mask(canvas.n_bins, PPB, 16, 32, 160, 224)
+    e = np.where(ma, 0.0, x).astype(np.float32)
+    e[[1, 4]] = np.where(ma, x[[1, 4]] * 2.0, x[[1, 4]])
+    assert np.array_equal(got, e)
+
+
 def test_transfer_and_eigen_population_stats(canvas):
     x = np.asarray(canvas.data).astype(np.float64)
     regions = {"tum": {"rect": [0, 0, 160, 160]}, "str": {"rect": [160, 160, 320, 352]}}
