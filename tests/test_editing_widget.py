@@ -25,7 +25,10 @@ def session(make_napari_viewer, small_bundle, qtbot, tmp_path):
 
 def test_paint_scale_undo(session, qtbot):
     viewer, gen, w, tmp_path = session
-    original = np.array(viewer.layers["generated"].data, copy=True)
+    from napari_gdt.rendering.tiles import TileRenderer
+
+    original = TileRenderer(gen.bundle, gen.canvas, seed=0, device="cpu").render_region()  # independent of any layer
+    canvas_before = np.asarray(gen.canvas.data).copy()
     w.region_name_edit.setText("stroma")
     value = w.new_painted_region()
     layer = w.labels_layer
@@ -58,7 +61,7 @@ def test_paint_scale_undo(session, qtbot):
         for tx in range(3):
             d = np.abs(edited[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T] - original[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]).max()
             assert (d > 1e-4) == ((ty, tx) in tiles), (ty, tx, d)
-    assert np.array_equal(np.asarray(viewer.layers["generated"].data), original)  # non-destructive
+    assert np.array_equal(np.asarray(gen.canvas.data), canvas_before)  # non-destructive: the canvas is untouched
     # statistics: mean of the scaled genes x6 in the region
     for g in ("EPCAM", "KRT19", "ERBB2"):
         before, after = w.last_stats[g]
@@ -120,3 +123,32 @@ def test_threshold_shapes_gene_sets_and_errors(session, qtbot):
     assert e == {"op": "transfer", "from": "hot", "to": "box", "genes": "all", "strength": 1.0}
     st = w.region_stats("hot", ["EPCAM"])["EPCAM"][0]
     assert w.last_stats["EPCAM"][1] == pytest.approx(st, rel=1e-4)
+
+
+def test_session_without_generator_layer_renders_off_the_ui_thread(make_napari_viewer, small_bundle, qtbot, tmp_path):
+    """No original pixels given: the original is rendered once in the worker, then the edited tiles."""
+    from napari_gdt.editing.recipe import Recipe, dirty_bins, dirty_tiles
+    from napari_gdt.rendering.tiles import TileRenderer
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.widgets.editing import EditingWidget
+
+    viewer = make_napari_viewer()
+    canvas = synthetic_canvas((16, 16), seed=7)
+    w = EditingWidget(viewer, autosave=tmp_path / "s.json", gene_sets=tmp_path / "g.json")
+    qtbot.addWidget(w)
+    w.set_session(small_bundle, canvas, seed=3)
+    w.history.set_region("box", {"rect": [0, 0, 48, 48]})
+    edit = {"op": "knockout", "region": "box", "genes": "all"}
+    w.apply_edit(edit)
+    assert w.busy and w.edited_layer is None  # nothing rendered on the UI thread yet
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    r = Recipe.from_dict({"version": 1, "regions": {"box": {"rect": [0, 0, 48, 48]}}, "edits": [edit]})
+    expect = TileRenderer(small_bundle, r.apply(canvas, 16), seed=3, device="cpu").render_region()
+    # (batches of a different size give float differences of ~1e-7, hence the tolerance)
+    np.testing.assert_allclose(np.asarray(w.edited_layer.data), expect, atol=1e-5)
+    tiles = {(s.ty, s.tx) for s in dirty_tiles(w._orig_renderer, dirty_bins(r, canvas, 16))}
+    assert set(w.last_recomputed) == tiles == {(0, 0)}  # bins 0-2 lie only in tile (0, 0)'s window (bins -3..10)
+    orig = TileRenderer(small_bundle, canvas, seed=3, device="cpu").render_region()
+    d = np.abs(np.asarray(w.edited_layer.data) - orig).max(-1)
+    assert d[:128, :128].max() > 1e-3 and d[128:].max() <= 1e-5 and d[:, 128:].max() <= 1e-5
+    assert "edit(s)" in w.status.text()

@@ -533,6 +533,7 @@ class EditingWidget(QWidget):
 
     # ============================================================ rendering
     def _original_pixels(self) -> np.ndarray:
+        """Original generated pixels (rendered once through the cache when no layer provided them)."""
         if self._original_img is None:
             self._original_img = self._orig_renderer.render_region()
         return self._original_img
@@ -548,7 +549,8 @@ class EditingWidget(QWidget):
         that any edit of this session has touched. Of those, only tiles whose
         window content differs from what is displayed (content hash) are
         computed or fetched from the cache; the rest of the layer is left alone.
-        Original tiles go into the cache first, so undo restores them bit for bit.
+        Original tiles are in the cache (put there from the original pixels, or
+        computed through it), so undo restores them bit for bit.
 
         With a viewer the tiles are computed in a worker thread and pasted as
         they arrive (a newer refresh supersedes an older one); ``wait=True`` or
@@ -563,17 +565,20 @@ class EditingWidget(QWidget):
             self._touched |= recipe.edit_mask(self.canvas, ppb)
         renderer = TileRenderer(self.bundle, edited, seed=self.seed, tile_px=self.tile_px, device=str(self.bundle.device),
                                 cache=self.cache, batch_size=self.batch_size)
-        if self._edited_img is None:
-            self._edited_img = self._original_pixels().copy()
-        img = self._original_pixels()
+        if wait is None:
+            wait = self.viewer is None or not self.async_render
+        need_original = self._original_img is None
+        if wait and need_original:
+            self._original_pixels()
+            need_original = False
         todo, windows, keys = [], {}, {}
         for s in dirty_tiles(renderer, self._touched):
             t = (s.ty, s.tx)
             if t not in self._shown_keys:
                 okey = self._original_key(s)
                 self._shown_keys[t] = okey
-                if self.cache.get(okey) is None:
-                    self.cache.put(okey, np.ascontiguousarray(img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1]))
+                if not need_original and self.cache.get(okey) is None:
+                    self.cache.put(okey, np.ascontiguousarray(self._original_img[s.out.y0 : s.out.y1, s.out.x0 : s.out.x1]))
             win = renderer.read_window(s)
             key = renderer.tile_key(s, win)
             if key != self._shown_keys[t]:
@@ -583,31 +588,46 @@ class EditingWidget(QWidget):
         self._generation += 1
         gen = self._generation
         self.last_recomputed = [(s.ty, s.tx) for s in todo]
-        self._pending = {"n": len(todo), "computed0": 0, "cached0": 0, "renderer": renderer, "edits": len(recipe.edits)}
-        self._show_edited()
-        if wait is None:
-            wait = self.viewer is None or not self.async_render
-        if wait or not todo:
+        self._pending = {"n": len(todo), "renderer": renderer, "edits": len(recipe.edits)}
+        if not need_original:
+            if self._edited_img is None:
+                self._edited_img = self._original_img.copy()
+            self._show_edited()
+        if wait or (not todo and not need_original):
             res = renderer.compute_tiles(todo, windows=windows)
             self._receive(gen, res, keys, todo)
             self._finish(gen)
             return
-        self._start_worker(gen, renderer, todo, windows, keys)
+        self._start_worker(gen, renderer, todo, windows, keys, need_original)
 
-    def _start_worker(self, gen, renderer, todo, windows, keys):
+    def _start_worker(self, gen, renderer, todo, windows, keys, need_original=False):
         from napari.qt.threading import create_worker
 
         if self._worker is not None:
             self._worker.quit()
         bs = renderer.batch_size
+        orig = self._orig_renderer
 
         def work():
+            if need_original:  # one-time: the original tissue, through the cache (undo then hits it)
+                yield "original", orig.render_region(), None
             for i in range(0, len(todo), bs):
                 part = todo[i : i + bs]
-                yield renderer.compute_tiles(part, windows={(s.ty, s.tx): windows[(s.ty, s.tx)] for s in part}), part
+                yield "tiles", renderer.compute_tiles(part, windows={(s.ty, s.tx): windows[(s.ty, s.tx)] for s in part}), part
+
+        def on_yield(out, gen=gen):
+            kind, res, part = out
+            if kind == "original":
+                if self._original_img is None:
+                    self._original_img = res
+                if self._edited_img is None:
+                    self._edited_img = self._original_img.copy()
+                    self._show_edited()
+            else:
+                self._receive(gen, res, keys, part)
 
         worker = create_worker(work, _start_thread=False)
-        worker.yielded.connect(lambda out, gen=gen: self._receive(gen, out[0], keys, out[1]))
+        worker.yielded.connect(on_yield)
         worker.finished.connect(lambda gen=gen: self._finish(gen))
         worker.errored.connect(lambda e: self.status.setText(f"error while rendering: {e}"))
         self._worker = worker
@@ -616,7 +636,7 @@ class EditingWidget(QWidget):
 
     def _receive(self, gen, results, keys, specs):
         """Paste computed tiles (ignored when a newer refresh has started)."""
-        if gen != self._generation:
+        if gen != self._generation or self._edited_img is None:
             return
         img = self._edited_img
         for s in specs:
