@@ -273,6 +273,10 @@ class EditingWidget(QWidget):
         """Use this model, canvas and seed. ``original``: pixels already rendered for them (H, W, C)."""
         from ..rendering.tiles import MemoryTileCache, TileRenderer
 
+        self._generation += 1  # results of a running worker are dropped
+        if self._worker is not None:
+            self._worker.quit()
+            self._worker = None
         self.bundle, self.canvas, self.seed = bundle, canvas, int(seed)
         self.cache = cache if cache is not None else MemoryTileCache()
         self._orig_renderer = TileRenderer(bundle, canvas, seed=self.seed, tile_px=tile_px, device=str(bundle.device), cache=self.cache)
@@ -318,13 +322,17 @@ class EditingWidget(QWidget):
         return None
 
     def _sync_from_generator(self):
-        if self.canvas is not None:
-            return
-        if self.generator is None and self.viewer is not None:
+        if self.generator is None and self.viewer is not None and self.canvas is None:
             self.generator = self._find_generator()
         g = self.generator
         if g is None:
             return
+        gr = getattr(g, "renderer", None)
+        same_seed = gr is None or int(gr.seed) == self.seed
+        if self.canvas is not None and getattr(g, "canvas", None) is self.canvas and getattr(g, "bundle", None) is self.bundle and same_seed:
+            return  # same session
+        if self.canvas is not None and getattr(g, "canvas", None) is None:
+            return  # keep the session we have
         if getattr(g, "bundle", None) is None or getattr(g, "canvas", None) is None:
             raise GDTError("load a model and an expression canvas in the generator panel first")
         original = None
