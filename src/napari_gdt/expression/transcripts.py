@@ -280,15 +280,26 @@ class SparseCounts:
         if not isinstance(idx, tuple):
             idx = (idx,)
         idx = idx + (slice(None),) * (3 - len(idx))
+        squeeze = []
         sl = []
-        for s, n in zip(idx, self.shape):
+        for ax, (s, n) in enumerate(zip(idx, self.shape)):
+            if isinstance(s, (int, np.integer)):
+                i = int(s) + (n if s < 0 else 0)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {s} out of range for axis {ax} of size {n}")
+                s = slice(i, i + 1)
+                squeeze.append(ax)
             if not isinstance(s, slice):
-                raise TypeError("SparseCounts supports slices only")
+                raise TypeError("SparseCounts supports integers and slices only")
             a, b, step = s.indices(n)
             if step != 1:
                 raise TypeError("SparseCounts supports unit-step slices only")
             sl.append((a, max(a, b)))
-        (g0, g1), (y0, y1), (x0, x1) = sl
+        out = self._box(*sl)
+        return out.squeeze(axis=tuple(squeeze)) if squeeze else out
+
+    def _box(self, gs, ys, xs) -> np.ndarray:
+        (g0, g1), (y0, y1), (x0, x1) = gs, ys, xs
         h, w = y1 - y0, x1 - x0
         out = np.zeros((g1 - g0, h, w), dtype=np.float32)
         if out.size == 0:
