@@ -95,16 +95,40 @@ def ist_layout(G, C, L, n_mlp, c0, stages, hidden, n_drive, locl=13):
     for i in range(1, n_mlp + 1):
         d[f"style.{i}.weight"], d[f"style.{i}.bias"] = (L, L), (L,)
     for name, cout in (("gconv_out", c0), ("gconv_skip", C)):
-        d.update({f"{name}.conv.weight": (1, cout, c0, 3, 3), f"{name}.conv.blur.kernel": (3, 3), f"{name}.noise.weight": (1,), f"{name}.activate.bias": (cout,)})
+        d.update(
+            {
+                f"{name}.conv.weight": (1, cout, c0, 3, 3),
+                f"{name}.conv.blur.kernel": (3, 3),
+                f"{name}.noise.weight": (1,),
+                f"{name}.activate.bias": (cout,),
+            }
+        )
     cin = c0
     for j, cout in enumerate(stages):
         for i, (a, up) in ((2 * j, (cin, True)), (2 * j + 1, (cout, False))):
             if i == 2 * len(stages) - 1:
                 continue  # identity
-            d.update({f"convs.{i}.conv.weight": (1, cout, a, 3, 3), f"convs.{i}.conv.modulation.weight": (a, L), f"convs.{i}.conv.modulation.bias": (a,), f"convs.{i}.noise.weight": (1,), f"convs.{i}.activate.bias": (cout,)})
+            d.update(
+                {
+                    f"convs.{i}.conv.weight": (1, cout, a, 3, 3),
+                    f"convs.{i}.conv.modulation.weight": (a, L),
+                    f"convs.{i}.conv.modulation.bias": (a,),
+                    f"convs.{i}.noise.weight": (1,),
+                    f"convs.{i}.activate.bias": (cout,),
+                }
+            )
             if up:
                 d[f"convs.{i}.conv.blur.kernel"] = (3, 3)
-        d.update({f"to_rgbs.{j}.conv.weight": (1, C, cout, 3, 3), f"to_rgbs.{j}.conv.modulation.weight": (cout, L), f"to_rgbs.{j}.conv.modulation.bias": (cout,), f"to_rgbs.{j}.bias": (1, C, 1, 1), f"to_rgbs.{j}.upsample.weight": (1, 1, 3, 3), f"to_rgbs.{j}.upsample.kernel": (5, 5)})
+        d.update(
+            {
+                f"to_rgbs.{j}.conv.weight": (1, C, cout, 3, 3),
+                f"to_rgbs.{j}.conv.modulation.weight": (cout, L),
+                f"to_rgbs.{j}.conv.modulation.bias": (cout,),
+                f"to_rgbs.{j}.bias": (1, C, 1, 1),
+                f"to_rgbs.{j}.upsample.weight": (1, 1, 3, 3),
+                f"to_rgbs.{j}.upsample.kernel": (5, 5),
+            }
+        )
         cin = cout
     res = locl
     for i in range(2 * len(stages)):
@@ -146,8 +170,21 @@ def random_ist_state(C: int, seed: int = 0, **kw) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path, sd, **extra):
-    args = argparse.Namespace(gene=SMALL["G"], size=128, latent=SMALL["L"], stain="he", img_chn=3, kernel_size=3, ckpt=None, iter=800000)
-    torch.save({"g": sd, "g_ema": sd, "d": {"w": torch.zeros(2)}, "g_optim": {"state": {}, "param_groups": [{"lr": 0.002}]}, "args": args, "ada_aug_p": 0.0, **extra}, path)
+    args = argparse.Namespace(
+        gene=SMALL["G"], size=128, latent=SMALL["L"], stain="he", img_chn=3, kernel_size=3, ckpt=None, iter=800000
+    )
+    torch.save(
+        {
+            "g": sd,
+            "g_ema": sd,
+            "d": {"w": torch.zeros(2)},
+            "g_optim": {"state": {}, "param_groups": [{"lr": 0.002}]},
+            "args": args,
+            "ada_aug_p": 0.0,
+            **extra,
+        },
+        path,
+    )
     return path
 
 
@@ -161,7 +198,9 @@ def ckpt_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def he_bundle(ckpt_dir):
-    card = import_ist_checkpoint(ckpt_dir / "800000.pt", ckpt_dir / "genes.txt", output="he", out_path=ckpt_dir / "he.safetensors")
+    card = import_ist_checkpoint(
+        ckpt_dir / "800000.pt", ckpt_dir / "genes.txt", output="he", out_path=ckpt_dir / "he.safetensors"
+    )
     return card, load_bundle(ckpt_dir / "he.safetensors")
 
 
@@ -258,12 +297,18 @@ def test_missing_extra_and_wrong_shape_are_listed(ckpt_dir, tmp_path):
     genes = ckpt_dir / "genes.txt"
     sd = random_ist_state(3)
     del sd["convs.1.conv.modulation.bias"], sd["to_rgbs.2.upsample.weight"]
-    with pytest.raises(BundleError, match=r"missing\.pt: 'g_ema' does not match .*2 missing: convs\.1\.conv\.modulation\.bias, to_rgbs\.2\.upsample\.weight"):
+    with pytest.raises(
+        BundleError,
+        match=r"missing\.pt: 'g_ema' does not match .*2 missing: convs\.1\.conv\.modulation\.bias, to_rgbs\.2\.upsample\.weight",
+    ):
         _import(save_checkpoint(tmp_path / "missing.pt", sd), genes)
     sd = random_ist_state(3)
     sd["to_rgbs.2.bias"] = torch.zeros(1, 4, 1, 1)
     sd["convs.3.conv.weight"] = torch.zeros(1, 12, 12, 5, 5)
-    with pytest.raises(BundleError, match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 12, 12, 5, 5\) != expected \(1, 12, 12, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)"):
+    with pytest.raises(
+        BundleError,
+        match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 12, 12, 5, 5\) != expected \(1, 12, 12, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)",
+    ):
         _import(save_checkpoint(tmp_path / "shape.pt", sd), genes)
     sd = random_ist_state(3)
     sd["input.input"] = torch.zeros(1, 64, 4, 4)
@@ -331,7 +376,9 @@ def test_gene_list_and_output_checks(ckpt_dir, tmp_path):
     with pytest.raises(BundleError, match=r"800000\.pt: --output dapi needs 1 output channel\(s\) but the generator outputs 3"):
         import_ist_checkpoint(ck, ckpt_dir / "genes.txt", output="dapi", out_path=tmp_path / "x.safetensors")
     # 10x features.tsv.gz: the Gene Expression rows in file order (what IST-editing used)
-    rows = [f"ENSMUSG{i:05d}\t{g}\tGene Expression" for i, g in enumerate(GENES)] + ["NegControlProbe_1\tNegControlProbe_1\tNegative Control Probe"]
+    rows = [f"ENSMUSG{i:05d}\t{g}\tGene Expression" for i, g in enumerate(GENES)] + [
+        "NegControlProbe_1\tNegControlProbe_1\tNegative Control Probe"
+    ]
     with gzip.open(tmp_path / "features.tsv.gz", "wt") as f:
         f.write("\n".join(rows) + "\n")
     assert read_gene_list(tmp_path / "features.tsv.gz") == GENES
@@ -352,7 +399,9 @@ def test_bare_state_dict_and_dapi_auto(tmp_path, ckpt_dir):
 # ---------------------------------------------------------------------------------- CLI
 def test_cli_import_info_render_end_to_end(ckpt_dir, tmp_path, capsys):
     out = tmp_path / "model.safetensors"
-    rc = main(["import-ist", str(ckpt_dir / "800000.pt"), "--genes", str(ckpt_dir / "genes.txt"), "--output", "he", "--out", str(out)])
+    rc = main(
+        ["import-ist", str(ckpt_dir / "800000.pt"), "--genes", str(ckpt_dir / "genes.txt"), "--output", "he", "--out", str(out)]
+    )
     assert rc == 0
     said = capsys.readouterr().out
     assert "ist-stylegan2 (H&E), 6 genes, 4 stages, 32 px per bin (6.8 µm), tile 128 px, halo 64 px" in said
@@ -363,7 +412,28 @@ def test_cli_import_info_render_end_to_end(ckpt_dir, tmp_path, capsys):
     outs = {}
     for t in (128, 384):
         o = tmp_path / f"r{t}.npy"
-        assert main(["render", "--model", str(out), "--expression", str(canvas), "--out", str(o), "--region", "0:384,64:448", "--tile-px", str(t), "--device", "cpu", "--seed", "2"]) == 0
+        assert (
+            main(
+                [
+                    "render",
+                    "--model",
+                    str(out),
+                    "--expression",
+                    str(canvas),
+                    "--out",
+                    str(o),
+                    "--region",
+                    "0:384,64:448",
+                    "--tile-px",
+                    str(t),
+                    "--device",
+                    "cpu",
+                    "--seed",
+                    "2",
+                ]
+            )
+            == 0
+        )
         outs[t] = np.load(o)
     assert outs[128].shape == (384, 384, 3)
     assert np.abs(outs[128] - outs[384]).max() <= 1e-5
@@ -371,9 +441,20 @@ def test_cli_import_info_render_end_to_end(ckpt_dir, tmp_path, capsys):
 
 def test_cli_errors_exit_2(ckpt_dir, tmp_path, capsys):
     (tmp_path / "bad.pt").write_text("not a checkpoint")
-    rc = main(["import-ist", str(tmp_path / "bad.pt"), "--genes", str(ckpt_dir / "genes.txt"), "--out", str(tmp_path / "m.safetensors")])
+    rc = main(
+        ["import-ist", str(tmp_path / "bad.pt"), "--genes", str(ckpt_dir / "genes.txt"), "--out", str(tmp_path / "m.safetensors")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "napari-gdt import-ist: error:" in err and "bad.pt: not a PyTorch checkpoint" in err
     assert len(err.strip().splitlines()) == 1
-    rc = main(["import-ist", str(ckpt_dir / "800000.pt"), "--genes", str(tmp_path / "nogenes.txt"), "--out", str(tmp_path / "m.safetensors")])
+    rc = main(
+        [
+            "import-ist",
+            str(ckpt_dir / "800000.pt"),
+            "--genes",
+            str(tmp_path / "nogenes.txt"),
+            "--out",
+            str(tmp_path / "m.safetensors"),
+        ]
+    )
     assert rc == 2 and "nogenes.txt: no such gene list file" in capsys.readouterr().err

@@ -19,7 +19,9 @@ def register(sub):
         metavar="GENES",
         help="the model's gene panel in training order: text (one per line), JSON list, or 10x features.tsv(.gz)",
     )
-    p.add_argument("--output", choices=["auto", "dapi", "he"], default="auto", help="what the model paints (default: from the channel count)")
+    p.add_argument(
+        "--output", choices=["auto", "dapi", "he"], default="auto", help="what the model paints (default: from the channel count)"
+    )
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="bundle to write")
     p.add_argument("--um-per-px", type=float, default=0.2125, help="µm per output pixel (default 0.2125, Xenium)")
     p.add_argument("--name", help="model name in the card (default: ist-editing-<output>-<checkpoint name>)")
@@ -36,7 +38,13 @@ def run(args):
     if args.tile_px <= 0:
         raise GDTError(f"--tile-px must be > 0, got {args.tile_px}")
     card = import_ist_checkpoint(
-        args.checkpoint, args.genes, output=args.output, out_path=args.out, um_per_px=args.um_per_px, name=args.name, tile_px=args.tile_px
+        args.checkpoint,
+        args.genes,
+        output=args.output,
+        out_path=args.out,
+        um_per_px=args.um_per_px,
+        name=args.name,
+        tile_px=args.tile_px,
     )
     cfg = card["config"]
     print(

@@ -50,6 +50,7 @@ The layer list (``S`` stages, ``S = 4`` for the published 128-px models,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -60,7 +61,7 @@ from ..rendering.noise import batched_noise
 from .base import Geometry, TiledGenerator
 from .registry import register
 
-__all__ = ["ISTGenerator", "ist_state_shapes", "PUBLISHED_CONFIG"]
+__all__ = ["PUBLISHED_CONFIG", "ISTGenerator", "ist_state_shapes"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -139,7 +140,9 @@ class _ModConv(nn.Module):
     (in, w_dim) and ``modulation.bias`` (in,); with ``up`` ``blur.kernel`` (3, 3).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, k: int, w_dim: int, demodulate: bool = True, up: bool = False, modulated: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, k: int, w_dim: int, demodulate: bool = True, up: bool = False, modulated: bool = True
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, k, k))
         self.modulation = _EqLinear(w_dim, in_ch, bias_init=1.0) if modulated else None
@@ -331,7 +334,7 @@ class ISTGenerator(TiledGenerator):
             cin = cout
         self.style = nn.Sequential(_PixelNorm(), *[_EqLinear(wd, wd, lr_mul=lr_mlp, act=True) for _ in range(n_mlp)])
         dims = [self.n_genes] + [int(drive_hidden)] * (n_drive - 1) + [2 * c0]
-        self.drive = nn.Sequential(*[_EqLinear(a, b, lr_mul=lr_mlp, act=True) for a, b in zip(dims[:-1], dims[1:])])
+        self.drive = nn.Sequential(*[_EqLinear(a, b, lr_mul=lr_mlp, act=True) for a, b in itertools.pairwise(dims)])
         self.gconv_out = _StyledConv(c0, c0, k, wd, up=True, modulated=False)
         self.gconv_skip = _StyledConv(c0, self.out_channels, k, wd, up=True, modulated=False)
 
@@ -388,7 +391,7 @@ class ISTGenerator(TiledGenerator):
 
     def raw_image(self, counts: torch.Tensor, origins: torch.Tensor, w: torch.Tensor, seed: int) -> torch.Tensor:
         """The network's own output (about [-1, 1], before the map to [0, 1]); same arguments as ``forward``."""
-        b, g, h, wd = counts.shape
+        g = counts.shape[1]
         if g != self.n_genes:
             raise ValueError(f"expected {self.n_genes} genes, got {g}")
         org = origins.to(torch.int64).cpu()

@@ -30,13 +30,13 @@ from ..errors import BundleError
 from .ist import ISTGenerator
 
 __all__ = [
-    "import_ist_checkpoint",
-    "load_ist_checkpoint",
-    "infer_ist_config",
-    "check_ist_state",
-    "read_gene_list",
     "SAFE_GLOBALS",
     "XENIUM_UM_PER_PX",
+    "check_ist_state",
+    "import_ist_checkpoint",
+    "infer_ist_config",
+    "load_ist_checkpoint",
+    "read_gene_list",
 ]
 
 #: The only non-builtin Python objects an IST-editing checkpoint holds.
@@ -167,7 +167,9 @@ def infer_ist_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") ->
         locl_sz=int(noise0.shape[-1]) if noise0 is not None and noise0.ndim == 4 else 13,
     )
     if cfg["kernel_size"] != 3:
-        raise BundleError(f"{source}: tensor 'gconv_out.conv.weight' has kernel size {cfg['kernel_size']}; only 3x3 IST-editing generators are supported")
+        raise BundleError(
+            f"{source}: tensor 'gconv_out.conv.weight' has kernel size {cfg['kernel_size']}; only 3x3 IST-editing generators are supported"
+        )
     return cfg
 
 
@@ -189,7 +191,10 @@ def check_ist_state(model: ISTGenerator, sd: dict[str, torch.Tensor], source: st
         if extra:
             parts.append(f"{len(extra)} unexpected: " + listed(extra))
         if wrong:
-            parts.append(f"{len(wrong)} with wrong shapes: " + listed([f"{k} {tuple(sd[k].shape)} != expected {expected[k]}" for k in wrong]))
+            parts.append(
+                f"{len(wrong)} with wrong shapes: "
+                + listed([f"{k} {tuple(sd[k].shape)} != expected {expected[k]}" for k in wrong])
+            )
         raise BundleError(f"{source}: 'g_ema' does not match the IST-editing generator layout ({'; '.join(parts)})")
     bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
@@ -207,8 +212,12 @@ def read_gene_list(path: str | Path) -> list[str]:
     if not p.exists():
         raise BundleError(f"{p}: no such gene list file")
     try:
-        raw = gzip.open(p, "rt").read() if p.name.endswith(".gz") else p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rt") as f:
+                raw = f.read()
+        else:
+            raw = p.read_text()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise BundleError(f"{p}: unreadable gene list ({e})") from None
     if p.suffix.lower() == ".json":
         try:
@@ -303,10 +312,16 @@ def import_ist_checkpoint(
         raise BundleError(f"--output must be 'dapi' or 'he', got {output!r}")
     want = 1 if output == "dapi" else 3
     if nch != want:
-        raise BundleError(f"{source}: --output {output} needs {want} output channel(s) but the generator outputs {nch} (tensor 'gconv_skip.conv.weight')")
+        raise BundleError(
+            f"{source}: --output {output} needs {want} output channel(s) but the generator outputs {nch} (tensor 'gconv_skip.conv.weight')"
+        )
     model.load_state_dict(sd, strict=True)
     model.eval()
-    out = {"kind": "he", "channels": ["R", "G", "B"], "stain": "H&E"} if output == "he" else {"kind": "fluorescence", "channels": ["DAPI"], "stain": "DAPI"}
+    out = (
+        {"kind": "he", "channels": ["R", "G", "B"], "stain": "H&E"}
+        if output == "he"
+        else {"kind": "fluorescence", "channels": ["DAPI"], "stain": "DAPI"}
+    )
     out_path = Path(out_path) if out_path is not None else ckpt.with_suffix(".safetensors")
     geo = model.geometry
     provenance = {
