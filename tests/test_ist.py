@@ -137,7 +137,7 @@ def ist_layout(G, C, L, n_mlp, c0, stages, hidden, n_drive, locl=13):
     return d
 
 
-SMALL = dict(G=6, L=16, n_mlp=4, c0=8, stages=(16, 12, 8, 8), hidden=16, n_drive=2)
+SMALL = dict(G=6, L=16, n_mlp=4, c0=6, stages=(12, 8, 6, 4), hidden=16, n_drive=2)
 GENES = ["Acta2", "Cdh1", "Epcam", "Krt5", "Vim", "Ptprc"]
 
 
@@ -221,7 +221,7 @@ def test_config_inferred_from_shapes():
         assert infer_ist_config(sd) == dict(PUBLISHED_CONFIG, out_channels=C_)
     sd = random_ist_state(1)
     cfg = infer_ist_config(sd)
-    assert cfg["n_genes"] == 6 and cfg["stage_channels"] == [16, 12, 8, 8] and cfg["n_mlp"] == 4 and cfg["n_drive"] == 2
+    assert cfg["n_genes"] == 6 and cfg["stage_channels"] == [12, 8, 6, 4] and cfg["base_channels"] == 6 and cfg["n_mlp"] == 4 and cfg["n_drive"] == 2
     m = ISTGenerator(**cfg)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == ist_layout(C=1, **SMALL)
     m.load_state_dict(sd, strict=True)
@@ -304,10 +304,10 @@ def test_missing_extra_and_wrong_shape_are_listed(ckpt_dir, tmp_path):
         _import(save_checkpoint(tmp_path / "missing.pt", sd), genes)
     sd = random_ist_state(3)
     sd["to_rgbs.2.bias"] = torch.zeros(1, 4, 1, 1)
-    sd["convs.3.conv.weight"] = torch.zeros(1, 12, 12, 5, 5)
+    sd["convs.3.conv.weight"] = torch.zeros(1, 8, 8, 5, 5)
     with pytest.raises(
         BundleError,
-        match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 12, 12, 5, 5\) != expected \(1, 12, 12, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)",
+        match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 8, 8, 5, 5\) != expected \(1, 8, 8, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)",
     ):
         _import(save_checkpoint(tmp_path / "shape.pt", sd), genes)
     sd = random_ist_state(3)
