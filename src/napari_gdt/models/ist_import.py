@@ -16,6 +16,7 @@ and a bundle with a full model card is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -85,7 +86,7 @@ def load_ist_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     if p.is_dir():
         raise BundleError(f"{p}: is a folder, not a checkpoint file (.pt)")
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with _allow(SAFE_GLOBALS):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -120,6 +121,19 @@ def load_ist_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         if isinstance(obj.get(k), (int, float)):
             info[k] = obj[k]
     return dict(sd), info
+
+
+@contextlib.contextmanager
+def _allow(classes):
+    """Allowlist ``classes`` for ``weights_only`` loading (scoped where torch supports it)."""
+    ser = torch.serialization
+    if hasattr(ser, "safe_globals"):  # torch >= 2.5: scoped to this load
+        with ser.safe_globals(list(classes)):
+            yield
+    else:  # torch 2.4: process-wide; older torch cannot allowlist (the load then names the class)
+        if hasattr(ser, "add_safe_globals"):
+            ser.add_safe_globals(list(classes))
+        yield
 
 
 def _first_line(s: str) -> str:
