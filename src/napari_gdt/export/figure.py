@@ -161,7 +161,8 @@ def resample_to_grid(image, grid_to_image: np.ndarray, shape: tuple[int, int], o
     Returns
     -------
     ndarray, ``(h, w)`` or ``(h, w, C)``, float32 in the input's value units.
-    Grid points outside the image are 0.
+    Grid points outside the image's pixel area ``[-0.5, H - 0.5) x [-0.5, W - 0.5)``
+    (in pixel-centre index coordinates) are 0; those inside are clamped at the edge.
     """
     from scipy import ndimage
 
@@ -186,23 +187,31 @@ def resample_to_grid(image, grid_to_image: np.ndarray, shape: tuple[int, int], o
     coords = np.stack([rows, cols])
     sigma = (step - 1.0) / 2.0 if (antialias and step > 1.5 and order > 0) else 0.0
     planes = [crop] if crop.ndim == 2 else [crop[..., i] for i in range(crop.shape[-1])]
+    # a grid point inside the image's pixel area [-0.5, H - 0.5) takes the (edge-clamped) image value, others 0
+    inside = (rows + r0 >= -0.5) & (rows + r0 < H - 0.5) & (cols + c0 >= -0.5) & (cols + c0 < W - 0.5)
     res = []
     for p in planes:
         if sigma > 0:
             p = ndimage.gaussian_filter(p, sigma)
-        res.append(ndimage.map_coordinates(p, coords, order=order, mode="constant", cval=0.0))
+        v = ndimage.map_coordinates(p, coords, order=order, mode="nearest")
+        v[~inside] = 0.0
+        res.append(v)
     return (res[0] if crop.ndim == 2 else np.stack(res, axis=-1)).astype(np.float32)
 
 
 def real_panel_image(image, canvas_affine: np.ndarray, px_per_bin: int, region) -> np.ndarray:
     """The paired real image on the generated px grid of ``region`` (float in [0, 1]).
 
-    Output px ``(y, x)`` maps to real px ``canvas_affine @ (y / ppb, x / ppb, 1)``.
+    Output px ``(y, x)`` maps to real px ``canvas_affine @ (y / ppb, x / ppb, 1)``, in continuous
+    coordinates where pixel (or bin) ``i`` spans ``[i, i + 1)``; each output pixel samples the
+    real image at its centre (bilinear, smoothed first when the real image is finer).
     """
     ppb = float(px_per_bin)
-    grid_to_out = np.array([[1.0, 0, region.y0], [0, 1.0, region.x0], [0, 0, 1.0]])
+    # continuous coordinates (pixel i spans [i, i + 1)); sample at output pixel centres
+    grid_to_out = np.array([[1.0, 0, region.y0 + 0.5], [0, 1.0, region.x0 + 0.5], [0, 0, 1.0]])
     out_to_bins = np.diag([1.0 / ppb, 1.0 / ppb, 1.0])
-    M = np.asarray(canvas_affine, dtype=float) @ out_to_bins @ grid_to_out
+    to_index = np.array([[1.0, 0, -0.5], [0, 1.0, -0.5], [0, 0, 1.0]])
+    M = to_index @ np.asarray(canvas_affine, dtype=float) @ out_to_bins @ grid_to_out
     dtype = getattr(image, "dtype", np.dtype(np.float32))
     img = resample_to_grid(image, M, region.shape, order=1)
     if dtype == np.uint8:
