@@ -333,8 +333,8 @@ class CompareWidget(QWidget):
         plain = [n for n in imgs if n not in genes]
         self._set_items(self.real_combo, plain, ["real", "real image", "H&E", "DAPI"])
         self._set_items(self.gen_combo, plain, ["generated"])
-        self._set_items(self.edit_combo, plain, ["edited"])
-        self._set_items(self.top_combo, plain, ["edited", "generated"])
+        self._set_items(self.edit_combo, plain, ["edited", "generated (edited)"])
+        self._set_items(self.top_combo, plain, ["edited", "generated (edited)", "generated"])
         self._set_items(self.bottom_combo, plain, ["generated", "real"])
         selected = {i.text() for i in self.genes_list.selectedItems()}
         self.genes_list.clear()
