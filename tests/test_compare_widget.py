@@ -91,9 +91,12 @@ def test_comparison_view_screenshot_and_figure(compare_setup, tmp_path):
     assert panels == ["real", "generated", "edited", "compare: |edited − generated|", "compare: genes"]
     grid = viewer.canvas.grid
     assert grid.enabled
-    assert [l.name for l in viewer.layers if l.visible] == panels
+    assert {l.name for l in viewer.layers if l.visible} == set(panels)
     rows, cols = grid.actual_shape(viewer.layers)
     assert rows * cols >= 5
+    # panels fill the grid row-major in the order real, generated, edited, difference, genes
+    where = [grid.position(viewer.layers.index(n), viewer.layers) for n in panels]
+    assert where == [(i // cols, i % cols) for i in range(5)]
     # the lazy difference layer is |edited - generated| averaged over channels
     diff = np.asarray(viewer.layers["compare: |edited − generated|"].data)
     np.testing.assert_allclose(diff, np.abs(edi - gen).mean(-1), atol=1e-6)

@@ -39,12 +39,18 @@ class ScreenshotInfo:
 
 
 def _font(size: int):
+    """DejaVu Sans from matplotlib (has the µ glyph); Pillow's default font as a fallback."""
     from PIL import ImageFont
 
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (OSError, ValueError, ImportError):  # pragma: no cover - no usable TrueType font
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1
+            return ImageFont.load_default()
 
 
 def burn_scalebar(img: np.ndarray, um_per_px: float, length_um: float | None = None, colour: str = "auto", margin: int | None = None) -> tuple[np.ndarray, float, int]:

@@ -439,10 +439,11 @@ class CompareWidget(QWidget):
             l.visible = l in panels
         for p in panels:
             p.opacity = 1.0
-        # grid places the first layer of the list top-left with a negative stride: panels go last, in order
+        # with stride 1 the grid fills viewboxes row-major in layer-list order (hidden layers take none):
+        # put the panels last, in order, so that the first panel is top-left
         for p in panels:
             layers.move(layers.index(p), len(layers))
-        grid.stride = -1
+        grid.stride = 1
         grid.shape = (-1, -1)
         grid.enabled = True
         self._saved["panels"] = [p.name for p in panels]
