@@ -129,7 +129,7 @@ def test_comparison_view_screenshot_and_figure(compare_setup, tmp_path):
     assert all(a[2] < b[0] for a, b in zip(finfo.panel_boxes, finfo.panel_boxes[1:]))
 
     def crop(box, y0, y1, x0, x1):  # panel box, region in data px (256 px panels)
-        bx0, by0, bx1, by1 = box
+        bx0, by0, bx1, _ = box
         s = (bx1 - bx0) / 256.0
         return fimg[int(by0 + y0 * s) + 2 : int(by0 + y1 * s) - 2, int(bx0 + x0 * s) + 2 : int(bx0 + x1 * s) - 2]
 
@@ -179,7 +179,7 @@ def test_shortcut_toggles_comparison(compare_setup):
 
 
 def test_swipe_and_blend(compare_setup):
-    viewer, w, gen, edi, _ = compare_setup
+    viewer, w, _gen, edi, _ = compare_setup
     w.set_swipe("edited", "generated", mode="blend", value=30)
     assert viewer.layers["edited"].opacity == pytest.approx(0.3)
     assert viewer.layers.index("edited") > viewer.layers.index("generated")
@@ -245,3 +245,25 @@ def test_morphometrics_table_and_csv(compare_setup, tmp_path):
     w.label_spin.setValue(7)
     with pytest.raises(GDTError, match="Labels layer 'regions' has no pixels with label 7"):
         w.region_and_mask()
+
+
+def test_sample_layer_matches_cli_real_panel_and_pyramids():
+    """The widget samples the real layer (affine diag(ppb) @ inv(A)) exactly as the CLI's real panel (A)."""
+    from napari.layers import Image
+
+    from napari_gdt.export.figure import real_panel_image
+    from napari_gdt.rendering.tiles import Region
+    from napari_gdt.widgets.compare import sample_layer
+
+    rng = np.random.default_rng(0)
+    real = (rng.random((300, 320, 3)) * 255).astype(np.uint8)
+    A = np.array([[6.0, 0, 11], [0, 6.0, 4], [0, 0, 1]])  # bins -> real px
+    layer = Image(real, rgb=True, affine=np.diag([PPB, PPB, 1.0]) @ np.linalg.inv(A))
+    region = Region(40, 120, 16, 96)
+    np.testing.assert_allclose(sample_layer(layer, region, 1.0, order=1), real_panel_image(real, A, PPB, region), atol=1e-5)
+
+    # a pyramid: step 2 reads level 1, step 1 reads level 0, both pixel-exact (nearest)
+    a = rng.random((64, 96)).astype(np.float32)
+    pyr = Image([a, a[::2, ::2].copy()], multiscale=True)
+    np.testing.assert_array_equal(sample_layer(pyr, Region(8, 40, 16, 80), 1.0), a[8:40, 16:80])
+    np.testing.assert_array_equal(sample_layer(pyr, Region(8, 40, 16, 80), 2.0), a[8:40:2, 16:80:2])

@@ -170,9 +170,9 @@ def test_cli_figure_all_panels(tiny, capsys, tmp_path):
 def test_cli_figure_matches_renderer_pixels(tiny, capsys, tmp_path):
     """The generated panel is the renderer's output (same pixels as napari-gdt render)."""
     from napari_gdt.export.figure import render_figure
+    from napari_gdt.expression.canvas import ExpressionCanvas
     from napari_gdt.models.bundle import load_bundle
     from napari_gdt.rendering.tiles import Region, TileRenderer
-    from napari_gdt.expression.canvas import ExpressionCanvas
 
     b = load_bundle(tiny["model"])
     c = ExpressionCanvas.from_ome_zarr(tiny["canvas"])

@@ -30,19 +30,19 @@ import numpy as np
 from ..errors import CanvasError, GDTError
 
 __all__ = [
-    "PANELS",
     "GENE_COLOURS",
-    "Panel",
+    "PANELS",
     "FigureInfo",
+    "Panel",
     "compose_figure",
-    "render_figure",
-    "resample_to_grid",
-    "real_panel_image",
     "difference_map",
     "expression_composite",
     "expression_region",
     "nice_scalebar_um",
     "open_real_image",
+    "real_panel_image",
+    "render_figure",
+    "resample_to_grid",
     "to_display",
 ]
 
@@ -173,11 +173,11 @@ def resample_to_grid(image, grid_to_image: np.ndarray, shape: tuple[int, int], o
     out = np.zeros((h, w) + tuple(chans), dtype=np.float32)
     corners = M @ np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1], [1, 1, 1, 1]], dtype=float)
     step = float(np.sqrt(abs(np.linalg.det(M[:2, :2])))) if h and w else 1.0
-    pad = int(math.ceil(2 * max(step, 1.0))) + 2
-    r0 = max(int(math.floor(corners[0].min())) - pad, 0)
-    r1 = min(int(math.ceil(corners[0].max())) + pad + 1, H)
-    c0 = max(int(math.floor(corners[1].min())) - pad, 0)
-    c1 = min(int(math.ceil(corners[1].max())) + pad + 1, W)
+    pad = math.ceil(2 * max(step, 1.0)) + 2
+    r0 = max(math.floor(corners[0].min()) - pad, 0)
+    r1 = min(math.ceil(corners[0].max()) + pad + 1, H)
+    c0 = max(math.floor(corners[1].min()) - pad, 0)
+    c1 = min(math.ceil(corners[1].max()) + pad + 1, W)
     if r0 >= r1 or c0 >= c1 or h == 0 or w == 0:
         return out
     crop = np.asarray(image[r0:r1, c0:c1]).astype(np.float32)
@@ -296,7 +296,7 @@ def open_real_image(path):
             if hasattr(z, "shape"):
                 return z
             return z["0"]
-        except Exception as e:  # tifffile/zarr raise various types on bad files
+        except (OSError, ValueError, KeyError, tifffile.TiffFileError) as e:
             raise GDTError(f"{p}: unreadable TIFF image ({e})") from None
     try:
         from PIL import Image
@@ -423,7 +423,7 @@ def compose_figure(
             ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(2, len(handles)), fontsize=7, frameon=False, handletextpad=0.2, columnspacing=0.8)
         x0 = x * dpi
         y0 = (H_in - bottom - ph) * dpi
-        boxes.append((int(round(x0)), int(round(y0)), int(round(x0 + pw * dpi)), int(round(y0 + ph * dpi))))
+        boxes.append((round(x0), round(y0), round(x0 + pw * dpi), round(y0 + ph * dpi)))
         x += widths[i] + gap
     out.parent.mkdir(parents=True, exist_ok=True)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -431,7 +431,7 @@ def compose_figure(
     FigureCanvasAgg(fig)
     fmt = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".pdf": "pdf"}[ext]
     fig.savefig(str(out), dpi=dpi, format=fmt, facecolor="white")
-    size = (int(round(H_in * dpi)), int(round(W_in * dpi)))
+    size = (round(H_in * dpi), round(W_in * dpi))
     return FigureInfo(path=out, size_px=size, dpi=float(dpi), panels=[p.name for p in panels], panel_boxes=boxes, scalebar_um=float(scalebar_um))
 
 

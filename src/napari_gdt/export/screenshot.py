@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import GDTError
 from .figure import nice_scalebar_um
 
-__all__ = ["ScreenshotInfo", "burn_scalebar", "screenshot_view", "save_image", "SCREENSHOT_EXTS"]
+__all__ = ["SCREENSHOT_EXTS", "ScreenshotInfo", "burn_scalebar", "save_image", "screenshot_view"]
 
 SCREENSHOT_EXTS = (".png", ".tif", ".tiff")
 
@@ -82,7 +82,7 @@ def burn_scalebar(img: np.ndarray, um_per_px: float, length_um: float | None = N
         length_um = nice_scalebar_um(W * um_per_px, fraction=0.2)
     if not (length_um > 0):
         raise GDTError(f"scale-bar length must be > 0 µm, got {length_um}")
-    length_px = int(round(length_um / um_per_px))
+    length_px = round(length_um / um_per_px)
     if length_px < 1 or length_px > W:
         raise GDTError(f"a {length_um:g} µm scale bar is {length_px} px long, which does not fit a {W} px wide image")
     margin = margin if margin is not None else max(8, W // 60)
@@ -179,7 +179,7 @@ def screenshot_view(
         f = 1.0 if scale is None else float(scale)
         if not (f > 0):
             raise GDTError(f"screenshot scale must be > 0, got {scale}")
-        h, w = int(round(ch * f)), int(round(cw * f))
+        h, w = round(ch * f), round(cw * f)
         factor = f
     old_zoom = camera.zoom
     old_center = tuple(camera.center)

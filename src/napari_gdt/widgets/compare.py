@@ -41,7 +41,15 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import GDTError
-from ..export.figure import GENE_COLOURS, Panel, compose_figure, difference_map, expression_composite, resample_to_grid, to_display
+from ..export.figure import (
+    GENE_COLOURS,
+    Panel,
+    compose_figure,
+    difference_map,
+    expression_composite,
+    resample_to_grid,
+    to_display,
+)
 from ..rendering.tiles import Region
 
 NONE = "(none)"
@@ -78,8 +86,8 @@ def sample_layer(layer, region: Region, step: float = 1.0, order: int = 0) -> np
         if f <= step + 1e-9 and f >= f_best:
             best, f_best = k, f
     data = levels[best]
-    h = max(1, int(math.ceil(region.shape[0] / step)))
-    w = max(1, int(math.ceil(region.shape[1] / step)))
+    h = max(1, math.ceil(region.shape[0] / step))
+    w = max(1, math.ceil(region.shape[1] / step))
     # Continuous coordinates with pixel i spanning [i, i + 1) (bins: [b*ppb, (b+1)*ppb) in output px, as
     # recipes and the renderer use them); grid sample g sits at the centre of its world cell.
     grid_to_world = np.array([[step, 0, region.y0 + 0.5 * step], [0, step, region.x0 + 0.5 * step], [0, 0, 1.0]])
@@ -101,7 +109,7 @@ def layer_colour(layer) -> tuple[float, float, float]:
     """The colour at the top of a layer's colormap (the gene's colour in an additive overlay)."""
     try:
         return tuple(float(c) for c in np.asarray(layer.colormap.colors)[-1][:3])
-    except Exception:  # pragma: no cover - unusual colormap objects
+    except (AttributeError, IndexError, TypeError, ValueError):  # pragma: no cover - unusual colormap objects
         return (1.0, 1.0, 1.0)
 
 
@@ -391,12 +399,9 @@ class CompareWidget(QWidget):
 
     def _notify(self, e: Exception):
         self.status.setText(f"error: {e}")
-        try:
-            from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error
 
-            show_error(str(e))
-        except Exception:  # pragma: no cover - notification manager missing
-            pass
+        show_error(str(e))
 
     # ------------------------------------------------------------------ comparison view
     @property
@@ -575,7 +580,7 @@ class CompareWidget(QWidget):
         vh, vw = self.viewer.canvas.viewbox_size(self.viewer.layers)
         cy, cx = cam.center[-2:]
         hh, hw = vh / cam.zoom / 2.0, vw / cam.zoom / 2.0
-        y0, y1, x0, x1 = int(math.floor(cy - hh)), int(math.ceil(cy + hh)), int(math.floor(cx - hw)), int(math.ceil(cx + hw))
+        y0, y1, x0, x1 = math.floor(cy - hh), math.ceil(cy + hh), math.floor(cx - hw), math.ceil(cx + hw)
         if clip:
             ref = self.generated_layer or self.edited_layer or self.real_layer
             if ref is not None:
@@ -583,8 +588,8 @@ class CompareWidget(QWidget):
                 n, m = _levels(ref)[0].shape[:2]
                 M = data_to_world(ref)
                 c = M @ np.array([[0, 0, n, n], [0, m, 0, m], [1, 1, 1, 1]])  # data edges -> world
-                y0, x0 = max(y0, int(math.floor(c[0].min() + 1e-6))), max(x0, int(math.floor(c[1].min() + 1e-6)))
-                y1, x1 = min(y1, int(math.ceil(c[0].max() - 1e-6))), min(x1, int(math.ceil(c[1].max() - 1e-6)))
+                y0, x0 = max(y0, math.floor(c[0].min() + 1e-6)), max(x0, math.floor(c[1].min() + 1e-6))
+                y1, x1 = min(y1, math.ceil(c[0].max() - 1e-6)), min(x1, math.ceil(c[1].max() - 1e-6))
             if y1 <= y0 or x1 <= x0:
                 raise GDTError("the current view shows none of the data; pan or zoom onto the tissue")
         return Region(y0, y1, x0, x1)
@@ -604,7 +609,7 @@ class CompareWidget(QWidget):
         M = data_to_world(lab)
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # label edges (bin b = px [b*ppb, (b+1)*ppb))
         corners = M @ np.array([[r0, r0, r1, r1], [c0, c1, c0, c1], [1, 1, 1, 1]], dtype=float)
-        region = Region(int(math.floor(corners[0].min() + 1e-6)), int(math.ceil(corners[0].max() - 1e-6)), int(math.floor(corners[1].min() + 1e-6)), int(math.ceil(corners[1].max() - 1e-6)))
+        region = Region(math.floor(corners[0].min() + 1e-6), math.ceil(corners[0].max() - 1e-6), math.floor(corners[1].min() + 1e-6), math.ceil(corners[1].max() - 1e-6))
         lab_vals = sample_layer(lab, region, 1.0, order=0)
         mask = lab_vals == value if value else lab_vals > 0
         return region, mask
@@ -690,7 +695,7 @@ class CompareWidget(QWidget):
             counts = np.stack([sample_layer(g, region, step, order=0) for g in genes])
             limits = [tuple(float(v) for v in g.contrast_limits) for g in genes]
             colours = [layer_colour(g) for g in genes]
-            label = lambda g: (g.metadata or {}).get("gene", g.name)  # noqa: E731
+            label = lambda g: (g.metadata or {}).get("gene", g.name)
             panels.append(Panel("expression", "expression", expression_composite(counts, colours, limits), legend=[(label(g), c) for g, c in zip(genes, colours)]))
         if not panels:
             raise GDTError("choose at least one layer to put in the figure")
