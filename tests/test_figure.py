@@ -208,3 +208,47 @@ def test_cli_figure_errors(tiny, capsys, tmp_path):
     assert rc == 2 and "missing.png: no such image file" in err
     rc, _, err = run_cli(base + ["--out", str(tmp_path / "a.png"), "--dpi", "0"], capsys)
     assert rc == 2 and "--dpi must be > 0" in err
+
+
+def test_render_figure_dapi_single_channel(tmp_path):
+    """A one-channel (fluorescence) model gives grey generated/edited panels and a heat-map difference."""
+    from skimage.io import imread
+
+    from napari_gdt.export.figure import render_figure
+    from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.rendering.tiles import MemoryTileCache, Region, TileRenderer
+    from napari_gdt.synthetic import synthetic_canvas, untrained_bundle
+
+    c = synthetic_canvas((8, 8), seed=5)
+    b = untrained_bundle(c.genes, out_channels=1, um_per_px=0.2, stage_channels=(32, 24, 16, 16), emb_ch=32)
+    d = np.asarray(c.data).copy()
+    d[:, :4, :4] *= 5
+    cache = MemoryTileCache()
+    r0 = TileRenderer(b, c, device="cpu", cache=cache)
+    r1 = TileRenderer(b, ExpressionCanvas(d, c.genes, c.bin_um), device="cpu", cache=cache)
+    info = render_figure(r0, Region(0, 128, 0, 128), tmp_path / "dapi.png", edited_renderer=r1, dpi=60, panel_width_in=2.0)
+    assert info.panels == ["generated", "edited", "difference"]
+    img = imread(tmp_path / "dapi.png")[..., :3].astype(int)
+    x0, y0, x1, y1 = info.panel_boxes[0]
+    panel = img[y0:y1, x0 : x1 - 40]  # left of the scale bar
+    assert np.abs(panel[..., 0] - panel[..., 1]).max() <= 1 and np.abs(panel[..., 1] - panel[..., 2]).max() <= 1  # grey
+    assert info.scalebar_um == 5.0  # 128 px x 0.2 µm = 25.6 µm wide -> 5 µm
+
+
+@pytest.mark.realdata
+def test_real_panel_on_her2st_he(data_dir, tmp_path):
+    """The real panel of her2st C5 (he.jpg, 9272 x 9901 px) is the affine-resampled crop, read through open_real_image."""
+    from napari_gdt.export.figure import open_real_image, real_panel_image
+    from napari_gdt.rendering.tiles import Region
+
+    img = open_real_image(data_dir / "her2st" / "C5" / "he.jpg")
+    assert img.shape == (9901, 9272, 3) and img.dtype == np.uint8
+    A = np.array([[32.0, 0, 0], [0, 32.0, 0], [0, 0, 1]])  # 32 real px per bin, 16 output px per bin
+    region = Region(2000, 2064, 1800, 1864)
+    panel = real_panel_image(img, A, 16, region)
+    assert panel.shape == (64, 64, 3)
+    # output px (y, x) covers real px [2y, 2y + 2): compare with 2 x 2 block means (smoothing blurs a little more)
+    crop = img[4000:4128, 3600:3728].astype(np.float32) / 255.0
+    blocks = crop.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
+    assert np.abs(panel - blocks).mean() < 0.05
+    assert np.corrcoef(panel.ravel(), blocks.ravel())[0, 1] > 0.9
