@@ -525,7 +525,10 @@ def _iter_batches(path: Path, columns: list[str], float_cols: list[str], gene_co
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        try:
+            pf = pq.ParquetFile(path, read_dictionary=[gene_col])  # genes arrive dictionary-encoded
+        except Exception:
+            pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         done = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
