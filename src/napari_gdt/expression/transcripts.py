@@ -37,11 +37,10 @@ import csv
 import gzip
 import io
 import math
-import os
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -50,19 +49,19 @@ from ..errors import GenePanelError, ReaderError
 from .canvas import ExpressionCanvas
 
 __all__ = [
-    "read_xenium",
-    "read_merfish",
-    "read_cosmx",
-    "read_transcripts_table",
-    "rasterize_transcripts",
+    "COSMX_UM_PER_PX",
+    "DEFAULT_BIN_UM",
+    "SCHEMAS",
+    "XENIUM_IMAGE_UM_PER_PX",
     "BinAccumulator",
     "SparseCounts",
     "TranscriptSchema",
-    "SCHEMAS",
-    "DEFAULT_BIN_UM",
-    "COSMX_UM_PER_PX",
-    "XENIUM_IMAGE_UM_PER_PX",
     "image_registration",
+    "rasterize_transcripts",
+    "read_cosmx",
+    "read_merfish",
+    "read_transcripts_table",
+    "read_xenium",
     "table_columns",
 ]
 
@@ -570,9 +569,7 @@ def _gene_dictionary(arr, path: Path, gene_col: str):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_dictionary(arr.type):
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
-            arr = pc.cast(arr, pa.string())
-        elif not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             arr = pc.cast(arr, pa.string())
         arr = pc.dictionary_encode(arr)
     values = arr.dictionary
