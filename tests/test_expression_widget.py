@@ -58,6 +58,7 @@ def test_open_select_two_genes_and_add_image(make_napari_viewer, qtbot, canvas_o
     for layer in w.gene_layers:
         assert layer in viewer.layers
         np.testing.assert_allclose(layer.scale, (8, 8))
+        np.testing.assert_allclose(layer.translate, (3.5, 3.5))  # bin b covers output px [8b, 8b+8)
         assert layer.blending == "additive"
         lo, hi = layer.contrast_limits
         assert lo == 0 and hi >= 1
@@ -66,21 +67,23 @@ def test_open_select_two_genes_and_add_image(make_napari_viewer, qtbot, canvas_o
     assert a.colormap.colors[-1][:3].tolist() != s.colormap.colors[-1][:3].tolist()  # distinct colours
     assert "Gfap" in w.legend.text() and "Snap25" in w.legend.text()
 
-    # real image with the right affine: world = output px = bins * ppb
+    # real image with the right affine: world = output px (pixel centres) = bins * ppb - 0.5 at bin corners
+    from napari_gdt.rendering.world import image_world_affine
+
     layer = w.add_image(img, name="dapi")
-    expected = np.diag([8.0, 8.0, 1.0]) @ np.linalg.inv(written.affine)
-    np.testing.assert_allclose(layer.affine.affine_matrix, expected, atol=1e-9)
+    np.testing.assert_allclose(layer.affine.affine_matrix, image_world_affine(written.affine, 8), atol=1e-9)
     assert viewer.layers.index(layer) == 0  # under the expression
-    # an image pixel at a bin's corner lands on that bin's corner in world coordinates
+    # the image position at a bin's corner lands on that bin's corner in world coordinates
     r, c = 3, 5
-    px = written.affine @ [r, c, 1]
-    world = layer.affine.affine_matrix @ px
-    np.testing.assert_allclose(world[:2], [r * 8, c * 8])
+    corner = written.affine @ [r, c, 1]  # continuous image coords (pixel corners at integers)
+    world = layer.affine.affine_matrix @ (corner - [0.5, 0.5, 0])  # as a pixel index
+    np.testing.assert_allclose(world[:2], [r * 8 - 0.5, c * 8 - 0.5])
 
     # changing px per bin rescales everything
     w.set_px_per_bin(4)
     np.testing.assert_allclose(w.gene_layers[0].scale, (4, 4))
-    np.testing.assert_allclose(layer.affine.affine_matrix, np.diag([4.0, 4.0, 1.0]) @ np.linalg.inv(written.affine), atol=1e-9)
+    np.testing.assert_allclose(w.gene_layers[0].translate, (1.5, 1.5))
+    np.testing.assert_allclose(layer.affine.affine_matrix, image_world_affine(written.affine, 4), atol=1e-9)
     w.clear_genes()
     assert "Gfap" not in viewer.layers and "Snap25" not in viewer.layers
 
