@@ -56,7 +56,7 @@ def _render_he(lab, seed=1):
     h_vec = np.array([0.65, 0.70, 0.29])
     e_vec = np.array([0.07, 0.99, 0.11])
     c_h = ndi.gaussian_filter(np.where(lab > 0, 0.9, 0.03), 0.8) + rng.normal(0, 0.03, lab.shape)
-    c_e = 0.35 + rng.normal(0, 0.03, lab.shape)
+    c_e = 0.8 + rng.normal(0, 0.03, lab.shape)
     od = c_h[..., None] * h_vec + c_e[..., None] * e_vec
     return (np.clip(np.exp(-od), 0, 1) * 255).round().astype(np.uint8)
 
