@@ -66,6 +66,7 @@ DEFAULTS: dict[str, object] = {
     "declump_h": 0.1,  # intensity declumping: marker dynamic, as a fraction of the threshold
     "background_grey": 0.82,  # H&E: mean RGB above this (in [0, 1]) is glass, not tissue
     "overlap_um": 25.0,  # tile halo for the tiled split
+    "work_um_per_px": 0.35,  # images finer than this are segmented at k x k block means (k = int(this / um_per_px))
 }
 
 _TILE = 1024  # core tile size (px) for the tiled split
@@ -402,8 +403,34 @@ def segment_nuclei(img, kind: str = "he", um_per_px: float = 0.5, roi_mask=None,
     p = _params(params)
     a = _check_image(img, kind)
     H, W = a.shape[:2]
-    ch = nuclear_channel(a, kind, um, p["sigma_um"])
     roi = _check_mask(roi_mask, (H, W))
+    work = p["work_um_per_px"]
+    k = int(float(work) / um) if work else 1
+    if k >= 2 and min(H, W) >= 4 * k:
+        # finer than needed (e.g. MERFISH DAPI at 0.11 µm/px): segment k x k block means, then
+        # repeat the labels back to full resolution
+        a_s = _block_mean(_unit_float(a), k)
+        roi_s = None if roi is None else _block_mean(roi.astype(np.float32), k) >= 0.5
+        lab_s, thr = _segment_native(a_s, kind, um * k, roi_s, p)
+        lab = np.repeat(np.repeat(lab_s, k, axis=0), k, axis=1)[:H, :W]
+        return np.ascontiguousarray(lab), thr
+    return _segment_native(a, kind, um, roi, p)
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks (edge-padded to a multiple of k) of a (H, W[, C]) float array."""
+    H, W = a.shape[:2]
+    ph, pw = -H % k, -W % k
+    if ph or pw:
+        pad = [(0, ph), (0, pw)] + [(0, 0)] * (a.ndim - 2)
+        a = np.pad(a, pad, mode="edge")
+    Hk, Wk = a.shape[0] // k, a.shape[1] // k
+    return a.reshape(Hk, k, Wk, k, *a.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _segment_native(a: np.ndarray, kind: str, um: float, roi, p: dict):
+    H, W = a.shape[:2]
+    ch = nuclear_channel(a, kind, um, p["sigma_um"])
     thr = p["threshold"]
     if not isinstance(thr, (int, float, np.floating, np.integer)) or isinstance(thr, bool):
         stride = max(1, int(np.sqrt(H * W / 1e6)))  # estimate on a grid of <= ~1-2 Mpx
