@@ -144,7 +144,14 @@ def _unit_float(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         m = float(a.max()) if a.size else 1.0
         return a.astype(np.float32) / np.float32(max(m, 1.0))
-    return np.clip(a.astype(np.float32, copy=False), 0.0, 1.0)
+    a = a.astype(np.float32, copy=False)
+    if a.size:
+        hi = float(np.nanmax(a[:: max(1, a.shape[0] // 256)]))  # a cheap row sample
+        if hi > 1.5:
+            raise MorphometricsError(
+                f"float image values must lie in [0, 1] (found {hi:g}); pass uint8 or divide by 255"
+            )
+    return np.clip(a, 0.0, 1.0)
 
 
 def _check_image(img, kind: str) -> np.ndarray:
