@@ -55,7 +55,7 @@ def _render_he(lab, seed=1):
     rng = np.random.default_rng(seed)
     h_vec = np.array([0.65, 0.70, 0.29])
     e_vec = np.array([0.07, 0.99, 0.11])
-    c_h = ndi.gaussian_filter(np.where(lab > 0, 0.9, 0.03), 0.8) + rng.normal(0, 0.03, lab.shape)
+    c_h = ndi.gaussian_filter(np.where(lab > 0, 1.6, 0.03), 0.8) + rng.normal(0, 0.03, lab.shape)
     c_e = 0.8 + rng.normal(0, 0.03, lab.shape)
     od = c_h[..., None] * h_vec + c_e[..., None] * e_vec
     return (np.clip(np.exp(-od), 0, 1) * 255).round().astype(np.uint8)
@@ -270,7 +270,9 @@ def test_errors(call, match):
 # real data
 
 
-def _c5_crop(data_dir, y0, x0, size=512):
+@pytest.fixture(scope="module")
+def c5(data_dir):
+    """her2st C5 he.jpg as a (9272, 9901, 3) uint8 array (read once per module; never written out)."""
     from PIL import Image
 
     p = data_dir / "her2st" / "C5" / "he.jpg"
@@ -278,7 +280,11 @@ def _c5_crop(data_dir, y0, x0, size=512):
         pytest.skip(f"{p} missing")
     Image.MAX_IMAGE_PIXELS = None
     with Image.open(p) as im:
-        return np.asarray(im.crop((x0, y0, x0 + size, y0 + size)).convert("RGB"))
+        return np.asarray(im.convert("RGB"))
+
+
+def _c5_crop(c5, y0, x0, size=512):
+    return np.ascontiguousarray(c5[y0 : y0 + size, x0 : x0 + size])
 
 
 def _log_count(rgb, um):
@@ -298,7 +304,7 @@ def _log_count(rgb, um):
 
 
 @pytest.mark.parametrize("y0, x0", [(3700, 4400), (4500, 5200)])
-def test_real_her2st_crop_against_log_blobs(data_dir, y0, x0):
+def test_real_her2st_crop_against_log_blobs(c5, y0, x0):
     """her2st C5 he.jpg, 512 x 512 px crops inside the tumour at full resolution (0.69 µm/px).
 
     The reference count is derived independently by LoG blob detection on the haematoxylin channel
@@ -306,7 +312,7 @@ def test_real_her2st_crop_against_log_blobs(data_dir, y0, x0):
     Measured when written: (3700, 4400): 590 vs LoG 763; (4500, 5200): 474 vs LoG 622. A manual
     count (by eye) of the 128 x 128 px top-left corner of the first crop gave about 30 (ours 28, LoG 34).
     """
-    rgb = _c5_crop(data_dir, y0, x0)
+    rgb = _c5_crop(c5, y0, x0)
     st = M.measure_nuclei(rgb, "he", um_per_px=0.69)
     ref = _log_count(rgb, 0.69)
     assert ref > 100  # the crop is in tissue
@@ -331,3 +337,16 @@ def test_fine_pixels_segmented_at_work_resolution(scene):
     blocks = M.measure_nuclei(fine[:600, :600], "dapi", UM / 3)
     assert native.count == blocks.count > 5
     assert native.mean_area_um2 == pytest.approx(blocks.mean_area_um2, rel=0.05)
+
+
+def test_real_her2st_glass_and_tissue_mask(c5):
+    """Glass (eosin-tinted, as around the C5 section) holds no nuclei and no tissue; a crop in the
+    tumour is all tissue. The tissue mask of a 1/8 thumbnail covers the section (10-30 %)."""
+    glass = _c5_crop(c5, 8000, 1000)
+    st = M.measure_nuclei(glass, "he", 0.69)
+    assert st.count == 0 and st.area_fraction == 0
+    assert not M.tissue_mask(glass, "he", 0.69).any()
+    assert M.tissue_mask(_c5_crop(c5, 3700, 4400), "he", 0.69).mean() > 0.95
+    thumb = np.ascontiguousarray(c5[::8, ::8])
+    frac = M.tissue_mask(thumb, "he", 0.69 * 8).mean()
+    assert 0.10 < frac < 0.30, frac

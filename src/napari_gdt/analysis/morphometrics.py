@@ -56,7 +56,7 @@ class MorphometricsError(GDTError):
 DEFAULTS: dict[str, object] = {
     "sigma_um": 0.5,  # Gaussian smoothing of the nuclear channel
     "threshold": "otsu",  # "otsu" | "li" | "triangle" | float (in channel units)
-    "min_threshold": None,  # absolute floor; None -> 0.02 OD for H&E, 0.05 for DAPI (of [0, 1])
+    "min_threshold": None,  # absolute floor; None -> 0.03 (rgb2hed H units) for H&E, 0.05 for DAPI (of [0, 1])
     "min_area_um2": 10.0,  # smallest nucleus kept (before and after the split)
     "max_hole_um2": 20.0,  # holes inside a nucleus up to this area are filled
     "min_distance_um": 2.5,  # smallest distance between two nucleus centres (split markers)
@@ -453,7 +453,7 @@ def _segment_native(a: np.ndarray, kind: str, um: float, roi, p: dict):
         thr = float(thr)
     floor = p["min_threshold"]
     if floor is None:
-        floor = 0.02 if kind == "he" else 0.05
+        floor = 0.03 if kind == "he" else 0.05
     thr = max(float(thr), float(floor))
     labels = np.zeros((H, W), np.int32)
     if not np.isfinite(thr):
