@@ -350,3 +350,20 @@ def test_real_her2st_glass_and_tissue_mask(c5):
     thumb = np.ascontiguousarray(c5[::8, ::8])
     frac = M.tissue_mask(thumb, "he", 0.69 * 8).mean()
     assert 0.10 < frac < 0.30, frac
+
+
+def test_dapi_background_subtraction_separates_nuclei_on_a_bright_band(scene):
+    """DAPI discs on a smooth bright band (as in a dense cell layer): the default background
+    subtraction (grey opening, 12 µm) keeps the count exact; without it the band merges nuclei."""
+    lab, _ = scene
+    rng = np.random.default_rng(5)
+    yy = np.arange(lab.shape[0])[:, None]
+    band = 0.35 * np.exp(-((yy - 200.0) ** 2) / (2 * 60.0**2))  # 60 px = 30 µm wide
+    v = ndi.gaussian_filter(np.where(lab > 0, 0.45, 0.05) + band, 1.0) + rng.normal(0, 0.02, lab.shape)
+    img = (np.clip(v, 0, 1) * 255).round().astype(np.uint8)
+    n, mean_area = _truth(lab)
+    st = M.measure_nuclei(img, "dapi", UM)
+    assert st.count == n
+    assert abs(st.mean_area_um2 - mean_area) / mean_area < 0.10
+    raw = M.measure_nuclei(img, "dapi", UM, background_um=0)
+    assert raw.count < n or raw.mean_area_um2 > 1.2 * mean_area
