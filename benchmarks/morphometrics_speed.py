@@ -46,9 +46,13 @@ def main() -> None:
     df = tile_stats(rgb, "he", a.um, tile_px=256, tissue_mask=tm)
     t_tiles, c_tiles = time.perf_counter() - t, time.process_time() - c
     print(f"image {rgb.shape[1]}x{rgb.shape[0]} px ({mpx:.1f} Mpx) at {a.um} um/px, tissue {tm.mean():.2f}")
-    print(f"measure_nuclei: wall {t_measure:6.1f} s, cpu {c_measure:6.1f} s ({c_measure / mpx:.2f} cpu s/Mpx)  count={st.count} "
-          f"density={st.density_per_mm2:.0f}/mm2 mean_area={st.mean_area_um2:.1f} um2 area_fraction={st.area_fraction:.3f}")
-    print(f"tile_stats:     wall {t_tiles:6.1f} s, cpu {c_tiles:6.1f} s ({c_tiles / mpx:.2f} cpu s/Mpx)  tiles={len(df)} (incl. tissue_mask)")
+    print(
+        f"measure_nuclei: wall {t_measure:6.1f} s, cpu {c_measure:6.1f} s ({c_measure / mpx:.2f} cpu s/Mpx)  count={st.count} "
+        f"density={st.density_per_mm2:.0f}/mm2 mean_area={st.mean_area_um2:.1f} um2 area_fraction={st.area_fraction:.3f}"
+    )
+    print(
+        f"tile_stats:     wall {t_tiles:6.1f} s, cpu {c_tiles:6.1f} s ({c_tiles / mpx:.2f} cpu s/Mpx)  tiles={len(df)} (incl. tissue_mask)"
+    )
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def test_haematoxylin_is_rgb2hed(scene):
 
 
 def test_mask_region(scene):
-    lab, placed = scene
+    lab, _ = scene
     img = _render_dapi(lab)
     mask = np.zeros(lab.shape, bool)
     mask[:, :200] = True
@@ -249,14 +249,18 @@ def test_params_threshold_and_min_area(scene):
         (lambda: M.measure_nuclei(np.zeros((10, 10)), "he", UM), r"H&E image must be \(H, W, 3\) RGB, got shape \(10, 10\)"),
         (lambda: M.measure_nuclei(np.zeros((2, 10, 10)), "dapi", UM), r"DAPI image must be \(H, W\) or \(H, W, 1\)"),
         (lambda: M.measure_nuclei(np.zeros((10, 10)), "dapi", 0), "um_per_px must be a positive number, got 0"),
-        (lambda: M.measure_nuclei(np.zeros((10, 10)), "dapi", UM, mask=np.ones((5, 5), bool)),
-         r"mask shape \(5, 5\) does not match image shape \(10, 10\)"),
+        (
+            lambda: M.measure_nuclei(np.zeros((10, 10)), "dapi", UM, mask=np.ones((5, 5), bool)),
+            r"mask shape \(5, 5\) does not match image shape \(10, 10\)",
+        ),
         (lambda: M.measure_nuclei(np.zeros((10, 10)), "dapi", UM, min_area=3), "unknown morphometrics parameter.*min_area"),
         (lambda: M.measure_nuclei(np.random.rand(20, 20), "dapi", UM, threshold="magic"), "threshold must be 'otsu'"),
         (lambda: M.measure_nuclei(np.random.rand(20, 20), "dapi", UM, declump="x"), "declump must be"),
         (lambda: M.tile_stats(np.zeros((10, 10)), "dapi", UM, tile_px=2), "tile_px must be >= 8"),
-        (lambda: M.measure_nuclei(np.full((10, 10, 3), 200.0), "he", UM),
-         r"float image values must lie in \[0, 1\] \(found 200\); pass uint8 or divide by 255"),
+        (
+            lambda: M.measure_nuclei(np.full((10, 10, 3), 200.0), "he", UM),
+            r"float image values must lie in \[0, 1\] \(found 200\); pass uint8 or divide by 255",
+        ),
         (lambda: M.footprint_stats(np.zeros((10, 10)), "dapi", UM, [(5, 5)], diameter_px=0), "diameter_px must be positive"),
     ],
 )
@@ -298,8 +302,9 @@ def _log_count(rgb, um):
     h = rgb2hed(rgb)[..., 0]
     lo, hi = np.percentile(h, [1, 99.5])
     hn = np.clip((h - lo) / (hi - lo), 0, 1)
-    blobs = blob_log(hn, min_sigma=2.5 / um / np.sqrt(2), max_sigma=6.0 / um / np.sqrt(2), num_sigma=6,
-                     threshold=0.15, overlap=0.5)
+    blobs = blob_log(
+        hn, min_sigma=2.5 / um / np.sqrt(2), max_sigma=6.0 / um / np.sqrt(2), num_sigma=6, threshold=0.15, overlap=0.5
+    )
     return len(blobs)
 
 

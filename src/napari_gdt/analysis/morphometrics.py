@@ -3,22 +3,22 @@
 One implementation shared by the compare widget and ``napari-gdt evaluate``.
 Pure numpy / scipy / scikit-image (no Qt, no napari).
 
-Pipeline (see docs/morphometrics.md):
+Pipeline (see docs/morphometrics.md; all lengths in µm, so any pixel size works):
 
-1. Nuclear channel. H&E: the haematoxylin optical density from colour deconvolution
+1. Nuclear channel. H&E: haematoxylin from colour deconvolution
    (:func:`skimage.color.rgb2hed`, Ruifrok & Johnston). DAPI: the intensity.
-2. Gaussian smoothing (``sigma_um``, default 0.5 µm).
+   Images much finer than ``work_um_per_px`` are segmented on block means.
+2. Gaussian smoothing (``sigma_um``); DAPI: minus a smooth background (``background_um``).
 3. One *global* threshold per call: Otsu (default; or ``"li"``, ``"triangle"``, or a number)
    computed on tissue pixels only (H&E: pixels that are not near-white glass), and never below
    a small absolute floor (``min_threshold``), so that flat or nucleus-free images give no nuclei.
 4. Clean: fill holes smaller than ``max_hole_um2``, drop objects smaller than ``min_area_um2``.
-5. Split touching nuclei: Euclidean distance transform, markers = h-maxima of the distance
-   (``split_h_um``, at least half a pixel), one per plateau at its highest pixel, kept at least
-   ``min_distance_um`` apart (greedy, highest first, as ``peak_local_max`` does), then a
-   marker-controlled watershed on the negated distance inside the foreground. Fragments smaller
-   than ``min_area_um2`` after the split are dropped.
+5. Split touching nuclei: a marker score (distance transform x rescaled intensity by default),
+   one watershed seed per local maximum, then basins merged by the h-maxima (dynamics)
+   criterion (``split_h_um``) and the minimum peak distance (``min_distance_um``).
+   Fragments smaller than ``min_area_um2`` after the split are dropped.
 
-Steps 4-5 run in overlapping tiles (``_TILE`` px core, ``overlap`` µm halo) so a 5000 x 5000 image
+Steps 4-5 run in overlapping tiles (``_TILE`` px core, ``overlap_um`` halo) so a 5000 x 5000 image
 needs bounded memory; a nucleus belongs to the tile that holds its centroid.
 """
 
@@ -33,17 +33,17 @@ from scipy import ndimage as ndi
 from ..errors import GDTError
 
 __all__ = [
+    "DEFAULTS",
     "MorphometricsError",
     "NucleiStats",
-    "DEFAULTS",
-    "haematoxylin",
-    "nuclear_channel",
-    "tissue_mask",
-    "segment_nuclei",
-    "measure_nuclei",
     "compare_table",
-    "tile_stats",
     "footprint_stats",
+    "haematoxylin",
+    "measure_nuclei",
+    "nuclear_channel",
+    "segment_nuclei",
+    "tile_stats",
+    "tissue_mask",
 ]
 
 
@@ -149,9 +149,7 @@ def _unit_float(a: np.ndarray) -> np.ndarray:
     if a.size:
         hi = float(np.nanmax(a[:: max(1, a.shape[0] // 256)]))  # a cheap row sample
         if hi > 1.5:
-            raise MorphometricsError(
-                f"float image values must lie in [0, 1] (found {hi:g}); pass uint8 or divide by 255"
-            )
+            raise MorphometricsError(f"float image values must lie in [0, 1] (found {hi:g}); pass uint8 or divide by 255")
     return np.clip(a, 0.0, 1.0)
 
 
@@ -395,7 +393,7 @@ def _merge_basins(lab: np.ndarray, score: np.ndarray, n: int, h: float, md: floa
                 ra, rb = rb, ra
             parent[rb] = ra  # ra keeps the higher peak
     roots = np.array([find(i) for i in range(n + 1)])
-    uniq, inv = np.unique(roots, return_inverse=True)
+    _, inv = np.unique(roots, return_inverse=True)
     remap = inv.astype(np.int32)  # root 0 (background) -> 0
     return remap[lab]
 
@@ -429,7 +427,7 @@ def _subtract_background(ch: np.ndarray, radius_px: float) -> np.ndarray:
     """Channel minus its smooth background: a grey opening with a square of side 2r + 1 (which
     removes every bright structure narrower than that, i.e. the nuclei), smoothed by a box of the
     same size; negative values are clipped to 0. Separable, so cheap at any radius."""
-    size = 2 * max(1, int(round(radius_px))) + 1
+    size = 2 * max(1, round(radius_px)) + 1
     if size >= min(ch.shape):
         size = max(3, (min(ch.shape) // 2) * 2 - 1)
     bg = ndi.grey_opening(ch, size=(size, size))
@@ -614,8 +612,9 @@ def compare_table(images: dict, kind: str = "he", um_per_px: float = 0.5, mask=N
     return df
 
 
-def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256, tissue_mask=None,
-               min_tissue: float = 0.5, **params) -> pd.DataFrame:
+def tile_stats(
+    img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256, tissue_mask=None, min_tissue: float = 0.5, **params
+) -> pd.DataFrame:
     """Per-tile nuclei density and area fraction (for Spearman correlations between images).
 
     The image is segmented once (one global threshold), then cut into a grid of ``tile_px`` tiles.
@@ -663,7 +662,12 @@ def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256
             c = int(cnt[k])
             rows.append(
                 {
-                    "ty": ty, "tx": tx, "y0": y0, "x0": x0, "y1": y1, "x1": x1,
+                    "ty": ty,
+                    "tx": tx,
+                    "y0": y0,
+                    "x0": x0,
+                    "y1": y1,
+                    "x1": x1,
                     "tissue_fraction": frac,
                     "count": c,
                     "density_per_mm2": c / (tpx * px_area / 1e6),
@@ -671,13 +675,13 @@ def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256
                     "mean_area_um2": float(asum[k] / c * px_area) if c else 0.0,
                 }
             )
-    cols = ["ty", "tx", "y0", "x0", "y1", "x1", "tissue_fraction", "count", "density_per_mm2",
-            "area_fraction", "mean_area_um2"]
+    cols = ["ty", "tx", "y0", "x0", "y1", "x1", "tissue_fraction", "count", "density_per_mm2", "area_fraction", "mean_area_um2"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def footprint_stats(img, kind: str = "he", um_per_px: float = 0.5, centres_yx=None, diameter_px: float = 145.0,
-                    **params) -> pd.DataFrame:
+def footprint_stats(
+    img, kind: str = "he", um_per_px: float = 0.5, centres_yx=None, diameter_px: float = 145.0, **params
+) -> pd.DataFrame:
     """Nuclei in circular spot footprints: one row per centre (in input order).
 
     ``centres_yx``: (N, 2) spot centres in image px (y, x); ``diameter_px``: footprint diameter.
@@ -723,7 +727,10 @@ def footprint_stats(img, kind: str = "he", um_per_px: float = 0.5, centres_yx=No
         k = int(sel.size)
         rows.append(
             {
-                "y": float(y), "x": float(x), "footprint_px": npx, "count": k,
+                "y": float(y),
+                "x": float(x),
+                "footprint_px": npx,
+                "count": k,
                 "density_per_mm2": k / (npx * px_area / 1e6) if npx else 0.0,
                 "area_fraction": nuc / npx if npx else 0.0,
                 "mean_area_um2": float(area[sel].mean() * px_area) if k else 0.0,
@@ -740,4 +747,3 @@ def _disc_into(m: np.ndarray, cy: float, cx: float, r: float) -> None:
         return
     yy, xx = np.ogrid[y0:y1, x0:x1]
     m[y0:y1, x0:x1] |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
