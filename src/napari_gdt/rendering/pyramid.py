@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -71,14 +72,70 @@ def _down2(img: np.ndarray, mask: np.ndarray | None):
         img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         if mask is not None:
             mask = np.pad(mask, ((0, h % 2), (0, w % 2)), mode="edge")
-    H2, W2 = img.shape[0] // 2, img.shape[1] // 2
     if img.dtype == np.uint8:
-        s = img.reshape(H2, 2, W2, 2, -1).sum(axis=(1, 3), dtype=np.uint16)
-        out = ((s + 2) // 4).astype(np.uint8)
+        a = img.astype(np.uint16)
+        out = ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4).astype(np.uint8)
     else:
-        out = img.reshape(H2, 2, W2, 2, -1).mean(axis=(1, 3)).astype(img.dtype)
-    m = None if mask is None else mask.reshape(H2, 2, W2, 2).all(axis=(1, 3))
+        out = ((img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2]) / 4).astype(img.dtype)
+    m = None if mask is None else (mask[0::2, 0::2] & mask[1::2, 0::2] & mask[0::2, 1::2] & mask[1::2, 1::2])
     return out, m
+
+
+class CanvasBlocks:
+    """Reads expression windows through an LRU of aligned ``block`` x ``block``-bin blocks.
+
+    Panning reads the same bins for previews, tiles and neighbouring windows;
+    each block is computed from the (dask) canvas once, with dask's synchronous
+    scheduler (no thread hand-offs inside the worker). Bins outside the canvas
+    read as zero, exactly like :meth:`ExpressionCanvas.read_window`, so cache
+    keys agree with every other reader.
+    """
+
+    def __init__(self, canvas, block: int | None = None, max_bytes: int = 128 * 2**20):
+        self.canvas = canvas
+        if block is None:  # the canvas's own chunking, so each dask chunk is computed once
+            ch = canvas.data.chunks
+            block = max(ch[1][0], ch[2][0]) if len(ch[1]) and len(ch[2]) else 128
+            per_bin = canvas.shape[0] * 4
+            while block > 32 and block * block * per_bin > max_bytes // 8:
+                block //= 2
+        self.B = int(block)
+        self.max_bytes = int(max_bytes)
+        self._d: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+
+    def _block(self, by: int, bx: int) -> np.ndarray:
+        with self._lock:
+            b = self._d.get((by, bx))
+            if b is not None:
+                self._d.move_to_end((by, bx))
+                return b
+        B = self.B
+        H, W = self.canvas.n_bins
+        b = np.asarray(self.canvas.data[:, by * B : min((by + 1) * B, H), bx * B : min((bx + 1) * B, W)].compute(scheduler="synchronous"), dtype=np.float32)
+        with self._lock:
+            self._d[(by, bx)] = b
+            self._nbytes += b.nbytes
+            while self._nbytes > self.max_bytes and len(self._d) > 1:
+                self._nbytes -= self._d.popitem(last=False)[1].nbytes
+        return b
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """Counts in bins ``[y0, y0+h) x [x0, x0+w)``, float32 ``(G, h, w)``, zero outside the canvas."""
+        out = np.zeros((self.canvas.shape[0], h, w), np.float32)
+        H, W = self.canvas.n_bins
+        ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
+        if ya >= yb or xa >= xb:
+            return out
+        B = self.B
+        for by in range(ya // B, -(-yb // B)):
+            for bx in range(xa // B, -(-xb // B)):
+                blk = self._block(by, bx)
+                y_a, y_b = max(ya, by * B), min(yb, (by + 1) * B)
+                x_a, x_b = max(xa, bx * B), min(xb, (bx + 1) * B)
+                out[:, y_a - y0 : y_b - y0, x_a - x0 : x_b - x0] = blk[:, y_a - by * B : y_b - by * B, x_a - bx * B : x_b - bx * B]
+        return out
 
 
 class _Chunk:
@@ -233,6 +290,7 @@ class TilePyramid:
         self.nearby = int(nearby)
         self.auto_request = bool(auto_request)
         self.preview = PreviewMap(renderer)
+        self.blocks = CanvasBlocks(renderer.canvas)
         self._store: OrderedDict[tuple[int, int, int], _Chunk] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.RLock()
@@ -241,6 +299,7 @@ class TilePyramid:
         self._placeholder = quantise(self.preview.colour(), self.dtype)
         self.update_callbacks: list[Callable[[str, list], None]] = []
         self.n_previews = 0
+        self.timings = {"read_s": 0.0, "compute_s": 0.0, "ingest_s": 0.0, "preview_s": 0.0}
         self._own_scheduler = scheduler is None
         self.scheduler = scheduler if scheduler is not None else TileScheduler()
         self._chan = f"{name}#{id(self):x}"
@@ -423,16 +482,7 @@ class TilePyramid:
         return ch is not None and ch.complete
 
     def _read_windows(self, specs: list[TileSpec]) -> dict[tuple[int, int], np.ndarray]:
-        if not specs:
-            return {}
-        area = sum(s.win[2] * s.win[3] for s in specs)
-        y0 = min(s.win[0] for s in specs)
-        x0 = min(s.win[1] for s in specs)
-        y1 = max(s.win[0] + s.win[2] for s in specs)
-        x1 = max(s.win[1] + s.win[3] for s in specs)
-        if (y1 - y0) * (x1 - x0) <= 2 * area:
-            return self.renderer._read_windows(specs)  # one read of the union box
-        return {(s.ty, s.tx): self.renderer.read_window(s) for s in specs}
+        return {(sp.ty, sp.tx): self.blocks.read(*sp.win) for sp in specs}
 
     def _process_tiles(self, keys, should_stop) -> int:
         with self._lock:
@@ -440,9 +490,12 @@ class TilePyramid:
         if not keys:
             return 0
         specs = [self.renderer.tile(ty, tx) for ty, tx in keys]
+        t0 = time.perf_counter()
         windows = self._read_windows(specs)
+        t1 = time.perf_counter()
         with self._compute_lock:  # stats of the renderer are not thread-safe
             res = self.renderer.compute_tiles(specs, windows=windows, should_stop=should_stop)
+        t2 = time.perf_counter()
         had_fit = self.preview.n > 0
         for s in specs:
             t = res.get((s.ty, s.tx))
@@ -452,23 +505,32 @@ class TilePyramid:
             self.ingest(s, t)
         if not had_fit and self.preview.n > 0:
             self._placeholder = quantise(self.preview.colour(), self.dtype)
+        tm = self.timings
+        tm["read_s"] += t1 - t0
+        tm["compute_s"] += t2 - t1
+        tm["ingest_s"] += time.perf_counter() - t2
         return len(res)
 
     def ingest(self, spec: TileSpec, tile: np.ndarray) -> None:
-        """Store a computed tile (float (h, w, C)) at level 0 and cascade it up the pyramid."""
+        """Store a computed tile (float (h, w, C)) at level 0 and cascade it up the pyramid.
+
+        Only the changed box is downsampled at each level (it halves every level).
+        """
         img = quantise(tile, self.dtype)
+        half = self.T // 2
         with self._lock:
-            self._put((0, spec.ty, spec.tx), _Chunk(img, None, True, True))
+            child = _Chunk(img, None, True, True)
+            self._put((0, spec.ty, spec.tx), child)
             cy, cx = spec.ty, spec.tx
-            child = self._store[(0, cy, cx)]
+            y0, y1, x0, x1 = 0, img.shape[0], 0, img.shape[1]
             for k in range(1, self.n_levels):
-                small, m = _down2(child.img, child.real)
+                y0, x0 = y0 - y0 % 2, x0 - x0 % 2
+                small, m = _down2(child.img[y0:y1, x0:x1], None if child.real is None else child.real[y0:y1, x0:x1])
                 py, px = cy // 2, cx // 2
                 parent = self._get_or_new(k, py, px)
-                oy, ox = (cy % 2) * (self.T // 2), (cx % 2) * (self.T // 2)
-                h, w = small.shape[:2]
+                oy, ox = (cy % 2) * half + y0 // 2, (cx % 2) * half + x0 // 2
                 ph, pw = parent.img.shape[:2]
-                h, w = min(h, ph - oy), min(w, pw - ox)
+                h, w = min(small.shape[0], ph - oy), min(small.shape[1], pw - ox)
                 if h <= 0 or w <= 0:
                     break
                 if m is None:
@@ -481,13 +543,15 @@ class TilePyramid:
                 if parent.real.all():
                     parent.complete, parent.real = True, None
                 child, cy, cx = parent, py, px
+                y0, y1, x0, x1 = oy, oy + h, ox, ox + w
 
-    def _get_or_new(self, k: int, cy: int, cx: int) -> _Chunk:
+    def _get_or_new(self, k: int, cy: int, cx: int, fill: bool = True) -> _Chunk:
         ch = self._store.get((k, cy, cx))
         if ch is None:
             b = self._chunk_box(k, cy, cx)
             img = np.empty((b.y1 - b.y0, b.x1 - b.x0, self.C), self.dtype)
-            img[...] = self._placeholder
+            if fill:
+                img[...] = self._placeholder
             ch = _Chunk(img, np.zeros(img.shape[:2], bool), False, False)
             self._put((k, cy, cx), ch)
         elif ch.complete and ch.real is None:
@@ -510,6 +574,13 @@ class TilePyramid:
             self._nbytes -= self._store.pop(k2).nbytes
 
     def _process_previews(self, keys, should_stop) -> int:
+        t0 = time.perf_counter()
+        try:
+            return self._process_previews_(keys, should_stop)
+        finally:
+            self.timings["preview_s"] += time.perf_counter() - t0
+
+    def _process_previews_(self, keys, should_stop) -> int:
         n = 0
         for key in keys:
             if should_stop():
@@ -519,14 +590,18 @@ class TilePyramid:
                 ch = self._store.get(key)
                 if ch is not None and (ch.previewed or ch.complete):
                     continue
-            img = quantise(self._preview_chunk(k, cy, cx), self.dtype)
+            img = self._preview_chunk(k, cy, cx)
             with self._lock:
-                ch = self._get_or_new(k, cy, cx)
+                fresh = (k, cy, cx) not in self._store
+                ch = self._get_or_new(k, cy, cx, fill=not fresh)
                 if ch.complete:
                     ch.real = None
                     continue
-                free = ~ch.real
-                ch.img[free] = img[free]
+                if fresh:
+                    ch.img[...] = img
+                else:
+                    free = ~ch.real
+                    ch.img[free] = img[free]
                 ch.previewed = True
                 self._put(key, ch)  # re-account bytes / recency
                 self._paste_children(k, cy, cx, ch)
@@ -556,7 +631,7 @@ class TilePyramid:
             ch.complete, ch.real = True, None
 
     def _preview_chunk(self, k: int, cy: int, cx: int) -> np.ndarray:
-        """Preview colours ``(h, w, C)`` float for a chunk, from the expression under it."""
+        """Preview pixels ``(h, w, C)`` (level dtype) for a chunk, from the expression under it."""
         b = self._chunk_box(k, cy, cx)
         f = 2**k
         p = self.preview.ppb
@@ -566,14 +641,19 @@ class TilePyramid:
         iy = np.minimum(((np.arange(b.y0, b.y1) + 0.5) * f / p).astype(np.int64), Hb - 1)
         ix = np.minimum(((np.arange(b.x0, b.x1) + 0.5) * f / p).astype(np.int64), Wb - 1)
         if f > p and f % p == 0:
-            s = f // p
-            blk = np.asarray(data[:, iy[0] : iy[-1] + 1 : s, ix[0] : ix[-1] + 1 : s], dtype=np.float32)
-            ry, rx = (iy - iy[0]) // s, (ix - ix[0]) // s
+            st = f // p
+            blk = np.asarray(data[:, iy[0] : iy[-1] + 1 : st, ix[0] : ix[-1] + 1 : st].compute(scheduler="synchronous"), dtype=np.float32)
+            ry, rx = (iy - iy[0]) // st, (ix - ix[0]) // st
         else:
-            blk = np.asarray(data[:, iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1], dtype=np.float32)
+            blk = self.blocks.read(int(iy[0]), int(ix[0]), int(iy[-1] - iy[0] + 1), int(ix[-1] - ix[0] + 1))
             ry, rx = iy - iy[0], ix - ix[0]
-        col = self.preview.apply(blk)  # (hb, wb, C)
-        return col[ry][:, rx]
+        col = quantise(self.preview.apply(blk), self.dtype)  # (hb, wb, C), one colour per bin
+        if f < p and p % f == 0:  # whole level-k pixels per bin: repeat (faster than fancy indexing)
+            rep = p // f
+            oy, ox = (b.y0 * f) % p // f, (b.x0 * f) % p // f
+            up = np.repeat(np.repeat(col, rep, axis=0), rep, axis=1)
+            return up[oy : oy + b.y1 - b.y0, ox : ox + b.x1 - b.x0]
+        return col[ry[:, None], rx[None, :]]
 
     # ------------------------------------------------------------ blocking
     def compute_region(self, region: Region | None = None, level: int = 0) -> np.ndarray:
