@@ -16,6 +16,7 @@ repeatedly takes the best-priority job and batches it with up to
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -46,6 +47,9 @@ class TileScheduler:
     num_threads : int, optional
         If given, the worker calls ``torch.set_num_threads(num_threads)`` when it
         starts (intra-op threads of the model forward; leave a core for the UI).
+    nice : int
+        If > 0, the worker thread lowers its own OS scheduling priority by this
+        much (Linux), so that a busy CPU serves the UI thread first.
     on_progress : callable, optional
         ``on_progress(done, queued)`` after each batch and when the queue changes;
         called from the worker thread (or the caller of :meth:`set_jobs`).
@@ -58,13 +62,14 @@ class TileScheduler:
     before touching widgets.
     """
 
-    def __init__(self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles"):
+    def __init__(self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles", nice: int = 0):
         self._cond = threading.Condition()
         self._channels: dict[str, dict[tuple, Job]] = {}
         self._running: list[Job] = []
         self._generation = 0
         self._closed = False
         self.num_threads = num_threads
+        self.nice = int(nice)
         self.progress_callbacks: list[Callable[[int, int], None]] = [on_progress] if on_progress else []
         self.error_callbacks: list[Callable[[BaseException], None]] = [on_error] if on_error else []
         self.done = 0
@@ -195,6 +200,11 @@ class TileScheduler:
             import torch
 
             torch.set_num_threads(int(self.num_threads))
+        if self.nice > 0 and hasattr(os, "setpriority"):
+            try:  # Linux: a thread is a task; lower only this worker's priority so the UI thread wins the CPU
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError:  # pragma: no cover - not permitted / not Linux
+                pass
         while True:
             with self._cond:
                 while not self._closed and not self._pending_idents():
