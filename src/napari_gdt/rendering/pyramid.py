@@ -463,12 +463,13 @@ class TilePyramid:
 
     # -------------------------------------------------------------- worker
     def batch_limit(self, kind: str) -> int:
-        return self.renderer.batch_size if kind == "tile" else 16
+        return self.renderer.batch_size if kind == "tile" else 8
 
     def process(self, kind: str, keys: list, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Run one batch of jobs (called on the scheduler's worker thread, or blocking)."""
         if kind == "tile":
-            n = self._process_tiles(keys, should_stop)
+            n = len(keys)
+            self._process_tiles(keys, should_stop)
         elif kind == "preview":
             n = self._process_previews(keys, should_stop)
         else:  # pragma: no cover
@@ -581,10 +582,11 @@ class TilePyramid:
             self.timings["preview_s"] += time.perf_counter() - t0
 
     def _process_previews_(self, keys, should_stop) -> int:
+        """Returns how many keys were handled (the rest were preempted)."""
         n = 0
-        for key in keys:
-            if should_stop():
-                break
+        for i, key in enumerate(keys):
+            if i > 0 and should_stop():
+                return i
             k, cy, cx = key
             with self._lock:
                 ch = self._store.get(key)
@@ -607,7 +609,7 @@ class TilePyramid:
                 self._paste_children(k, cy, cx, ch)
             self.n_previews += 1
             n += 1
-        return n
+        return len(keys)
 
     def _paste_children(self, k: int, cy: int, cx: int, ch: _Chunk) -> None:
         """Paste the real parts of any stored finer chunks (after an eviction of this one)."""

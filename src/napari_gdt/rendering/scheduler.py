@@ -12,6 +12,9 @@ replaces a channel's jobs wholesale, so a job that is no longer requested by
 any channel (a tile that left the view) is dropped before it runs. The worker
 repeatedly takes the best-priority job and batches it with up to
 ``batch_limit(kind) - 1`` further queued jobs of the same owner and kind.
+``process`` may return how many of the keys it handled (it polls
+``should_stop()``, which turns true on cancel or when a better-priority job was
+queued meanwhile); the rest go back to the queue.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class TileScheduler:
         self._cond = threading.Condition()
         self._channels: dict[str, dict[tuple, Job]] = {}
         self._running: list[Job] = []
+        self._origin: dict = {}
         self._generation = 0
         self._closed = False
         self.num_threads = num_threads
@@ -190,10 +194,23 @@ class TileScheduler:
         same.sort(key=lambda j: j.priority)
         batch = same[:limit]
         ids = {j.ident for j in batch}
-        for d in self._channels.values():
+        self._origin = {}
+        for c, d in self._channels.items():
             for k in ids:
-                d.pop(k, None)
+                j = d.pop(k, None)
+                if j is not None:
+                    self._origin.setdefault(k, []).append((c, j))
         return batch
+
+    def _requeue(self, jobs: list[Job], gen: int) -> None:
+        """Put back jobs a preempted batch did not reach (if their channel still wants them)."""
+        if gen != self._generation or self._closed:
+            return
+        for j in jobs:
+            for c, jj in self._origin.get(j.ident, []):
+                d = self._channels.get(c)
+                if d is not None and j.ident not in d:
+                    d[j.ident] = jj
 
     def _loop(self) -> None:
         if self.num_threads:
@@ -217,12 +234,23 @@ class TileScheduler:
             if not batch:
                 continue
 
-            def should_stop(gen=gen) -> bool:
-                return self._closed or self._generation != gen
+            prio = batch[0].priority
+
+            def should_stop(gen=gen, prio=prio) -> bool:
+                """Cancelled, closed, or preempted by a better-priority job queued meanwhile."""
+                if self._closed or self._generation != gen:
+                    return True
+                with self._cond:
+                    return any(j.priority < prio for d in self._channels.values() for j in d.values())
 
             t0 = time.perf_counter()
+            n_done = len(batch)
             try:
-                batch[0].owner.process(batch[0].kind, [j.key for j in batch], should_stop)
+                n = batch[0].owner.process(batch[0].kind, [j.key for j in batch], should_stop)
+                if isinstance(n, int) and 0 <= n < len(batch):
+                    n_done = n
+                    with self._cond:
+                        self._requeue(batch[n:], gen)
             except BaseException as e:  # keep the worker alive; report
                 self.last_error = e
                 for cb in list(self.error_callbacks):
@@ -234,7 +262,7 @@ class TileScheduler:
                 self.busy_s += time.perf_counter() - t0
                 with self._cond:
                     self._running = []
-                    self.done += len(batch)
+                    self.done += n_done
                     self.batches += 1
                     self._cond.notify_all()
             self._emit_progress()

@@ -139,6 +139,10 @@ class GeneratorWidget(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(self.refresh_interval_ms)
         self._refresh_timer.timeout.connect(self._refresh_layers)
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.setInterval(500)
+        self._progress_timer.timeout.connect(self._open_progress)
         self._view_timer = QTimer(self)
         self._view_timer.setSingleShot(True)
         self._view_timer.setInterval(30)
@@ -374,25 +378,40 @@ class GeneratorWidget(QWidget):
         if self.viewer is None:
             return
         if queued > 0:
+            if self._progress is None and not self._progress_timer.isActive():
+                self._progress_timer.start()  # create the bar only if work lasts (it costs the UI thread)
             if self._progress is None:
-                from napari.utils.progress import cancelable_progress
-
-                widget = self
-
-                class _TileProgress(cancelable_progress):
-                    def cancel(self):
-                        super().cancel()
-                        widget.cancel()
-
-                self._done0 = done
-                self._progress = _TileProgress(total=queued, desc="generating tiles")
-            p = self._progress
-            n = done - self._done0
-            p.total = n + queued
-            p.n = n
-            p.refresh()
+                return
+            self._progress_update(done, queued)
         else:
+            self._progress_timer.stop()
             self._close_progress()
+
+    def _open_progress(self):
+        if self._progress is not None or self.scheduler is None:
+            return
+        queued = self.scheduler.queued + self.scheduler.running
+        if queued == 0:
+            return
+        from napari.utils.progress import cancelable_progress
+
+        widget = self
+
+        class _TileProgress(cancelable_progress):
+            def cancel(self):  # the activity dock's Cancel button
+                super().cancel()
+                widget.cancel()
+
+        self._done0 = self.scheduler.done
+        self._progress = _TileProgress(total=queued, desc="generating tiles")
+        self._progress_update(self.scheduler.done, queued)
+
+    def _progress_update(self, done: int, queued: int):
+        p = self._progress
+        n = max(0, done - self._done0)
+        p.total = n + queued
+        p.n = n
+        p.refresh()
 
     def _close_progress(self):
         if self._progress is not None:
