@@ -138,10 +138,14 @@ def responsiveness(a) -> dict:
     viewer.window._qt_window.resize(1000, 800)
     cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
-    # baseline: the same pan over an in-memory image (no tiles computed): the floor set by
+    # baseline: the same pan over an in-memory multiscale image (no tiles computed): the floor set by
     # napari, the GL driver and the machine's load
     rng = np.random.default_rng(0)
-    base = viewer.add_image(rng.integers(0, 255, (a.resp_px, a.resp_px, 3), dtype=np.uint8), rgb=True, name="numpy")
+    full = rng.integers(0, 255, (a.resp_px, a.resp_px, 3), dtype=np.uint8)
+    levels = [full]
+    while max(levels[-1].shape[:2]) > 256:
+        levels.append(levels[-1][::2, ::2])
+    base = viewer.add_image(levels, rgb=True, multiscale=True, name="numpy")  # napari re-slices it on pan, like ours
     cam.zoom = 1.0
     cam.center = (a.resp_px / 2, a.resp_px / 4)
     for _ in range(20):
@@ -353,7 +357,7 @@ def main(argv=None):
         print(f"responsiveness: max main-thread gap while panning with the lazy layer {r['lazy_max_gap_ms']:.0f} ms "
               f"(p99 {r['lazy_p99_gap_ms']:.0f} ms, {r['lazy_tiles_during_pan']} tiles computed meanwhile, torch threads {r['torch_threads']}) "
               f"-> {'PASS' if r['lazy_max_gap_ms'] <= 100 else 'FAIL'} (goal <= 100 ms)")
-        print(f"responsiveness: baseline, the same pan over an in-memory numpy image (nothing computed): max gap "
+        print(f"responsiveness: baseline, the same pan over an in-memory multiscale numpy image (nothing computed): max gap "
               f"{r['baseline_max_gap_ms']:.0f} ms (p99 {r['baseline_p99_gap_ms']:.0f} ms): the floor of this machine, GL driver and load")
         print(f"responsiveness: contrast, plain dask layer computing on the UI thread ({r['dask_side_px']} px square): "
               f"max gap {r['dask_max_gap_ms']:.0f} ms")

@@ -188,3 +188,36 @@ def test_computed_once_across_processes(tmp_path):
     assert out2.returncode == 0, out2.stderr
     assert out2.stdout.split()[:4] == ["computed", "0", "cached", "4"]
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+
+
+def test_preempted_batch_requeues_the_rest():
+    seen = []
+    started = threading.Event()
+    go = threading.Event()
+
+    class Owner:
+        def batch_limit(self, kind):
+            return 4
+
+        def process(self, kind, keys, should_stop):
+            for i, k in enumerate(keys):
+                if i > 0 and should_stop():
+                    return i
+                seen.append(k)
+                started.set()
+                go.wait(10)
+            return len(keys)
+
+    o = Owner()
+    s = TileScheduler()
+    try:
+        s.set_jobs("thumb", [Job((1, i), o, "preview", ("slow", i)) for i in range(4)])
+        assert started.wait(10)
+        s.set_jobs("view", [Job((0, 0), o, "preview", "urgent")])  # a better job arrives mid-batch
+        go.set()
+        assert s.wait_idle(10)
+        assert seen[0] == ("slow", 0) and seen[1] == "urgent"  # preempted after one key
+        assert sorted(k for k in seen if k != "urgent") == [("slow", i) for i in range(4)]  # the rest were requeued, not lost
+    finally:
+        go.set()
+        s.close()

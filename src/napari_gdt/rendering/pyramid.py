@@ -352,19 +352,30 @@ class TilePyramid:
         """
         r = self._clip(k, Region(y0, y1, x0, x1))
         out = np.empty((r.y1 - r.y0, r.x1 - r.x0, self.C), dtype=self.dtype)
-        out[...] = self._placeholder
         if out.size == 0:
             return out
-        with self._lock:
-            for cy, cx in self._chunks_in(k, r):
-                ch = self._store.get((k, cy, cx))
-                if ch is None:
-                    continue
-                self._store.move_to_end((k, cy, cx))
-                b = self._chunk_box(k, cy, cx)
-                ya, yb = max(b.y0, r.y0), min(b.y1, r.y1)
-                xa, xb = max(b.x0, r.x0), min(b.x1, r.x1)
-                out[ya - r.y0 : yb - r.y0, xa - r.x0 : xb - r.x0] = ch.img[ya - b.y0 : yb - b.y0, xa - b.x0 : xb - b.x0]
+        ph = self._placeholder
+        # No lock here: the UI thread must never wait for the worker. A dict lookup is atomic;
+        # a chunk being pasted into at this instant may show a mix of old and new pixels until
+        # the next refresh, never garbage.
+        seen = []
+        for cy, cx in self._chunks_in(k, r):
+            ch = self._store.get((k, cy, cx))
+            b = self._chunk_box(k, cy, cx)
+            ya, yb = max(b.y0, r.y0), min(b.y1, r.y1)
+            xa, xb = max(b.x0, r.x0), min(b.x1, r.x1)
+            if ch is None:
+                out[ya - r.y0 : yb - r.y0, xa - r.x0 : xb - r.x0] = ph
+                continue
+            seen.append((k, cy, cx))
+            out[ya - r.y0 : yb - r.y0, xa - r.x0 : xb - r.x0] = ch.img[ya - b.y0 : yb - b.y0, xa - b.x0 : xb - b.x0]
+        if seen and self._lock.acquire(blocking=False):  # LRU recency, only if free right now
+            try:
+                for key in seen:
+                    if key in self._store:
+                        self._store.move_to_end(key)
+            finally:
+                self._lock.release()
         if self.auto_request if request is None else request:
             whole = r == Region(0, self.level_shapes[k][0], 0, self.level_shapes[k][1])
             thumb = k == self.n_levels - 1 and whole and self.n_levels > 1
@@ -396,12 +407,14 @@ class TilePyramid:
         left the view are dropped by the scheduler.
         """
         r = self._clip(k, region)
-        with self._lock:
-            absent = sum((k, cy, cx) not in self._store for cy, cx in self._chunks_in(k, r))
-        sig = (k, r, absent)  # an evicted chunk changes the signature, so it is asked for again
-        if self._last.get(channel) == sig:
+        absent = sum((k, cy, cx) not in self._store for cy, cx in self._chunks_in(k, r))  # atomic lookups, no lock
+        last = self._last.get(channel)
+        # same view, and nothing evicted since (absent chunks did not increase): nothing to do.
+        # (After a cancel the view is therefore not asked for again until it changes.)
+        if last is not None and last[:2] == (k, r) and absent <= last[2]:
+            self._last[channel] = (k, r, absent)
             return
-        self._last[channel] = sig
+        self._last[channel] = (k, r, absent)
         rank = {"view": 0, "thumb": 1}.get(channel, 0)
         cyc, cxc = (r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2
         T = self.T
@@ -410,11 +423,10 @@ class TilePyramid:
             return sorted(cells, key=lambda c: ((c[0] + 0.5) * T * scale - cyc) ** 2 + ((c[1] + 0.5) * T * scale - cxc) ** 2)
 
         jobs: list[Job] = []
-        with self._lock:
-            for i, (cy, cx) in enumerate(centre_first(self._chunks_in(k, r))):
-                ch = self._store.get((k, cy, cx))
-                if ch is None or not (ch.previewed or ch.complete):
-                    jobs.append(Job((rank, 0, i), self, "preview", (k, cy, cx)))
+        for i, (cy, cx) in enumerate(centre_first(self._chunks_in(k, r))):
+            ch = self._store.get((k, cy, cx))
+            if ch is None or not (ch.previewed or ch.complete):
+                jobs.append(Job((rank, 0, i), self, "preview", (k, cy, cx)))
         near: list[Job] = []
         if channel == "view" and r.y1 > r.y0 and r.x1 > r.x0:
             r0 = self._to_level0(k, r)
@@ -426,19 +438,17 @@ class TilePyramid:
                 def cf0(cells):
                     return sorted(cells, key=lambda c: ((c[0] + 0.5) * T - cyc0) ** 2 + ((c[1] + 0.5) * T - cxc0) ** 2)
 
-                with self._lock:
-                    for i, (ty, tx) in enumerate(cf0(tiles)):
-                        if not self._is_real0(ty, tx):
-                            jobs.append(Job((rank, 1, i), self, "tile", (ty, tx)))
+                for i, (ty, tx) in enumerate(cf0(tiles)):
+                    if not self._is_real0(ty, tx):
+                        jobs.append(Job((rank, 1, i), self, "tile", (ty, tx)))
                 if self.nearby > 0:
                     m = self.nearby * T
                     rk = self._clip(k, Region(r.y0 - m, r.y1 + m, r.x0 - m, r.x1 + m))
                     ring = set(self._chunks_in(0, self._to_level0(k, rk))) - set(tiles)
                     if len(ring) + len(tiles) <= 2 * self.max_view_tiles:
-                        with self._lock:
-                            for i, (ty, tx) in enumerate(cf0(ring)):
-                                if not self._is_real0(ty, tx):
-                                    near.append(Job((2, 1, i), self, "tile", (ty, tx)))
+                        for i, (ty, tx) in enumerate(cf0(ring)):
+                            if not self._is_real0(ty, tx):
+                                near.append(Job((2, 1, i), self, "tile", (ty, tx)))
             self.scheduler.set_jobs(self._chan + ":nearby", near)
         self.scheduler.set_jobs(self._chan + ":" + channel, jobs)
 
@@ -452,10 +462,12 @@ class TilePyramid:
         self.scheduler.set_jobs(self._chan + ":probe", [Job((-1, 1, i), self, "tile", c) for i, c in enumerate(cells)])
 
     def cancel(self) -> None:
-        """Drop this pyramid's queued jobs (the running batch stops at its next sub-batch)."""
+        """Drop this pyramid's queued jobs (the running batch stops at its next sub-batch).
+
+        The current view is not asked for again until it changes (or :meth:`refresh_requests`).
+        """
         for c in ("probe", "view", "thumb", "nearby"):
             self.scheduler.clear(self._chan + ":" + c)
-        self._last.clear()
 
     def refresh_requests(self) -> None:
         """Forget the last requests, so that the next read re-queues what is still missing."""
@@ -692,6 +704,7 @@ class TilePyramid:
 
     def close(self) -> None:
         self.cancel()
+        self.auto_request = False
         if self._own_scheduler:
             self.scheduler.close()
 

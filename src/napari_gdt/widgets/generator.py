@@ -143,6 +143,10 @@ class GeneratorWidget(QWidget):
         self._progress_timer.setSingleShot(True)
         self._progress_timer.setInterval(500)
         self._progress_timer.timeout.connect(self._open_progress)
+        self._close_timer = QTimer(self)
+        self._close_timer.setSingleShot(True)
+        self._close_timer.setInterval(3000)
+        self._close_timer.timeout.connect(self._close_progress)
         self._view_timer = QTimer(self)
         self._view_timer.setSingleShot(True)
         self._view_timer.setInterval(30)
@@ -221,12 +225,16 @@ class GeneratorWidget(QWidget):
 
     def _make_lazy(self, canvas, name):
         from ..rendering.pyramid import TilePyramid
-        from ..rendering.tiles import TileRenderer
+        from ..rendering.tiles import Region, TileRenderer
 
         renderer = TileRenderer(
             self.bundle, canvas, seed=self.seed_spin.value(), device=self.device_combo.currentText(), cache=self._cache()
         )
-        pyramid = TilePyramid(renderer, self._get_scheduler(), name=name)
+        # auto_request off: the camera (not napari's chunk-widened reads) says what is visible,
+        # so zooming in drops the tiles that left the view
+        pyramid = TilePyramid(renderer, self._get_scheduler(), name=name, auto_request=False)
+        k = pyramid.n_levels - 1
+        pyramid.request_view(k, Region(0, *pyramid.level_shapes[k][:1], 0, pyramid.level_shapes[k][1]), channel="thumb")
         pyramid.update_callbacks.append(lambda kind, keys: self._bridge.updated.emit())
         return renderer, pyramid
 
@@ -279,6 +287,7 @@ class GeneratorWidget(QWidget):
             return None
         layer = self._show(GENERATED, self.renderer, self.pyramid)
         self._update_stats()
+        self._open_progress()  # now, as part of this click, rather than later in the middle of a pan
         return layer
 
     def add_canvas_layer(self, canvas, name: str = EDITED):
@@ -305,9 +314,7 @@ class GeneratorWidget(QWidget):
     def cancel(self):
         """Drop all queued tiles (the running batch finishes)."""
         if self.scheduler is not None:
-            self.scheduler.cancel()
-        for lz in self._lazy.values():
-            lz.pyramid.refresh_requests()
+            self.scheduler.cancel()  # the views are asked for again when the camera moves
         self._close_progress()
         self._update_stats()
 
@@ -368,10 +375,29 @@ class GeneratorWidget(QWidget):
             self._refresh_timer.start()
 
     def _refresh_layers(self):
+        """Re-slice the lazy layers (cheap: their reads only copy stored tiles).
+
+        The thumbnail (and the layer list it repaints) is only refreshed every
+        ~2 s and when the queue runs empty.
+        """
+        import time
+
+        now = time.monotonic()
+        idle = self.scheduler is None or self.scheduler.is_idle()
+        thumb = idle or now - getattr(self, "_last_thumb", 0.0) > 2.0
+        if thumb:
+            self._last_thumb = now
         for lz in self._lazy.values():
             for layer in lz.layers:
-                layer.refresh()
+                try:
+                    layer.refresh(thumbnail=thumb, extent=False, highlight=False)
+                except TypeError:  # older napari
+                    layer.refresh()
         self._update_stats()
+        if not idle and not thumb:
+            pass
+        elif not idle:
+            self._refresh_timer.start()  # keep the thumbnail catching up
 
     def _on_progress(self, done: int, queued: int):
         self._update_stats(queued)
@@ -380,15 +406,18 @@ class GeneratorWidget(QWidget):
         if queued > 0:
             if self._progress is None and not self._progress_timer.isActive():
                 self._progress_timer.start()  # create the bar only if work lasts (it costs the UI thread)
+            self._close_timer.stop()
             if self._progress is None:
                 return
             self._progress_update(done, queued)
-        else:
+        else:  # close after a quiet spell, so that a pan does not re-create the bar (it is costly)
             self._progress_timer.stop()
-            self._close_progress()
+            if self._progress is not None:
+                self._progress_update(done, 0)
+                self._close_timer.start()
 
     def _open_progress(self):
-        if self._progress is not None or self.scheduler is None:
+        if self._progress is not None or self.scheduler is None or self.viewer is None:
             return
         queued = self.scheduler.queued + self.scheduler.running
         if queued == 0:
@@ -402,6 +431,7 @@ class GeneratorWidget(QWidget):
                 super().cancel()
                 widget.cancel()
 
+        self._close_timer.stop()
         self._done0 = self.scheduler.done
         self._progress = _TileProgress(total=queued, desc="generating tiles")
         self._progress_update(self.scheduler.done, queued)
