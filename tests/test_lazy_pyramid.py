@@ -221,3 +221,36 @@ def test_preempted_batch_requeues_the_rest():
     finally:
         go.set()
         s.close()
+
+
+def test_batch_stops_when_its_jobs_leave_the_view():
+    seen = []
+    started = threading.Event()
+    go = threading.Event()
+
+    class Owner:
+        def batch_limit(self, kind):
+            return 4
+
+        def process(self, kind, keys, should_stop):
+            for i, k in enumerate(keys):
+                if i > 0 and should_stop():
+                    return i
+                seen.append(k)
+                started.set()
+                go.wait(10)
+            return len(keys)
+
+    o = Owner()
+    s = TileScheduler()
+    try:
+        s.set_jobs("view", [Job((0, i), o, "preview", ("old", i)) for i in range(4)])
+        assert started.wait(10)
+        s.set_jobs("view", [Job((0, i), o, "preview", ("new", i)) for i in range(2)])  # pan: same priority, new place
+        go.set()
+        assert s.wait_idle(10)
+        assert seen == [("old", 0), ("new", 0), ("new", 1)]  # the stale rest of the batch was dropped, not requeued
+        assert s.dropped >= 1
+    finally:
+        go.set()
+        s.close()

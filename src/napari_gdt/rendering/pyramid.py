@@ -138,6 +138,10 @@ class CanvasBlocks:
         return out
 
 
+class _Preempted(Exception):
+    """A preview was interrupted by a better job (it goes back to the queue)."""
+
+
 class _Chunk:
     __slots__ = ("img", "real", "previewed", "complete")
 
@@ -291,6 +295,7 @@ class TilePyramid:
         self.auto_request = bool(auto_request)
         self.preview = PreviewMap(renderer)
         self.blocks = CanvasBlocks(renderer.canvas)
+        self._strips: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._store: OrderedDict[tuple[int, int, int], _Chunk] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.RLock()
@@ -604,7 +609,10 @@ class TilePyramid:
                 ch = self._store.get(key)
                 if ch is not None and (ch.previewed or ch.complete):
                     continue
-            img = self._preview_chunk(k, cy, cx)
+            try:
+                img = self._preview_chunk(k, cy, cx, should_stop)
+            except _Preempted:
+                return i
             with self._lock:
                 fresh = (k, cy, cx) not in self._store
                 ch = self._get_or_new(k, cy, cx, fill=not fresh)
@@ -644,7 +652,32 @@ class TilePyramid:
         if ch.real is not None and ch.real.all():
             ch.complete, ch.real = True, None
 
-    def _preview_chunk(self, k: int, cy: int, cx: int) -> np.ndarray:
+    def _strided(self, y0: int, y1: int, x0: int, x1: int, st: int, should_stop) -> np.ndarray:
+        """``data[:, y0:y1:st, x0:x1:st]`` read strip by strip (canvas-chunk rows), interruptible.
+
+        Strips are kept in a small LRU, so a pre-empted preview resumes where it stopped.
+        """
+        data = self.renderer.canvas.data
+        rows = np.cumsum((0,) + tuple(data.chunks[1]))
+        parts = []
+        ys = np.arange(y0, y1, st)
+        for a, b in zip(rows[:-1], rows[1:]):
+            sel = ys[(ys >= a) & (ys < b)]
+            if sel.size == 0:
+                continue
+            key = (st, int(sel[0]), int(sel[-1]), x0, x1)
+            strip = self._strips.get(key)
+            if strip is None:
+                if should_stop():
+                    raise _Preempted
+                strip = np.asarray(data[:, int(sel[0]) : int(sel[-1]) + 1 : st, x0:x1:st].compute(scheduler="synchronous"), dtype=np.float32)
+                self._strips[key] = strip
+                while sum(v.nbytes for v in self._strips.values()) > 64 * 2**20 and len(self._strips) > 1:
+                    self._strips.popitem(last=False)
+            parts.append(strip)
+        return np.concatenate(parts, axis=1)
+
+    def _preview_chunk(self, k: int, cy: int, cx: int, should_stop=lambda: False) -> np.ndarray:
         """Preview pixels ``(h, w, C)`` (level dtype) for a chunk, from the expression under it."""
         b = self._chunk_box(k, cy, cx)
         f = 2**k
@@ -656,7 +689,7 @@ class TilePyramid:
         ix = np.minimum(((np.arange(b.x0, b.x1) + 0.5) * f / p).astype(np.int64), Wb - 1)
         if f > p and f % p == 0:
             st = f // p
-            blk = np.asarray(data[:, iy[0] : iy[-1] + 1 : st, ix[0] : ix[-1] + 1 : st].compute(scheduler="synchronous"), dtype=np.float32)
+            blk = self._strided(int(iy[0]), int(iy[-1]) + 1, int(ix[0]), int(ix[-1]) + 1, st, should_stop)
             ry, rx = (iy - iy[0]) // st, (ix - ix[0]) // st
         else:
             blk = self.blocks.read(int(iy[0]), int(ix[0]), int(iy[-1] - iy[0] + 1), int(ix[-1] - ix[0] + 1))

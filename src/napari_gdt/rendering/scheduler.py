@@ -13,8 +13,9 @@ any channel (a tile that left the view) is dropped before it runs. The worker
 repeatedly takes the best-priority job and batches it with up to
 ``batch_limit(kind) - 1`` further queued jobs of the same owner and kind.
 ``process`` may return how many of the keys it handled (it polls
-``should_stop()``, which turns true on cancel or when a better-priority job was
-queued meanwhile); the rest go back to the queue.
+``should_stop()``, which turns true on cancel, when a better-priority job was
+queued meanwhile, or when a job of the batch left every request); the rest go
+back to the queue if still requested.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class TileScheduler:
         self._channels: dict[str, dict[tuple, Job]] = {}
         self._running: list[Job] = []
         self._origin: dict = {}
+        self._version: dict[str, int] = {}
         self._generation = 0
         self._closed = False
         self.num_threads = num_threads
@@ -95,6 +97,7 @@ class TileScheduler:
         with self._cond:
             before = self._pending_idents()
             self._channels[channel] = new
+            self._version[channel] = self._version.get(channel, 0) + 1
             after = self._pending_idents()
             self.dropped += len(before - after)
             self._cond.notify_all()
@@ -105,6 +108,7 @@ class TileScheduler:
         with self._cond:
             names = list(self._channels) if channel is None else [channel]
             for c in names:
+                self._version[c] = self._version.get(c, 0) + 1
                 if owner is None:
                     self._channels.pop(c, None)
                 else:
@@ -199,7 +203,7 @@ class TileScheduler:
             for k in ids:
                 j = d.pop(k, None)
                 if j is not None:
-                    self._origin.setdefault(k, []).append((c, j))
+                    self._origin.setdefault(k, []).append((c, self._version.get(c, 0), j))
         return batch
 
     def _requeue(self, jobs: list[Job], gen: int) -> None:
@@ -207,10 +211,21 @@ class TileScheduler:
         if gen != self._generation or self._closed:
             return
         for j in jobs:
-            for c, jj in self._origin.get(j.ident, []):
+            back = False
+            for c, v, jj in self._origin.get(j.ident, []):
                 d = self._channels.get(c)
-                if d is not None and j.ident not in d:
-                    d[j.ident] = jj
+                if d is not None and (j.ident in d or self._version.get(c, 0) == v):
+                    d.setdefault(j.ident, jj)
+                    back = True
+            self.dropped += not back
+
+    def _stale(self, job: Job) -> bool:
+        """A running job whose every requesting channel was replaced without it."""
+        origins = self._origin.get(job.ident, [])
+        for c, v, _ in origins:
+            if self._version.get(c, 0) == v or job.ident in self._channels.get(c, {}):
+                return False
+        return bool(origins)
 
     def _loop(self) -> None:
         if self.num_threads:
@@ -241,6 +256,8 @@ class TileScheduler:
                 if self._closed or self._generation != gen:
                     return True
                 with self._cond:
+                    if any(self._stale(j) for j in batch):
+                        return True
                     return any(j.priority < prio for d in self._channels.values() for j in d.values())
 
             t0 = time.perf_counter()

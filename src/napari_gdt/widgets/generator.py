@@ -287,7 +287,7 @@ class GeneratorWidget(QWidget):
             return None
         layer = self._show(GENERATED, self.renderer, self.pyramid)
         self._update_stats()
-        self._open_progress()  # now, as part of this click, rather than later in the middle of a pan
+        QTimer.singleShot(300, self._open_progress)  # soon after the first paint, before any pan
         return layer
 
     def add_canvas_layer(self, canvas, name: str = EDITED):
