@@ -254,3 +254,35 @@ def test_batch_stops_when_its_jobs_leave_the_view():
     finally:
         go.set()
         s.close()
+
+
+def test_layer_pixels_equal_cli_render_and_cache_is_shared(tmp_path, small_bundle, capsys):
+    """The lazy pyramid, the CLI's PNG and the CLI's --cache agree: same pixels, tiles computed once."""
+    from skimage.io import imread
+
+    from napari_gdt.cli import main
+    from napari_gdt.models.bundle import load_bundle, save_bundle
+    from napari_gdt.rendering.cache import open_cache
+    from napari_gdt.synthetic import synthetic_canvas
+
+    model_path = tmp_path / "m.safetensors"
+    save_bundle(model_path, small_bundle.model, small_bundle.genes, um_per_px=1.0, output=small_bundle.card["output"])
+    canvas_path = tmp_path / "c.ome.zarr"
+    synthetic_canvas((24, 24), seed=3).to_ome_zarr(canvas_path)
+    cache = tmp_path / "tiles"
+    png = tmp_path / "out.png"
+    assert main(["render", "--model", str(model_path), "--expression", str(canvas_path), "--out", str(png),
+                 "--region", "0:384,0:256", "--seed", "2", "--device", "cpu", "--cache", str(cache)]) == 0
+    assert "6 tiles computed, 0 from cache" in capsys.readouterr().out
+
+    from napari_gdt.expression.canvas import ExpressionCanvas
+
+    r = TileRenderer(load_bundle(model_path), ExpressionCanvas.from_ome_zarr(canvas_path), seed=2, device="cpu", cache=open_cache(cache))
+    p = TilePyramid(r, probe=0, nearby=0)
+    try:
+        p.levels[0][0:384, 0:256]
+        assert p.wait(120)
+        assert r.stats == {"computed": 0, "cached": 6}  # the CLI's tiles, from the shared disk cache
+        assert np.array_equal(np.asarray(p.levels[0][0:384, 0:256]), imread(png))
+    finally:
+        p.close()
