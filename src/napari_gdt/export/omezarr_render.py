@@ -185,6 +185,8 @@ def level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
 _LOCK = threading.RLock()
 _BUNDLES: dict[tuple, object] = {}
 _RENDERERS: dict[tuple, object] = {}
+_LOADS = [0]  # model loads in this process (tests check: once per worker)
+_TASKS = [0]  # level-0 chunks rendered in this process
 
 
 def _bundle_for(model: str, digest: str, device: str):
@@ -197,6 +199,7 @@ def _bundle_for(model: str, digest: str, device: str):
         b = _BUNDLES.get(key)
         if b is None:
             b = load_bundle(model, device=get_device(device))
+            _LOADS[0] += 1
             if digest and b.digest != digest:
                 raise GDTError(
                     f"{model}: the model file seen by this worker (digest {b.digest[:12]}) differs from the client's "
@@ -316,6 +319,7 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
 
         r.compute_tiles(specs, windows=windows, on_tile=place)
         del windows
+        _TASKS[0] += 1
     data = np.moveaxis(img, -1, 0)
     data = quantise_uint8(data) if job.dtype == "uint8" else np.ascontiguousarray(data, dtype=np.float32)
     arr = _open_level(job.out, 0)
@@ -383,7 +387,7 @@ def _worker_info() -> dict:
 
     import torch
 
-    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "models_loaded": len(_BUNDLES)}
+    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "model_loads": _LOADS[0], "chunks_rendered": _TASKS[0]}
     info["devices"] = sorted({str(b.device) for b in _BUNDLES.values()})
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     info["peak_rss"] = int(rss if sys.platform == "darwin" else rss * 1024)
@@ -417,7 +421,13 @@ class _Distributed:
                 raise GDTError(f"--workers must be >= 1, got {n}")
             if torch_threads is None:
                 torch_threads = max(1, (os.cpu_count() or 1) // n)
-            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40)
+            saved = dict(os.environ)
+            try:
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40)
+            finally:  # the nanny sets OMP_NUM_THREADS=1 etc. in *this* process's environment; undo that
+                for k in set(os.environ) - set(saved):
+                    del os.environ[k]
+                os.environ.update(saved)
             self.client = Client(self.cluster)
         self.client.register_plugin(GDTWorkerPlugin(job, torch_threads))
         self.nthreads = max(1, sum(self.client.nthreads().values()))
@@ -866,6 +876,7 @@ def warm_cache_from_omezarr(zarr_path, renderer, cache=None, region=None, allow_
     warmed = mismatched = 0
     mdir = p / MARKER_DIR / "0"
     markers = sorted(mdir.glob("*.json")) if mdir.is_dir() else []
+    seen: set[str] = set()  # a tile straddling chunks is listed in each of their markers
     with dask.config.set(scheduler="synchronous"):
         for m in markers:
             try:
@@ -874,6 +885,9 @@ def warm_cache_from_omezarr(zarr_path, renderer, cache=None, region=None, allow_
                 continue
             tiles = []
             for k in rec.get("tiles", {}):
+                if k in seen:
+                    continue
+                seen.add(k)
                 ty, tx = (int(v) for v in k.split(","))
                 spec = renderer.tile(ty, tx)
                 if region is not None and not (spec.out.y0 >= region.y0 and spec.out.y1 <= region.y1 and spec.out.x0 >= region.x0 and spec.out.x1 <= region.x1):
