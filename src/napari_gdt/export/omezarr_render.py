@@ -736,7 +736,9 @@ def render_to_omezarr(
     resumed = _prepare(out, job, bundle, ngff, levels, settings, overwrite)
 
     mode = "in-process" if not (workers or scheduler) else (f"scheduler {scheduler}" if scheduler else f"LocalCluster({workers})")
+    t_setup = time.perf_counter()
     ex = _InProcess() if not (workers or scheduler) else _Distributed(job, workers, scheduler, processes, torch_threads)
+    timings = {"prepare": t_setup - t0, "cluster": time.perf_counter() - t_setup}
     grids = [job.chunk_grid(lvl) for lvl in range(levels)]
     n_chunks = [gy * gx for gy, gx in grids]
     stats = {"rendered": 0, "skipped": 0, "computed": 0, "cached": 0, "pyramid_written": 0, "pyramid_skipped": 0}
@@ -757,7 +759,10 @@ def render_to_omezarr(
                 os._exit(137)  # test hook: die like a killed process, without any cleanup
 
         gy, gx = grids[0]
+        t1 = time.perf_counter()
         ex.map_bounded(render_chunk, ((job, cy, cx) for cy in range(gy) for cx in range(gx)), on_level0)
+        timings["level0"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
         for lvl in range(1, levels):
             bar.set_description(f"level {lvl}")
 
@@ -767,6 +772,7 @@ def render_to_omezarr(
 
             gy, gx = grids[lvl]
             ex.map_bounded(downsample_chunk, ((job, lvl, cy, cx) for cy in range(gy) for cx in range(gx)), on_level)
+        timings["pyramid"] = time.perf_counter() - t1
         info = ex.worker_info() if isinstance(ex, _Distributed) else None
     finally:
         bar.close()
@@ -786,6 +792,7 @@ def render_to_omezarr(
         "resumed": resumed,
         **stats,
         "seconds": time.perf_counter() - t0,
+        "timings": timings,
         "mode": mode,
     }
     if info is not None:
