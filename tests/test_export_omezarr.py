@@ -146,6 +146,11 @@ def test_rerun_with_other_settings_is_refused(files, reference, tmp_path, capsys
     assert "either --workers or --scheduler" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "y.ome.zarr"), "--region", "0:99999,0:128"]) == 2
     assert "lies outside the canvas" in capsys.readouterr().err
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(base + ["--out", str(tmp_path / "z.ome.zarr"), "--region", "0:128,0:128", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach the dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
 
 
 def test_worker_refuses_a_different_model_file(files):

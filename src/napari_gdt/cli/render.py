@@ -28,6 +28,7 @@ def register(sub):
     z.add_argument("--levels", type=int, default=None, help="pyramid levels (default: until the coarsest is <= 256 px)")
     z.add_argument("--dtype", choices=("uint8", "float32"), default="uint8", help="stored values: uint8 (default) or float32 (exact; for cache warming)")
     z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
+    z.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads per dask worker (default: cores // --workers; unchanged with --scheduler)")
     add_render_args(p)
     p.set_defaults(func=run)
 

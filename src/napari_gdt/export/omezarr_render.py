@@ -414,7 +414,10 @@ class _Distributed:
 
         self.cluster = None
         if scheduler:
-            self.client = Client(scheduler)
+            try:
+                self.client = Client(scheduler)
+            except (OSError, TimeoutError) as e:
+                raise GDTError(f"cannot reach the dask scheduler at {scheduler!r}: {e}") from None
         else:
             n = int(workers)
             if n < 1:
@@ -822,6 +825,7 @@ def run_cli(args, bundle, canvas, region) -> int:
         zero_fill=getattr(args, "zero_fill", False),
         overwrite=getattr(args, "overwrite", False),
         cache=getattr(args, "cache", None),
+        torch_threads=getattr(args, "torch_threads", None),
         bundle=bundle,
     )
     h, w = s["shape"]
