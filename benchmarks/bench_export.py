@@ -100,13 +100,15 @@ def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles:
     n_tiles = len(specs)
     wins = [r.read_window(s) for s in specs]
     r.forward(np.stack(wins[:1]), [specs[0].win[:2]])  # warm-up
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(2):  # best of two: the machine is shared
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for i in range(0, n_tiles, batch):
             r.forward(np.stack(wins[i : i + batch]), [s.win[:2] for s in specs[i : i + batch]])
         best = min(best, time.perf_counter() - t)
-    return n_tiles * tile_px * tile_px / best / 1e6
+        best_cpu = min(best_cpu, time.process_time() - c)
+    mpx = n_tiles * tile_px * tile_px / 1e6
+    return mpx / best, mpx / best_cpu
 
 
 def run_one(spec: dict) -> dict:
@@ -117,7 +119,9 @@ def run_one(spec: dict) -> dict:
         spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device="cpu",
         workers=spec["workers"], progress=False, overwrite=True, batch_size=spec["batch"],
     )
-    s["client_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    s["client_peak_rss"] = ru.ru_maxrss * 1024
+    s["client_cpu_seconds"] = ru.ru_utime + ru.ru_stime
     return s
 
 
@@ -149,6 +153,7 @@ def main(argv=None):
     p.add_argument("--tile-px", type=int, default=512)
     p.add_argument("--chunk-px", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--in-process", action="store_true", help="also render the speed-up size in-process (no cluster)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     p.add_argument("--_one", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -173,17 +178,28 @@ def main(argv=None):
         canvases[size] = c
         print(f"canvas {size}x{size} px ({-(-size // ppb)}^2 bins x {len(GENES)} genes) written in {time.perf_counter() - t:.1f} s")
     fwd = {th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch) for th in sorted({1, cores})}
-    print("bare batched forward (this process, windows pre-read): " + ", ".join(f"{th} thread(s) {v:.2f} Mpx/s" for th, v in fwd.items()))
+    print("bare batched forward (this process, windows pre-read): "
+          + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd.items()))
+    fwd_best = max(v[0] for v in fwd.values())
+    fwd_cpu = fwd[1][1]
 
     def row(s, label):
         w = s.get("workers", {})
-        rss = ", ".join(f"{_rss_mb(v['peak_rss']):.0f}" for v in w.values())
-        tp = s["shape"][0] * s["shape"][1] / s["timings"]["level0"] / 1e6
+        rss = ", ".join(f"{_rss_mb(v['peak_rss']):.0f}" for v in w.values()) or "-"
+        mpx = s["shape"][0] * s["shape"][1] / 1e6
+        tp = mpx / s["timings"]["level0"]
+        cpu = sum(v.get("cpu_seconds", 0.0) for v in w.values()) or s.get("client_cpu_seconds", 0.0)
+        per_cpu = mpx / cpu if cpu else float("nan")
         print(f"{label:>14} | {s['shape'][0]:>6}x{s['shape'][1]:<6} | {s['chunks']:>6} | {s['timings']['cluster']:>7.1f} | {s['timings']['level0']:>8.1f} | "
-              f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd[cores]:>7.2f} | {_rss_mb(s['client_peak_rss']):>9.0f} | {rss}")
+              f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd_best:>7.2f} | {per_cpu:>8.3f} | {per_cpu / fwd_cpu:>7.2f} | "
+              f"{_rss_mb(s['client_peak_rss']):>9.0f} | {rss}")
         return tp
 
-    print(f"\n{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | {'x fwd':>7} | {'client MB':>9} | worker peak RSS MB")
+    print("\nMpx/s: level-0 px / level-0 wall time; 'x fwd': that over the best bare-forward wall rate above.")
+    print("Mpx/CPU-s: all px / all CPU seconds of the workers (or of the in-process client), imports and pyramid included;")
+    print("'x fwd cpu': that over the 1-thread bare forward per CPU-s (insensitive to other load on a shared machine).")
+    print(f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | {'x fwd':>7} | "
+          f"{'Mpx/CPU-s':>8} | {'x fwd cpu':>7} | {'client MB':>9} | worker peak RSS MB")
     results = {}
     for size in sizes:
         spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
@@ -201,6 +217,9 @@ def main(argv=None):
                     tile_px=a.tile_px, chunk_px=a.chunk_px, workers=1, batch=a.batch)
         results[(size, 1)] = s1 = spawn(spec)
         row(s1, "1 worker")
+        if a.in_process:
+            spec = dict(spec, out=str(work / f"out_{size}_inproc.ome.zarr"), workers=None)
+            row(spawn(spec), "in-process")
         s2 = results[(size, a.workers_max)]
         sp = s1["timings"]["level0"] / s2["timings"]["level0"]
         n, mx, tot = count_diff(Path(s1["out"]), Path(s2["out"]))
@@ -208,7 +227,7 @@ def main(argv=None):
         print(f"level-0 values that differ between the 1- and {a.workers_max}-worker renders: {n} of {tot} ({100 * n / tot:.4f}%), max |diff| {mx}"
               f" (1 worker uses {s1['workers'][next(iter(s1['workers']))]['torch_threads']} torch threads, each of {a.workers_max} uses "
               f"{s2['workers'][next(iter(s2['workers']))]['torch_threads']})")
-    worst = max(max(v["peak_rss"] for v in s.get("workers", {}).values()) for s in results.values())
+    worst = max(max(v["peak_rss"] for v in s["workers"].values()) for s in results.values())
     client = max(s["client_peak_rss"] for s in results.values())
     print(f"\nlargest peak RSS: client {_rss_mb(client):.0f} MB, worker {_rss_mb(worst):.0f} MB (goal < 1536 MB each, whatever the slide size)")
     if tmp is not None:

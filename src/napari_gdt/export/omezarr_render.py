@@ -187,6 +187,7 @@ _BUNDLES: dict[tuple, object] = {}
 _RENDERERS: dict[tuple, object] = {}
 _LOADS = [0]  # model loads in this process (tests check: once per worker)
 _TASKS = [0]  # level-0 chunks rendered in this process
+_MAX_RENDERERS = 4
 
 
 def _bundle_for(model: str, digest: str, device: str):
@@ -234,6 +235,8 @@ def _renderer_for(job: RenderJob):
 
             cache = open_cache(job.cache)
         r = TileRenderer(bundle, canvas, seed=job.seed, tile_px=job.tile_px, device=job.device, batch_size=job.batch_size, cache=cache, zero_fill=job.zero_fill)
+        while len(_RENDERERS) >= _MAX_RENDERERS:  # long-lived processes: keep the latest few
+            _RENDERERS.pop(next(iter(_RENDERERS)))
         _RENDERERS[key] = r
         return r
 
@@ -389,7 +392,9 @@ def _worker_info() -> dict:
 
     info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "model_loads": _LOADS[0], "chunks_rendered": _TASKS[0]}
     info["devices"] = sorted({str(b.device) for b in _BUNDLES.values()})
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    info["cpu_seconds"] = ru.ru_utime + ru.ru_stime
+    rss = ru.ru_maxrss
     info["peak_rss"] = int(rss if sys.platform == "darwin" else rss * 1024)
     return info
 
