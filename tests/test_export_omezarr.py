@@ -60,8 +60,8 @@ def test_quantise_and_downsample_helpers():
 
 def test_level0_matches_direct_render(files, reference):
     """Level 0 holds exactly the TileRenderer's pixels (quantised like the .png/.tif output)."""
-    from napari_gdt.models.bundle import load_bundle
     from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.models.bundle import load_bundle
     from napari_gdt.rendering.tiles import TileRenderer, parse_region
 
     d, m, c = files
@@ -162,7 +162,7 @@ def test_worker_refuses_a_different_model_file(files):
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
 def test_output_validates_as_ome_zarr(files, tmp_path, ngff):
     from ome_zarr.io import parse_url
-    from ome_zarr.reader import Multiscales, OMERO, Reader
+    from ome_zarr.reader import OMERO, Multiscales, Reader
 
     d, m, c = files
     out = tmp_path / f"v{ngff}.ome.zarr"
@@ -175,6 +175,11 @@ def test_output_validates_as_ome_zarr(files, tmp_path, ngff):
         assert list(zarr.open_array(str(out / "0"), mode="r").metadata.dimension_names) == ["c", "y", "x"]
     else:
         assert g.attrs["multiscales"][0]["version"] == "0.4"
+    # Schema validation (pydantic models of the NGFF spec), where ome-zarr-models is installed.
+    models = pytest.importorskip(f"ome_zarr_models.v0{ngff[-1]}")
+    im = models.Image.from_zarr(g)
+    ms = im.attributes.multiscales[0] if ngff == "0.4" else im.ome_attributes.multiscales[0]
+    assert [ax.name for ax in ms.axes] == ["c", "y", "x"] and len(ms.datasets) == 3
     node = list(Reader(parse_url(str(out)))())[0]
     assert any(isinstance(sp, Multiscales) for sp in node.specs) and any(isinstance(sp, OMERO) for sp in node.specs)
     assert [tuple(a.shape) for a in node.data] == [(3, 384, 512), (3, 192, 256), (3, 96, 128)]
