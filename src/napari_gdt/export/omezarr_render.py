@@ -297,7 +297,8 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
     import dask
 
     if verify and _chunk_ok(job, 0, cy, cx):
-        return {"chunk": (cy, cx), "skipped": True, "computed": 0, "cached": 0}
+        return {"chunk": (cy, cx), "skipped": True, "computed": 0, "cached": 0, "cpu": 0.0}
+    cpu0 = time.process_time()
     # Canvas reads are small dask graphs: run them here, not back on the cluster.
     with dask.config.set(scheduler="synchronous"):
         r = _renderer_for(job)
@@ -335,13 +336,14 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
         "cached": r.stats["cached"] - before["cached"],
     }
     _write_marker(job, 0, cy, cx, rec)
-    return {"chunk": (cy, cx), "skipped": False, "computed": rec["computed"], "cached": rec["cached"]}
+    return {"chunk": (cy, cx), "skipped": False, "computed": rec["computed"], "cached": rec["cached"], "cpu": time.process_time() - cpu0}
 
 
 def downsample_chunk(job: RenderJob, level: int, cy: int, cx: int, verify: bool = True) -> dict:
     """Task: chunk ``(cy, cx)`` of ``level`` as the 2x2 mean of ``level - 1`` (read back from the store)."""
     if verify and _chunk_ok(job, level, cy, cx):
-        return {"chunk": (cy, cx), "level": level, "skipped": True}
+        return {"chunk": (cy, cx), "level": level, "skipped": True, "cpu": 0.0}
+    cpu0 = time.process_time()
     src = _open_level(job.out, level - 1, mode="r")
     dst = _open_level(job.out, level)
     y0, y1, x0, x1 = _chunk_box(job, level, cy, cx)
@@ -349,7 +351,7 @@ def downsample_chunk(job: RenderJob, level: int, cy: int, cx: int, verify: bool 
     data = downsample2x(np.asarray(block))[:, : y1 - y0, : x1 - x0]
     dst[:, y0:y1, x0:x1] = data
     _write_marker(job, level, cy, cx, {"sha256": _sha256(data)})
-    return {"chunk": (cy, cx), "level": level, "skipped": False}
+    return {"chunk": (cy, cx), "level": level, "skipped": False, "cpu": time.process_time() - cpu0}
 
 
 # --------------------------------------------------------------------------- worker plugin
@@ -749,7 +751,7 @@ def render_to_omezarr(
     timings = {"prepare": t_setup - t0, "cluster": time.perf_counter() - t_setup}
     grids = [job.chunk_grid(lvl) for lvl in range(levels)]
     n_chunks = [gy * gx for gy, gx in grids]
-    stats = {"rendered": 0, "skipped": 0, "computed": 0, "cached": 0, "pyramid_written": 0, "pyramid_skipped": 0}
+    stats = {"rendered": 0, "skipped": 0, "computed": 0, "cached": 0, "pyramid_written": 0, "pyramid_skipped": 0, "task_cpu": 0.0, "pyramid_cpu": 0.0}
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(n_chunks), desc="level 0", unit="chunk", disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
@@ -760,6 +762,7 @@ def render_to_omezarr(
             stats["skipped" if res["skipped"] else "rendered"] += 1
             stats["computed"] += res["computed"]
             stats["cached"] += res["cached"]
+            stats["task_cpu"] += res["cpu"]
             bar.update(1)
             bar.set_postfix(tiles=stats["computed"], skipped=stats["skipped"], refresh=False)
             if exit_after and stats["rendered"] >= exit_after:
@@ -776,6 +779,7 @@ def render_to_omezarr(
 
             def on_level(res):
                 stats["pyramid_skipped" if res["skipped"] else "pyramid_written"] += 1
+                stats["pyramid_cpu"] += res["cpu"]
                 bar.update(1)
 
             gy, gx = grids[lvl]
