@@ -47,4 +47,23 @@ def register(sub):
 def run(args):
     from ..training.run import train_from_args
 
-    return train_from_args(args, argv=list(sys.argv))
+    argv = list(sys.argv)
+    if "train" not in argv[1:3]:  # called as a function (tests, scripts): rebuild the command from the options
+        argv = [argv[0], "train"] + _options(args)
+    return train_from_args(args, argv=argv)
+
+
+def _options(args) -> list[str]:
+    out = []
+    for k, v in vars(args).items():
+        if k in ("func", "command", "debug") or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif isinstance(v, list):
+            for x in v:
+                out += [flag, str(x)]
+        else:
+            out += [flag, str(v)]
+    return out
