@@ -12,8 +12,10 @@ nuclei in both with :mod:`napari_gdt.analysis.morphometrics` and reports:
   else ~256 px tiles inside tissue;
 - ``baseline``: the same keys for a trivial baseline, a flat image of the
   real tissue's mean colour (inside tissue; the real background outside);
-- ``baseline_blur``: the same for the real image blurred with a Gaussian of
-  ``blur_um`` (a stronger baseline that keeps where tissue is dark);
+- ``baseline_blur`` (only with ``blur_baseline=True``): the same for the real
+  image blurred with a Gaussian of ``blur_um``. It is not a trivial baseline
+  (it is made from the real image), but it shows what the morphometrics make
+  of structure without sharp nuclei;
 - ``real`` / ``generated``: the global statistics.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 
-__all__ = ["evaluate", "real_on_model_grid", "spot_units", "KEYS", "compare_to_baseline"]
+__all__ = ["evaluate", "real_on_model_grid", "spot_units", "tissue_region", "record_validation", "KEYS", "compare_to_baseline"]
 
 KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "tile_spearman_nuclei", "tile_spearman_area_fraction")
 
@@ -54,6 +56,25 @@ def spot_units(canvas: ExpressionCanvas, px_per_bin: int, region) -> tuple[np.nd
     H, W = region.shape
     inside = (out[:, 0] - r >= 0) & (out[:, 1] - r >= 0) & (out[:, 0] + r <= H) & (out[:, 1] + r <= W)
     return out[inside], d
+
+
+def tissue_region(canvas: ExpressionCanvas, px_per_bin: int, shape_px):
+    """Default region: for spot data the spots' bounding box plus one spot diameter (the whole
+    tissue, without the empty glass around it); else None (the whole canvas)."""
+    from ..rendering.tiles import Region
+
+    spots = canvas.meta.get("spots") if isinstance(canvas.meta, dict) else None
+    if not spots or not spots.get("centres_px"):
+        return None
+    c = np.asarray(spots["centres_px"], dtype=float).reshape(-1, 2)
+    Ainv = np.linalg.inv(np.asarray(canvas.affine, dtype=float))
+    out = (np.concatenate([c, np.ones((len(c), 1))], axis=1) @ Ainv.T)[:, :2] * px_per_bin
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(canvas.affine)[:2, :2])))) / px_per_bin
+    m = float(spots["diameter_px"]) / scale
+    H, W = shape_px
+    y0, x0 = (np.floor(out.min(axis=0) - m)).astype(int)
+    y1, x1 = (np.ceil(out.max(axis=0) + m)).astype(int)
+    return Region(max(0, int(y0)), min(H, int(y1)), max(0, int(x0)), min(W, int(x1)))
 
 
 def _ratio(a, b):
@@ -118,6 +139,7 @@ def evaluate(
     tile_px: int = 256,
     device: str = "auto",
     blur_um: float = 10.0,
+    blur_baseline: bool = False,
     renderer=None,
     progress=None,
 ) -> dict:
@@ -134,7 +156,7 @@ def evaluate(
     from . import morphometrics as mm
 
     r = renderer or TileRenderer(bundle, canvas, seed=seed, device=device, batch_size=4)
-    region = r.check_region(region)
+    region = r.check_region(region if region is not None else tissue_region(canvas, bundle.px_per_bin, r.shape_px))
     ppb = bundle.px_per_bin
     um = bundle.um_per_px
     kind = "he" if bundle.output_kind == "he" else "dapi"
@@ -161,11 +183,12 @@ def evaluate(
     else:
         flat = np.full_like(real, real.mean())
     res["baseline"], _ = _compare(real_stats, real_units, flat, kind, um, mask, units, tile_px)
-    s = blur_um / um
-    blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
-    res["baseline_blur"], _ = _compare(real_stats, real_units, blur, kind, um, mask, units, tile_px)
     res["better_than_baseline"] = compare_to_baseline(res, "baseline")
-    res["better_than_baseline_blur"] = compare_to_baseline(res, "baseline_blur")
+    if blur_baseline:
+        s = blur_um / um
+        blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
+        res["baseline_blur"], _ = _compare(real_stats, real_units, blur, kind, um, mask, units, tile_px)
+        res["better_than_baseline_blur"] = compare_to_baseline(res, "baseline_blur")
     res.update(
         {
             "real": real_stats,
@@ -180,3 +203,35 @@ def evaluate(
         }
     )
     return res
+
+
+def record_validation(bundle_path, label: str, result: dict, command: str | None = None) -> dict:
+    """Write ``result`` into the model card of the bundle file at ``bundle_path`` under
+    ``validation.morphometrics[label]`` (tensors unchanged); returns the new card."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ..models.bundle import META_KEY, read_card
+
+    p = Path(bundle_path)
+    card = read_card(p)
+    tensors = load_file(str(p))
+    val = dict(card.get("validation") or {})
+    morph = dict(val.get("morphometrics") or {}) if isinstance(val.get("morphometrics"), dict) else {}
+    entry = dict(result)
+    if command:
+        entry["command"] = command
+    morph[label] = entry
+    val["morphometrics"] = morph
+    card["validation"] = val
+    import json
+
+    from safetensors.torch import save_file
+
+    tmp = p.with_suffix(".tmp.safetensors")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(card)})
+    import os
+
+    os.replace(tmp, p)
+    return card

@@ -26,6 +26,8 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--tile", type=int, default=256, help="tile edge (output px) for non-spot data (default 256)")
     p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
+    p.add_argument("--blur-baseline", action="store_true", help="also report a blurred-real-image baseline (baseline_blur)")
+    p.add_argument("--record", metavar="LABEL", help="write the result into the model card (validation.morphometrics.LABEL) of MODEL (a file)")
     p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")
     add_render_args(p)
     p.set_defaults(func=run)
@@ -40,12 +42,23 @@ def run(args):
     bundle = load_model(args.model, args.device)
     canvas = open_canvas(args.expression)
     real = read_image(args.image)
-    region = parse_region(args.region) if args.region else None
+    from ..analysis.quality import tissue_region
+
     r = build_renderer(args, bundle, canvas)
-    region = r.check_region(region)
+    region = r.check_region(parse_region(args.region) if args.region else tissue_region(canvas, bundle.px_per_bin, r.shape_px))
     update, bar = progress_bar(len(r.tiles_for(region)), "render")
-    res = evaluate(bundle, canvas, real, region=region, seed=args.seed, tile_px=args.tile, renderer=r, progress=update)
+    res = evaluate(bundle, canvas, real, region=region, seed=args.seed, tile_px=args.tile, renderer=r, progress=update, blur_baseline=args.blur_baseline)
     bar.close()
+    if args.record:
+        from ..analysis.quality import record_validation
+        from ..models.bundle import BUNDLED_MODELS
+
+        if args.model in BUNDLED_MODELS:
+            from ..errors import GDTError
+
+            raise GDTError(f"--record needs a model file, not the bundled name {args.model!r}")
+        cmd = "napari-gdt " + " ".join(sys.argv[1:]) if "evaluate" in sys.argv[1:3] else None
+        record_validation(args.model, args.record, res, command=cmd)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
@@ -54,9 +67,10 @@ def run(args):
         return "n/a" if v is None else f"{v:.3f}"
 
     print(f"{res['model']} on {args.expression} region {res['region']} ({res['n_units']} {res['units']})")
-    print(f"{'metric':32s} {'generated':>10s} {'flat':>10s} {'blurred':>10s}")
+    blur = res.get("baseline_blur")
+    print(f"{'metric':32s} {'generated':>10s} {'baseline':>10s}" + (f" {'blurred':>10s}" if blur else ""))
     for k in KEYS:
-        print(f"{k:32s} {f(res[k]):>10s} {f(res['baseline'][k]):>10s} {f(res['baseline_blur'][k]):>10s}")
+        print(f"{k:32s} {f(res[k]):>10s} {f(res['baseline'][k]):>10s}" + (f" {f(blur[k]):>10s}" if blur else ""))
     g, rl = res["generated"], res["real"]
     print(f"real: {rl['count']} nuclei, {rl['density_per_mm2']:.0f}/mm², mean {rl['mean_area_um2']:.1f} µm², area fraction {rl['area_fraction']:.3f}")
     print(f"generated: {g['count']} nuclei, {g['density_per_mm2']:.0f}/mm², mean {g['mean_area_um2']:.1f} µm², area fraction {g['area_fraction']:.3f}")

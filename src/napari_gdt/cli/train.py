@@ -32,6 +32,8 @@ def register(sub):
     p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--log", metavar="FILE", help="append JSON lines of losses here (default CKPT_DIR/log.jsonl)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of both networks (default 2e-3)")
+    p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 of both networks (default 0)")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the generator's gradient norm (0 = off)")
     p.add_argument("--lambda-rec", type=float, default=10.0, help="weight of the low-resolution L1 reconstruction loss (default 10)")
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -44,6 +44,8 @@ class TrainConfig:
     lambda_adv: float = 1.0
     rec_pool: int = 8
     ema: float = 0.995
+    beta1: float = 0.0
+    clip_grad: float = 0.0  # max gradient norm of the generator (0 = no clipping)
     seed: int = 0
     ckpt_every: int = 200
     log_every: int = 20
@@ -113,8 +115,8 @@ class Trainer:
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
         self.D = PatchDiscriminator(out_ch, n_genes=len(self.genes) if cfg.d_cond else 0).to(self.device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99))
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
         self.geo = self.G.geometry
         self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
         self.val_sampler = PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0) if self.val_sections else None
@@ -146,6 +148,8 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(self.state(), tmp)
+        if path.exists():  # keep the previous checkpoint to roll back to if a run diverges
+            os.replace(path, path.with_name(path.stem + ".prev.pt"))
         os.replace(tmp, path)
         return path
 
@@ -223,6 +227,8 @@ class Trainer:
         g_loss = cfg.lambda_adv * adv + cfg.lambda_rec * rec
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad)
         self.opt_g.step()
         with torch.no_grad():
             for pe, p in zip(self.G_ema.parameters(), G.parameters()):

@@ -162,12 +162,14 @@ def train_from_args(args, argv=None) -> int:
         rec_pool=int(args.rec_pool),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
+        beta1=float(getattr(args, "beta1", 0.0)),
+        clip_grad=float(getattr(args, "clip_grad", 0.0)),
         time_limit_min=float(args.time_limit),
         arch=arch,
     )
     if prior is not None:  # keep the run's loss settings; only the length/time may change
         pc = prior["cfg"]
-        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond"):
+        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad"):
             if k in pc:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
