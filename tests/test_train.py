@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from napari_gdt.cli import main
-from napari_gdt.errors import GDTError
 
 ARCH = '{"emb_ch": 8, "n_bin_convs": 1, "stage_channels": [8, 8, 8], "latent_dim": 8}'  # px_per_bin 8
 
@@ -37,9 +36,9 @@ def _train(pair, out, *extra):
 
 
 def test_tiny_train_writes_bundle_with_provenance(pair, tmp_path):
+    from napari_gdt.expression.canvas import ExpressionCanvas
     from napari_gdt.models.bundle import load_bundle, read_card
     from napari_gdt.rendering.tiles import TileRenderer
-    from napari_gdt.expression.canvas import ExpressionCanvas
 
     out = tmp_path / "m.safetensors"
     assert _train(pair, out, "--steps", "3", "--ckpt-every", "2", "--val-region", "0:64,0:192") == 0

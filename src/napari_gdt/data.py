@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import GDTError
 
-__all__ = ["REGISTRY", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop", "data_root", "ENV_VAR", "HER2ST_SECTIONS"]
+__all__ = ["ENV_VAR", "HER2ST_SECTIONS", "REGISTRY", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
 
 ENV_VAR = "NAPARI_GDT_DATA"
 CACHE_ENV_VAR = "NAPARI_GDT_CACHE"

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 
-__all__ = ["evaluate", "real_on_model_grid", "spot_units", "tissue_region", "record_validation", "KEYS", "compare_to_baseline"]
+__all__ = ["KEYS", "compare_to_baseline", "evaluate", "real_on_model_grid", "record_validation", "spot_units", "tissue_region"]
 
 KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "tile_spearman_nuclei", "tile_spearman_area_fraction")
 
@@ -194,7 +194,7 @@ def evaluate(
             "real": real_stats,
             "generated": gen_stats,
             "units": "spot footprints" if units is not None else f"tiles of {tile_px} px",
-            "n_units": int(len(real_units)),
+            "n_units": len(real_units),
             "region": str(region),
             "um_per_px": float(um),
             "kind": kind,

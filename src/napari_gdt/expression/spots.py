@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ReaderError
 from .canvas import ExpressionCanvas
 
-__all__ = ["read_st", "read_anndata", "read_spaceranger", "spots_to_canvas", "spot_weights"]
+__all__ = ["read_anndata", "read_spaceranger", "read_st", "spot_weights", "spots_to_canvas"]
 
 ST_PITCH_UM = 200.0  # centre-to-centre distance of legacy ST spots
 ST_DIAMETER_UM = 100.0

@@ -26,7 +26,7 @@ from ..models.gdt import GDTGenerator
 from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, reconstruction_loss
 from .sampling import PairedSection, PatchSampler
 
-__all__ = ["TrainConfig", "Trainer", "compute_gene_scale", "DEFAULT_ARCH"]
+__all__ = ["DEFAULT_ARCH", "TrainConfig", "Trainer", "compute_gene_scale"]
 
 DEFAULT_ARCH = dict(emb_ch=64, n_bin_convs=1, stage_channels=[64, 32, 24, 16], convs_per_stage=1, latent_dim=32, log1p=True)
 

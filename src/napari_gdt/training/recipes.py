@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["her2st_panel", "prepare_her2st", "merfish_canvas", "prepare_merfish", "MERFISH_EXTENT_UM"]
+__all__ = ["MERFISH_EXTENT_UM", "her2st_panel", "merfish_canvas", "prepare_her2st", "prepare_merfish"]
 
 HER2ST_TRAIN = ("C2", "C3", "C4")
 HER2ST_VAL = ("C5",)

@@ -7,17 +7,17 @@ import platform
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
-from .loop import DEFAULT_ARCH, Trainer, TrainConfig
+from .loop import DEFAULT_ARCH, TrainConfig, Trainer
 from .sampling import PairedSection, read_image
 
-__all__ = ["train_from_args", "load_sections", "write_bundle", "gene_panel"]
+__all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
 
 
 def _open_canvas(path) -> ExpressionCanvas:
@@ -77,7 +77,7 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         "command": commands[-1] if commands else "",
         "steps": int(trainer.step),
         "train_time_s": round(float(trainer.elapsed_s), 1),
-        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": str(trainer.device),
         "config": json.loads(cfg_json),
         "bin_um": float(canvases[0].bin_um),
@@ -182,7 +182,7 @@ def train_from_args(args, argv=None) -> int:
         if meta_file.exists():
             commands = json.loads(meta_file.read_text())
     cmd = "napari-gdt " + shlex.join((argv or [])[1:]) if argv else "napari-gdt train"
-    commands.append({"command": cmd, "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
+    commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
     (ckpt_dir / "commands.json").write_text(json.dumps(commands, indent=1))
     out_ch = sections[0].image.shape[-1]
     kind = "he" if out_ch == 3 else "fluorescence"

@@ -19,7 +19,7 @@ from ..errors import GDTError, ReaderError
 from ..expression.canvas import ExpressionCanvas
 from ..models.base import Geometry
 
-__all__ = ["read_image", "resample_to_model_grid", "PairedSection", "PatchSampler", "augment"]
+__all__ = ["PairedSection", "PatchSampler", "augment", "read_image", "resample_to_model_grid"]
 
 
 def read_image(path) -> np.ndarray:
@@ -58,6 +58,10 @@ def _to_unit(img: np.ndarray) -> np.ndarray:
     return img / max(float(img.max()), 1e-6) if img.max() > 1.0 else img
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
 def resample_to_model_grid(img: np.ndarray, canvas_affine: np.ndarray, px_per_bin: int, out_shape: tuple[int, int]) -> np.ndarray:
     """Resample a real image onto the model's output grid; returns float32 ``(H, W, C)`` in [0, 1].
 
@@ -76,7 +80,7 @@ def resample_to_model_grid(img: np.ndarray, canvas_affine: np.ndarray, px_per_bi
         s, oy, ox = int(round(sy)), int(round(ty)), int(round(tx))
         out = np.ones((H, W, C), dtype=np.float32) if C == 3 else np.zeros((H, W, C), dtype=np.float32)
         # rows/cols of the output fully inside the image
-        y_lo, x_lo = max(0, -(-(-oy) // s)), max(0, -(-(-ox) // s))
+        y_lo, x_lo = max(0, _ceil_div(-oy, s)), max(0, _ceil_div(-ox, s))
         y_hi = min(H, (img.shape[0] - oy) // s)
         x_hi = min(W, (img.shape[1] - ox) // s)
         if y_hi > y_lo and x_hi > x_lo:
