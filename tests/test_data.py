@@ -96,3 +96,11 @@ def test_bad_override_and_section(monkeypatch, tmp_path):
         data.fetch_her2st("C5")
     with pytest.raises(GDTError, match="her2st section 'C9' is not in the sample data"):
         data.fetch_her2st("C9")
+
+
+def test_describe_gives_public_source():
+    d = data.describe("/somewhere/her2st/C2/he.jpg")
+    assert d["source"] == data.url_for("her2st/C2/he.jpg") and d["sha256"] == data.REGISTRY["her2st/C2/he.jpg"][2]
+    t = data.describe("/x/merfish_mouse_brain/transcripts_z0.csv.gz")
+    assert t["source"].endswith("vizgen_transcripts.gz") and "global_z == 0" in t["derived"]
+    assert data.describe("/tmp/mine.png") == {"file": "/tmp/mine.png"}

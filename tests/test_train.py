@@ -45,7 +45,8 @@ def test_tiny_train_writes_bundle_with_provenance(pair, tmp_path):
     card = read_card(out)
     prov = card["provenance"]
     assert prov["steps"] == 3 and prov["trained"] is True
-    assert prov["command"]["command"].startswith("napari-gdt ") or "train" in json.dumps(prov["commands"])
+    assert prov["command"].startswith("napari-gdt train --image ") and "--steps 3" in prov["command"]
+    assert prov["data"]["images"][0]["file"].endswith("img.png")
     assert card["px_per_bin"] == 8 and card["output"]["kind"] == "he"
     assert card["genes"] == [f"G{i}" for i in range(6)]
     assert card["um_per_px"] == pytest.approx(16.0 / 8)  # synthetic canvas: 16 µm bins

@@ -63,6 +63,19 @@ def url_for(rel: str) -> str:
     return f"https://raw.githubusercontent.com/{repo}/{commit}/{src}"
 
 
+def describe(path) -> dict:
+    """Provenance of a local file: its sample-data name, public source URL and sha256 when it is
+    one of the registered files (or the derived MERFISH z0 table), else just the path."""
+    p = str(Path(path)).replace("\\", "/")
+    for rel in REGISTRY:
+        if p.endswith("/" + rel) or p == rel:
+            return {"file": rel, "source": url_for(rel), "sha256": REGISTRY[rel][2]}
+    if p.endswith("merfish_mouse_brain/transcripts_z0.csv.gz"):
+        rel = "merfish_mouse_brain/vizgen_transcripts.gz"
+        return {"file": "merfish_mouse_brain/transcripts_z0.csv.gz", "source": url_for(rel), "sha256": REGISTRY[rel][2], "derived": "rows with global_z == 0"}
+    return {"file": p}
+
+
 def data_root() -> Path | None:
     """The local override folder (``$NAPARI_GDT_DATA``), or None."""
     env = os.environ.get(ENV_VAR, "").strip()

@@ -114,6 +114,35 @@ def prepare_merfish(out_dir, bin_px: int = 64) -> dict:
     return res
 
 
+def demo_canvas(dataset: str = "her2st", section: str = "C5", genes=None):
+    """The canvas a bundled demo model expects, built in memory from the sample data.
+
+    Returns ``(canvas, image_path, model_name)``. ``her2st``: section ``section`` read with the
+    settings the ``her2st-he`` model was trained with (``mode="spread"``, 32 he.jpg px per bin, the
+    model's gene panel). ``merfish``: the z0 transcripts binned on 64 DAPI px with the
+    ``merfish-dapi`` panel. ``genes`` defaults to the bundled model's panel.
+    """
+    from ..data import fetch_her2st, fetch_merfish
+    from ..models.bundle import read_card
+
+    if dataset == "her2st":
+        from ..expression.spots import read_st
+
+        genes = genes or read_card("her2st-he")["genes"]
+        p = fetch_her2st(section)
+        return read_st(p["counts"], p["spots"], 32, image=p["image"], mode="spread", genes=genes), p["image"], "her2st-he"
+    if dataset == "merfish":
+        from .sampling import read_image
+
+        genes = genes or read_card("merfish-dapi")["genes"]
+        p = fetch_merfish()
+        H, W = read_image(p["dapi"]).shape[:2]
+        return merfish_canvas(p["transcripts"], (H, W), bin_px=64, genes=genes), p["dapi"], "merfish-dapi"
+    from ..errors import GDTError
+
+    raise GDTError(f"unknown demo dataset {dataset!r} (choose her2st or merfish)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m napari_gdt.training.recipes")
     ap.add_argument("dataset", choices=["her2st", "merfish"])

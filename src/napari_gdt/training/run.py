@@ -67,14 +67,25 @@ def _versions() -> dict:
     return {"napari_gdt": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um_per_px, kind, channels, tile_px, name, validation=None, data=None):
+def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um_per_px, kind, channels, tile_px, name, validation=None, data=None, val_images=None):
     from ..models.bundle import save_bundle
+
+    from ..data import describe
+
+    def _sources(c):
+        files = c.meta.get("files") or ([c.meta["source"]] if c.meta.get("source") else [])
+        return [describe(f) for f in files]
 
     prov = {
         "trained": True,
-        "data": data or {"images": [str(p) for p in images], "canvases": [str(c.meta.get("path", "")) for c in canvases], "canvas_sources": [c.meta.get("files", c.meta.get("source")) for c in canvases]},
+        "data": data
+        or {
+            "images": [describe(p) for p in images],
+            "canvases": [{"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)} for c in canvases],
+            "validation": [describe(p) for p in (val_images or [])],
+        },
         "commands": commands,
-        "command": commands[-1] if commands else "",
+        "command": commands[-1]["command"] if commands else "",
         "steps": int(trainer.step),
         "train_time_s": round(float(trainer.elapsed_s), 1),
         "finished_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -194,14 +205,14 @@ def train_from_args(args, argv=None) -> int:
     cfg_json = json.dumps(dataclasses.asdict(cfg))
 
     def snapshot(tr):
-        write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name)
+        write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, val_images=args.val_image)
 
     print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device}", file=sys.stderr)
     trainer.run(on_checkpoint=snapshot)
     validation = {"held_out_patches": trainer.history[-1]} if trainer.history else {}
     if not args.no_eval and trainer.step >= cfg.steps:
         validation.update(_final_eval(out, args, val_region, canvases, sections, trainer, canvases_paths=args.expression, channels=channels, um_per_px=um_per_px, kind=kind, cfg_json=cfg_json, commands=commands, name=name))
-    write_bundle(trainer, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, validation=validation)
+    write_bundle(trainer, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, validation=validation, val_images=args.val_image)
     print(f"wrote {out} after step {trainer.step} ({trainer.elapsed_s / 60:.1f} min of training; this call {(time.time() - t0) / 60:.1f} min); checkpoint {ckpt_dir / 'last.pt'}")
     return 0
 
