@@ -155,6 +155,8 @@ def test_ui_stays_responsive_while_tiles_compute(make_napari_viewer, small_bundl
     w.generate()
     cam.zoom = 1.0
     qtbot.wait(200)
+    k, view = w._visible_region(w.pyramid and viewer.layers["generated"])
+    assert k == 0 and view.y1 - view.y0 < 2560 and view.x1 - view.x0 < 2560  # the camera's view, not the whole slide
     c0 = w.renderer.stats["computed"]
     gap = _gaps_while(4.0, pan)
     computed = w.renderer.stats["computed"] - c0
