@@ -4,7 +4,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 
 def _canvas(n=24, seed=1):
