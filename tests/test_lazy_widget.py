@@ -186,3 +186,22 @@ def test_progress_in_activity_dock_cancellable(make_napari_viewer, small_bundle,
     p.cancel()  # what the activity dock's Cancel button does
     assert w._progress is None and w.scheduler.queued == 0
     w.wait(60)
+
+
+def test_single_channel_model_gives_grey_layer(make_napari_viewer, qtbot):
+    from napari_gdt.rendering.tiles import TileRenderer
+    from napari_gdt.synthetic import untrained_bundle
+    from napari_gdt.widgets.generator import GeneratorWidget
+
+    bundle = untrained_bundle(out_channels=1, seed=0, stage_channels=(16, 16, 8, 8), emb_ch=16)  # DAPI-like
+    viewer = make_napari_viewer()
+    w = GeneratorWidget(viewer)
+    qtbot.addWidget(w)
+    w.set_bundle(bundle)
+    canvas = _canvas(16)
+    w.set_canvas(canvas)
+    layer = w.generate()
+    assert not layer.rgb and layer.data[0].shape == (256, 256) and tuple(layer.contrast_limits) == (0, 255)
+    assert w.wait(120)
+    ref = TileRenderer(bundle, canvas, seed=0, device="cpu").render_region()[..., 0]
+    assert np.abs(np.asarray(layer.data[0][:, :]) / 255.0 - ref).max() <= 1 / 255 + 1e-6
