@@ -534,7 +534,36 @@ class TilePyramid:
 
         Only the changed box is downsampled at each level (it halves every level).
         """
-        img = quantise(tile, self.dtype)
+        self._ingest_img(spec, quantise(tile, self.dtype))
+
+    def adopt(self, source: "TilePyramid", tiles) -> int:
+        """Copy the finished level-0 tiles ``tiles`` ((ty, tx)) of ``source`` into this pyramid; returns how many.
+
+        For tiles whose content hash is the same in both pyramids (same model, seed and
+        tile geometry; e.g. the unedited tiles of an edited canvas): their pixels are
+        identical, so they are shown at once, without the model or the tile cache.
+        The preview map is taken over too when this pyramid has not fitted one yet.
+        Never runs the model (safe on the UI thread).
+        """
+        if source.dtype != self.dtype or source.T != self.T or source.level_shapes != self.level_shapes or source.C != self.C:
+            return 0
+        if self.preview.n == 0 and source.preview.n > 0:
+            with source.preview._lock:
+                xtx, xty, n = source.preview.xtx.copy(), source.preview.xty.copy(), source.preview.n
+            if xtx.shape == self.preview.xtx.shape and xty.shape == self.preview.xty.shape:
+                with self.preview._lock:
+                    self.preview.xtx, self.preview.xty, self.preview.n, self.preview.W = xtx, xty, n, None
+                self._placeholder = quantise(self.preview.colour(), self.dtype)
+        n = 0
+        for ty, tx in tiles:
+            ch = source._store.get((0, ty, tx))
+            if ch is None or not ch.complete or self._is_real0(ty, tx):
+                continue
+            self._ingest_img(self.renderer.tile(ty, tx), ch.img.copy())
+            n += 1
+        return n
+
+    def _ingest_img(self, spec: TileSpec, img: np.ndarray) -> None:
         half = self.T // 2
         with self._lock:
             child = _Chunk(img, None, True, True)
