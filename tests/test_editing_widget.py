@@ -96,6 +96,11 @@ def test_paint_scale_undo(session, qtbot):
         for tx in range(3):
             d = np.abs(edited[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T].astype(int) - original[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]).max()
             assert (d > 0) == ((ty, tx) in tiles), (ty, tx, d)
+    # coarser levels: unchanged parts taken over from "generated", changed tiles cascaded in after computation
+    from napari_gdt.rendering.pyramid import _down2
+
+    assert ed_pyr.n_levels == 2 and ed_pyr.is_complete(1)
+    assert np.array_equal(ed_pyr.read(1, 0, 192, 0, 192, request=False), _down2(edited, None)[0])
     # the layer shows these pixels (napari reads the pyramid)
     assert np.array_equal(np.asarray(ed_layer.data[0][0:384, 0:384]), edited)
     assert np.array_equal(np.asarray(gen.canvas.data), canvas_before)  # non-destructive: the canvas is untouched

@@ -114,7 +114,6 @@ class EditingWidget(QWidget):
         self._original_img = None
         self._lazy_gen = None  # GeneratorWidget whose lazy layers we use (None: numpy path)
         self._orig_keys: dict = {}
-        self._edited_keys: dict = {}
         self._lazy_info: dict = {}
         self.last_stats: dict = {}
         self.last_recomputed: list = []
@@ -307,7 +306,7 @@ class EditingWidget(QWidget):
             self._worker = None
         self.bundle, self.canvas, self.seed = bundle, canvas, int(seed)
         self._lazy_gen = lazy
-        self._orig_keys, self._edited_keys, self._lazy_info = {}, {}, {}
+        self._orig_keys, self._lazy_info = {}, {}
         if lazy is not None:  # the generated layer's own renderer: same settings, so the same content hashes
             self._orig_renderer = lazy.renderer
             self.cache = self._orig_renderer.cache
@@ -650,11 +649,14 @@ class EditingWidget(QWidget):
         self._start_worker(gen, renderer, todo, windows, keys, need_original)
 
     # ------------------------------------------------------------ lazy path
-    def _orig_key_of(self, s):
+    def _orig_key_of(self, s, pyramid=None):
+        """Content hash of the original tile (memoised; the original canvas does not change in a session)."""
         t = (s.ty, s.tx)
         k = self._orig_keys.get(t)
         if k is None:
-            k = self._orig_keys[t] = self._original_key(s)
+            r = self._orig_renderer
+            win = pyramid.blocks.read(*s.win) if pyramid is not None and pyramid.renderer is r else r.read_window(s)
+            k = self._orig_keys[t] = r.tile_key(s, win)
         return k
 
     def _refresh_lazy(self):
@@ -673,36 +675,24 @@ class EditingWidget(QWidget):
         if recipe.edits:
             self._touched |= recipe.edit_mask(self.canvas, ppb)
         orig_pyr = g.pyramids().get(ORIGINAL_LAYER)
-        prev_pyr = g.pyramids().get(EDITED_LAYER)
-        prev_keys = self._edited_keys
         info = {"edits": len(recipe.edits)}
 
         def prepare(pyr):
             r = pyr.renderer
-            keys, changed = {}, []
+            changed = []
+            # windows read through the pyramids' block readers (same values as read_window, so the
+            # same keys; fast, and they warm the blocks the worker reads next)
             for s in dirty_tiles(r, self._touched):
-                t = (s.ty, s.tx)
-                keys[t] = r.tile_key(s, r.read_window(s))
-                if keys[t] != self._orig_key_of(s):
-                    changed.append(t)
-            changed_set = set(changed)
-            gy, gx = r.grid_shape
-            every = [(ty, tx) for ty in range(gy) for tx in range(gx)]
-            adopted = 0
-            if orig_pyr is not None:
-                adopted += pyr.adopt(orig_pyr, [t for t in every if t not in changed_set])
-            if prev_pyr is not None and prev_pyr is not orig_pyr:
-                # tiles of the previous edited layer whose content is the same now (e.g. an unrelated later edit)
-                same = [t for t in changed if prev_keys.get(t) == keys[t]]
-                adopted += pyr.adopt(prev_pyr, same)
-            info.update(pyramid=pyr, changed=changed, keys=keys, adopted=adopted,
+                if r.tile_key(s, pyr.blocks.read(*s.win)) != self._orig_key_of(s, orig_pyr):
+                    changed.append((s.ty, s.tx))
+            adopted = pyr.adopt(orig_pyr, changed) if orig_pyr is not None else 0
+            info.update(pyramid=pyr, changed=changed, adopted=adopted,
                         computed0=int(r.stats["computed"]), cached0=int(r.stats["cached"]))
 
         self._generation += 1
         layer = g.add_canvas_layer(edited, name=EDITED_LAYER, before_show=prepare)
         if "pyramid" not in info:  # the generator refused (no model): nothing shown
             raise GDTError("the generator could not show the edited layer (load a model first)")
-        self._edited_keys = {t: k for t, k in info["keys"].items() if k != self._orig_keys.get(t)}
         self.last_recomputed = list(info["changed"])
         self._lazy_info = info
         self._pending = {"n": len(info["changed"]), "renderer": info["pyramid"].renderer, "edits": info["edits"]}
