@@ -208,3 +208,38 @@ def test_session_without_generator_layer_renders_off_the_ui_thread(make_napari_v
     d = np.abs(np.asarray(w.edited_layer.data) - orig).max(-1)
     assert d[:128, :128].max() > 1e-3 and d[128:].max() <= 1e-5 and d[:, 128:].max() <= 1e-5
     assert "edit(s)" in w.status.text()
+
+
+def test_lazy_edit_on_a_larger_canvas_computes_only_changed_tiles_in_view(make_napari_viewer, small_bundle, qtbot, tmp_path):
+    """A canvas larger than the view: Apply never renders the whole original or edited canvas."""
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.widgets.editing import EditingWidget
+    from napari_gdt.widgets.generator import GeneratorWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_points(np.array([[0.0, 0.0]]), name="anchor")  # so that adding the generated layer keeps our camera
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene.camera
+    cam.center = (128, 128)
+    cam.zoom = 4.0
+    gen = GeneratorWidget(viewer)
+    qtbot.addWidget(gen)
+    gen.set_bundle(small_bundle)
+    gen.set_canvas(synthetic_canvas((64, 64), seed=3))  # 1024 x 1024 px, 8 x 8 tiles
+    gen.generate()
+    assert gen.wait(120)
+    n_orig = gen.renderer.stats["computed"]
+    assert 1 <= n_orig < 64 // 2, n_orig  # the view, its ring and a few probe tiles
+    w = EditingWidget(viewer, generator=gen, autosave=tmp_path / "s.json", gene_sets=tmp_path / "g.json")
+    qtbot.addWidget(w)
+    w.history.set_region("box", {"rect": [64, 64, 128, 128]})
+    w.apply_edit({"op": "scale", "region": "box", "genes": "all", "factor": 5.0})
+    assert gen.wait(120)
+    assert w._original_img is None and w._edited_img is None  # no numpy copy of either canvas
+    changed = set(w.last_recomputed)
+    assert changed and changed <= {(ty, tx) for ty in range(3) for tx in range(3)}
+    st = w.edited_pyramid.renderer.stats
+    assert 1 <= st["computed"] <= len(changed) and st["cached"] == 0, (st, changed)
+    assert gen.renderer.stats["computed"] == n_orig  # the original was not rendered again
+    # the view shows real edited pixels, the rest of the canvas was never computed
+    assert w.edited_pyramid.is_complete(0, w.edited_pyramid._clip(0, gen._visible_region(w.edited_layer)[1]))
+    assert not w.edited_pyramid.is_complete(0)
