@@ -815,9 +815,13 @@ class EditingWidget(QWidget):
 
     @property
     def edited_layer(self):
-        if self.viewer is None or EDITED_LAYER not in self.viewer.layers:
+        """The ``generated (edited)`` layer (lazy path with several channels: its first channel's layer)."""
+        if self.viewer is None:
             return None
-        return self.viewer.layers[EDITED_LAYER]
+        if EDITED_LAYER in self.viewer.layers:
+            return self.viewer.layers[EDITED_LAYER]
+        lz = getattr(self._lazy_gen, "_lazy", {}).get(EDITED_LAYER) if self._lazy_gen is not None else None
+        return lz.layers[0] if lz is not None and lz.layers else None
 
     @property
     def edited_pixels(self) -> np.ndarray | None:
