@@ -536,7 +536,7 @@ class TilePyramid:
         """
         self._ingest_img(spec, quantise(tile, self.dtype))
 
-    def adopt(self, source: "TilePyramid", changed=()) -> int:
+    def adopt(self, source: TilePyramid, changed=()) -> int:
         """Take over what ``source`` has computed, except the level-0 tiles ``changed`` ((ty, tx)); returns the tiles taken.
 
         For a pyramid of the same model, seed and tile geometry over a canvas that differs
