@@ -672,8 +672,10 @@ class EditingWidget(QWidget):
         ppb = self.px_per_bin
         recipe = self.history.recipe
         edited = recipe.apply(self.canvas, ppb) if recipe.edits else self.canvas
-        if recipe.edits:
-            self._touched |= recipe.edit_mask(self.canvas, ppb)
+        # bins outside the current edits' regions are original, so a tile whose window misses
+        # them has the original's hash: only these candidates need their hash compared
+        mask = recipe.edit_mask(self.canvas, ppb) if recipe.edits else np.zeros(self.canvas.n_bins, dtype=bool)
+        self._touched |= mask
         orig_pyr = g.pyramids().get(ORIGINAL_LAYER)
         info = {"edits": len(recipe.edits)}
 
@@ -682,7 +684,7 @@ class EditingWidget(QWidget):
             changed = []
             # windows read through the pyramids' block readers (same values as read_window, so the
             # same keys; fast, and they warm the blocks the worker reads next)
-            for s in dirty_tiles(r, self._touched):
+            for s in dirty_tiles(r, mask):
                 if r.tile_key(s, pyr.blocks.read(*s.win)) != self._orig_key_of(s, orig_pyr):
                     changed.append((s.ty, s.tx))
             adopted = pyr.adopt(orig_pyr, changed) if orig_pyr is not None else 0
