@@ -15,7 +15,34 @@ def get_reader(path):
 
     if is_canvas(path):
         return read_canvas_layers
-    return None
+    return _spatial_reader(path)
+
+
+def _spatial_reader(path):
+    """A reader for transcript tables / spot data that :func:`detect_format` recognises, else None."""
+    from .errors import GDTError
+    from .expression.readers import SPOT_FORMATS, detect_format
+
+    try:
+        fmt = detect_format(path)
+    except GDTError:
+        return None
+    if fmt in SPOT_FORMATS:
+        try:
+            from .expression import spots  # noqa: F401
+        except ImportError:
+            return None
+    return read_spatial_layers
+
+
+def read_spatial_layers(path, bin_um: float | None = None):
+    """Read a transcript table or spot data with default options (10 µm bins) and show its top genes."""
+    from .expression.readers import read_any
+
+    if isinstance(path, list):
+        path = path[0]
+    canvas = read_any(path, bin_um=bin_um)
+    return canvas_layer_data(canvas)
 
 
 def canvas_layer_data(canvas, genes=None, name_prefix=""):
@@ -23,7 +50,10 @@ def canvas_layer_data(canvas, genes=None, name_prefix=""):
     import numpy as np
 
     if genes is None:
-        totals = np.asarray(canvas.data.sum(axis=(1, 2)).compute())
+        totals = canvas.meta.get("gene_totals")
+        if totals is None or len(totals) != len(canvas.genes):
+            totals = canvas.data.sum(axis=(1, 2)).compute()
+        totals = np.asarray(totals, dtype=float)
         genes = [canvas.genes[i] for i in np.argsort(-totals)[:3]]
     colormaps = ["magenta", "green", "cyan", "yellow", "red", "blue"]
     idx = {g: i for i, g in enumerate(canvas.genes)}

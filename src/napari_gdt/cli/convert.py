@@ -1,0 +1,137 @@
+"""``napari-gdt convert INPUT... --out CANVAS.ome.zarr [options]``: real spatial data -> expression canvas."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import GDTError, ReaderError
+
+
+def _floats(text: str, n: int, option: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ReaderError(f"option {option}: expected {n} comma-separated numbers, got {text!r}") from None
+    if len(vals) != n:
+        raise ReaderError(f"option {option}: expected {n} comma-separated numbers, got {text!r}")
+    return vals
+
+
+def register(sub):
+    p = sub.add_parser(
+        "convert",
+        help="convert real spatial data into an expression canvas (OME-Zarr)",
+        description=(
+            "Read Xenium, MERFISH, CosMx, a generic transcript table, AnnData/Visium or legacy ST spots and "
+            "write an expression canvas: OME-Zarr, axes c,y,x, one channel per gene (omero labels = genes)."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s) or folder (legacy ST: counts tsv and spot file)")
+    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (overwritten)")
+    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|st|anndata|csv|canvas (default auto: detect)")
+    p.add_argument("--bin-um", type=float, default=None, help="bin edge in µm (transcripts default 10)")
+    p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
+    p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
+    p.add_argument("--genes", default=None, metavar="FILE|G1,G2,...", help="keep these genes, in this order (a file: one gene per line)")
+    p.add_argument("--model", default=None, metavar="MODEL", help="align to this model: its gene panel (unless --genes) and its bin size (unless --bin-um/--bin-px)")
+    p.add_argument("--zero-fill", action="store_true", help="fill genes of --genes absent from the data with zeros (warns) instead of failing")
+    p.add_argument("--image", default=None, metavar="IMG", help="the paired real image (H&E or DAPI); the canvas records the affine bins -> its pixels")
+    p.add_argument("--image-transform", default=None, metavar="FILE", help="3x3 µm -> image px matrix (x first, e.g. Vizgen micron_to_mosaic_pixel_transform.csv)")
+    p.add_argument("--image-extent-um", default=None, metavar="XMIN,XMAX,YMIN,YMAX", help="the image spans exactly this µm rectangle")
+    p.add_argument("--image-um-per-px", type=float, default=None, help="image pixel size in µm, image corner at 0 µm (Xenium default 0.2125)")
+    g = p.add_argument_group("generic tables (--format csv)")
+    g.add_argument("--x-col", default="x", help="column of x (default x)")
+    g.add_argument("--y-col", default="y", help="column of y (default y)")
+    g.add_argument("--gene-col", default="gene", help="column of gene names (default gene)")
+    g.add_argument("--units", default="um", choices=["um", "px"], help="units of x and y (px needs --um-per-px)")
+    t = p.add_argument_group("transcript filters")
+    t.add_argument("--qv-min", type=float, default=None, help="Xenium: drop transcripts with qv below this (default 20)")
+    t.add_argument("--coords", default=None, choices=["global", "local"], help="CosMx: global (default) or local px (needs --fov)")
+    t.add_argument("--fov", default=None, help="CosMx: keep these fields of view (comma-separated)")
+    s = p.add_argument_group("spot data (st, visium, anndata)")
+    s.add_argument("--spot-mode", default=None, choices=["footprint", "spread"], help="footprint: counts over each spot's disc; spread: a continuous field")
+    s.add_argument("--spot-diameter-px", type=float, default=None, help="spot diameter in image px (default from the data)")
+    s.add_argument("--sigma-px", type=float, default=None, help="spread mode: Gaussian width in image px")
+    s.add_argument("--layer", default=None, help="AnnData layer to read (default X)")
+    p.add_argument("--chunks", default=None, metavar="G,Y,X", help="chunking of the written canvas (default 32,256,256)")
+    p.set_defaults(func=run)
+
+
+def summary_line(canvas, out, seconds: float | None = None) -> str:
+    """The one summary line: genes, bins (y x x), total counts."""
+    total = canvas.meta.get("total_counts")
+    if total is None:
+        total = canvas.total()
+    g, h, w = canvas.shape
+    tot = f"{int(round(total)):,}" if abs(total - round(total)) < 1e-3 else f"{total:,.1f}"
+    extra = ""
+    if "transcripts_read" in canvas.meta:
+        d = canvas.meta.get("dropped", {})
+        dropped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in d.items() if v)
+        extra = f"; {canvas.meta['transcripts_read']:,} transcripts read" + (f", dropped {dropped}" if dropped else "")
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    return f"{out}: {g} genes, {h} x {w} bins (y x x) of {canvas.bin_um:g} µm, {tot} total counts{extra}{took}"
+
+
+def run(args):
+    from ..expression.readers import read_any
+
+    out = Path(args.out)
+    if not out.name.lower().endswith((".zarr",)):
+        raise GDTError(f"{out}: the output canvas must be an OME-Zarr folder ending in .ome.zarr")
+    opts = {}
+    if args.image_extent_um:
+        opts["image_extent_um"] = _floats(args.image_extent_um, 4, "--image-extent-um")
+    if args.image_transform:
+        opts["image_transform"] = args.image_transform
+    if args.image_um_per_px is not None:
+        opts["image_um_per_px"] = args.image_um_per_px
+    if args.qv_min is not None:
+        opts["qv_min"] = args.qv_min
+    if args.coords:
+        opts["coords"] = args.coords
+    if args.fov:
+        opts["fov"] = [int(f) for f in str(args.fov).split(",")]
+    if args.spot_mode:
+        opts["mode"] = args.spot_mode
+    for k in ("spot_diameter_px", "sigma_px", "layer"):
+        if getattr(args, k) is not None:
+            opts[k] = getattr(args, k)
+    if args.chunks:
+        opts["chunks"] = tuple(int(v) for v in _floats(args.chunks, 3, "--chunks"))
+
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=1, desc="reading", unit="", file=sys.stderr, leave=False)
+
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        opts["progress"] = progress
+    genes, bin_um = args.genes, args.bin_um
+    if args.model:
+        from ..models.bundle import load_bundle
+
+        card = load_bundle(args.model).card
+        genes = genes or list(card["genes"])
+        if bin_um is None and args.bin_px is None:
+            bin_um = float(card["px_per_bin"]) * float(card["um_per_px"])
+    t0 = time.perf_counter()
+    inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
+    canvas = read_any(
+        inputs, format=args.format, bin_um=bin_um, bin_px=args.bin_px, um_per_px=args.um_per_px, genes=genes,
+        zero_fill=args.zero_fill, image=args.image, x_col=args.x_col, y_col=args.y_col, gene_col=args.gene_col,
+        units=args.units, **opts,
+    )
+    if bar is not None:
+        bar.close()
+    chunks = opts.get("chunks")
+    canvas.to_ome_zarr(out, chunks=chunks)
+    print(summary_line(canvas, out, time.perf_counter() - t0))
+    return 0

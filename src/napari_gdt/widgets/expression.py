@@ -1,0 +1,374 @@
+"""Dock widget: open an expression canvas (or convert a file into one), pick genes, add the real image.
+
+Thin: reading and converting are calls into :mod:`napari_gdt.expression`.
+The gene list is a ``QListView`` over a ``QStringListModel`` behind a
+``QSortFilterProxyModel``, so typing in the search box stays instant with
+thousands of genes (no widget per gene).
+
+Layers use the project's world frame (generated-image output pixels):
+expression layers are placed by :func:`napari_gdt.rendering.world.bin_layer_transform`
+and the real image by :func:`napari_gdt.rendering.world.image_world_affine`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..rendering.world import bin_layer_transform, image_world_affine
+from qtpy.QtCore import QSortFilterProxyModel, QStringListModel, Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+# distinct additive colours (hex), one per shown gene, cycled
+PALETTE = ["#ff00ff", "#00ff00", "#00ffff", "#ffff00", "#ff4040", "#4080ff", "#ff8000", "#a040ff", "#80ff80", "#ffffff"]
+EXPRESSION_TAG = "napari_gdt_expression"
+
+
+def gene_colormap(hex_colour: str):
+    """A black -> colour napari colormap for additive display."""
+    from napari.utils.colormaps import Colormap
+
+    h = hex_colour.lstrip("#")
+    rgb = [int(h[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    return Colormap([[0, 0, 0, 1], rgb + [1]], name=f"gdt-{h}", display_name=f"gdt {hex_colour}")
+
+
+def contrast_for(plane, percentile: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
+    """Contrast limits ``(0, hi)`` from a strided sample of a 2-D (dask or numpy) plane: ``hi`` is a
+    percentile of the non-zero counts (at least 1)."""
+    h, w = plane.shape
+    s = max(1, int(np.ceil(np.sqrt(h * w / max_samples))))
+    sample = np.asarray(plane[::s, ::s], dtype=np.float32)
+    nz = sample[sample > 0]
+    hi = float(np.percentile(nz, percentile)) if nz.size else 1.0
+    return 0.0, max(hi, 1.0)
+
+
+class ExpressionWidget(QWidget):
+    """Open or convert an expression canvas, show genes as additive channels, add the real image."""
+
+    def __init__(self, napari_viewer=None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.canvas = None
+        self.gene_layers: list = []
+        self.image_layer = None
+        self._worker = None
+
+        # ---- open
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("canvas .ome.zarr")
+        self.path_edit.setToolTip("An expression canvas written by 'napari-gdt convert'")
+        browse = QPushButton("…")
+        browse.setToolTip("Choose a canvas folder")
+        browse.clicked.connect(self._browse_canvas)
+        self.open_btn = QPushButton("Open canvas")
+        self.open_btn.setToolTip("Open the canvas (lazily) and list its genes")
+        self.open_btn.clicked.connect(self._open_clicked)
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.path_edit)
+        open_row.addWidget(browse)
+
+        # ---- convert
+        conv = QGroupBox("Convert a file")
+        self.input_edit = QLineEdit()
+        self.input_edit.setPlaceholderText("transcripts.parquet, detected_transcripts.csv, *_tx_file.csv, .h5ad, …")
+        self.input_edit.setToolTip("Input file or folder (Xenium, MERFISH, CosMx, CSV/Parquet, AnnData, Space Ranger)")
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(["auto", "xenium", "merfish", "cosmx", "csv", "anndata", "visium", "st"])
+        self.format_combo.setToolTip("Input format; auto detects it from the name and columns")
+        self.bin_spin = QDoubleSpinBox()
+        self.bin_spin.setRange(0.01, 10000.0)
+        self.bin_spin.setDecimals(2)
+        self.bin_spin.setValue(10.0)
+        self.bin_spin.setSuffix(" µm")
+        self.bin_spin.setToolTip("Bin edge in µm")
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("output canvas .ome.zarr")
+        self.conv_image_edit = QLineEdit()
+        self.conv_image_edit.setPlaceholderText("(optional) paired image")
+        self.convert_btn = QPushButton("Convert")
+        self.convert_btn.setToolTip("Convert in the background, then open the canvas")
+        self.convert_btn.clicked.connect(self._convert_clicked)
+        cf = QFormLayout(conv)
+        cf.addRow("Input", self.input_edit)
+        cf.addRow("Format", self.format_combo)
+        cf.addRow("Bin", self.bin_spin)
+        cf.addRow("Image", self.conv_image_edit)
+        cf.addRow("Output", self.out_edit)
+        cf.addRow("", self.convert_btn)
+
+        # ---- genes
+        self.info_label = QLabel("no canvas")
+        self.info_label.setWordWrap(True)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("search genes…")
+        self.filter_edit.setToolTip("Filter the gene list (case-insensitive substring)")
+        self.gene_model = QStringListModel([])
+        self.gene_proxy = QSortFilterProxyModel(self)
+        self.gene_proxy.setSourceModel(self.gene_model)
+        self.gene_proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.filter_edit.textChanged.connect(self.gene_proxy.setFilterFixedString)
+        self.gene_view = QListView()
+        self.gene_view.setModel(self.gene_proxy)
+        self.gene_view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.gene_view.setUniformItemSizes(True)  # fast layout with thousands of rows
+        self.gene_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.gene_view.setToolTip("Select genes (Ctrl/Shift-click), then 'Show selected'")
+        self.gene_view.doubleClicked.connect(lambda _i: self.show_genes())
+        self.show_btn = QPushButton("Show selected")
+        self.show_btn.setToolTip("Show the selected genes as additive coloured channels")
+        self.show_btn.clicked.connect(lambda: self.show_genes())
+        self.clear_btn = QPushButton("Clear")
+        self.clear_btn.setToolTip("Remove the expression layers added here")
+        self.clear_btn.clicked.connect(self.clear_genes)
+        self.ppb_spin = QSpinBox()
+        self.ppb_spin.setRange(1, 1024)
+        self.ppb_spin.setValue(16)
+        self.ppb_spin.setToolTip("Output pixels per expression bin (the model's px_per_bin): sets the world scale")
+        self.pct_spin = QDoubleSpinBox()
+        self.pct_spin.setRange(50.0, 100.0)
+        self.pct_spin.setValue(99.5)
+        self.pct_spin.setSuffix(" %")
+        self.pct_spin.setToolTip("Upper contrast limit: this percentile of each gene's non-zero counts")
+        self.pct_spin.valueChanged.connect(lambda _v: self.update_contrast())
+        self.legend = QLabel("")
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setToolTip("Colour of each shown gene")
+
+        # ---- image
+        self.image_edit = QLineEdit()
+        self.image_edit.setPlaceholderText("real image (H&E or DAPI)")
+        self.image_btn = QPushButton("Add image")
+        self.image_btn.setToolTip("Add the paired real image, placed with the canvas affine")
+        self.image_btn.clicked.connect(self._image_clicked)
+        img_row = QHBoxLayout()
+        img_row.addWidget(self.image_edit)
+        img_row.addWidget(self.image_btn)
+
+        btns = QHBoxLayout()
+        btns.addWidget(self.show_btn)
+        btns.addWidget(self.clear_btn)
+        form = QFormLayout()
+        form.addRow("px per bin", self.ppb_spin)
+        form.addRow("Contrast", self.pct_spin)
+        lay = QVBoxLayout(self)
+        lay.addLayout(open_row)
+        lay.addWidget(self.open_btn)
+        lay.addWidget(conv)
+        lay.addWidget(self.info_label)
+        lay.addWidget(self.filter_edit)
+        lay.addWidget(self.gene_view, stretch=1)
+        lay.addLayout(btns)
+        lay.addLayout(form)
+        lay.addWidget(self.legend)
+        lay.addLayout(img_row)
+
+    # ------------------------------------------------------------ helpers
+    def _notify_error(self, e: Exception):
+        from napari.utils.notifications import show_error
+
+        show_error(f"{e}")
+
+    def _browse_canvas(self):  # pragma: no cover - needs a user
+        path = QFileDialog.getExistingDirectory(self, "Expression canvas (.ome.zarr)")
+        if path:
+            self.path_edit.setText(path)
+
+    @property
+    def px_per_bin(self) -> int:
+        return int(self.ppb_spin.value())
+
+    def set_px_per_bin(self, ppb: int) -> None:
+        """Set the world scale (a model's ``px_per_bin``) and rescale the layers shown."""
+        self.ppb_spin.setValue(int(ppb))
+        tf = bin_layer_transform(ppb)
+        for layer in self.gene_layers:
+            layer.scale, layer.translate = tf["scale"], tf["translate"]
+        if self.image_layer is not None and self.canvas is not None:
+            self.image_layer.affine = self.image_affine()
+
+    # ------------------------------------------------------------- canvas
+    def _open_clicked(self):
+        from ..errors import GDTError
+
+        try:
+            self.open_canvas(self.path_edit.text().strip())
+        except GDTError as e:
+            self._notify_error(e)
+
+    def open_canvas(self, path):
+        """Open a canvas (lazily) and list its genes."""
+        from ..expression.readers import read_any
+
+        canvas = read_any(path, format="canvas")
+        self.path_edit.setText(str(path))
+        self.set_canvas(canvas)
+        return canvas
+
+    def set_canvas(self, canvas) -> None:
+        self.clear_genes()
+        self.canvas = canvas
+        self.gene_model.setStringList(list(canvas.genes))
+        g, h, w = canvas.shape
+        tot = canvas.meta.get("total_counts")
+        self.info_label.setText(
+            f"{g} genes, {h} x {w} bins of {canvas.bin_um:g} µm" + (f", {float(tot):,.0f} counts" if tot is not None else "")
+        )
+        img = canvas.meta.get("image")
+        if img and img != "array" and not self.image_edit.text():
+            self.image_edit.setText(str(img))
+
+    def selected_genes(self) -> list[str]:
+        rows = sorted(self.gene_proxy.mapToSource(i).row() for i in self.gene_view.selectionModel().selectedIndexes())
+        return [self.gene_model.stringList()[r] for r in rows]
+
+    def select_genes(self, genes) -> None:
+        """Select ``genes`` in the list (clears the search filter)."""
+        from qtpy.QtCore import QItemSelectionModel
+
+        self.filter_edit.setText("")
+        names = self.gene_model.stringList()
+        sm = self.gene_view.selectionModel()
+        sm.clearSelection()
+        for g in genes:
+            r = names.index(g)
+            sm.select(self.gene_proxy.mapFromSource(self.gene_model.index(r, 0)), QItemSelectionModel.SelectionFlag.Select)
+
+    def show_genes(self, genes=None) -> list:
+        """Show ``genes`` (default: the selection) as additive coloured layers; returns the layers."""
+        if self.canvas is None or self.viewer is None:
+            return []
+        genes = list(genes) if genes is not None else self.selected_genes()
+        self.clear_genes()
+        idx = {g: i for i, g in enumerate(self.canvas.genes)}
+        ppb = self.px_per_bin
+        legend = []
+        for k, g in enumerate(genes):
+            colour = PALETTE[k % len(PALETTE)]
+            plane = self.canvas.data[idx[g]]
+            layer = self.viewer.add_image(
+                plane,
+                name=g,
+                **bin_layer_transform(ppb),
+                blending="additive",
+                colormap=gene_colormap(colour),
+                contrast_limits=contrast_for(plane, self.pct_spin.value()),
+                metadata={EXPRESSION_TAG: True, "gene": g, "bin_um": self.canvas.bin_um, "colour": colour},
+            )
+            self.gene_layers.append(layer)
+            legend.append(f'<span style="color:{colour}">&#9632;</span> {g}')
+        self.legend.setText("<br>".join(legend))
+        return list(self.gene_layers)
+
+    def update_contrast(self) -> None:
+        for layer in self.gene_layers:
+            layer.contrast_limits = contrast_for(layer.data, self.pct_spin.value())
+
+    def clear_genes(self) -> None:
+        if self.viewer is not None:
+            for layer in self.gene_layers:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        self.gene_layers = []
+        self.legend.setText("")
+
+    # -------------------------------------------------------------- image
+    def image_affine(self) -> np.ndarray:
+        """Affine placing the real image in world (output-pixel) coordinates."""
+        return image_world_affine(self.canvas.affine, self.px_per_bin)
+
+    def _image_clicked(self):
+        from ..errors import GDTError
+
+        try:
+            self.add_image(self.image_edit.text().strip())
+        except (GDTError, OSError, ValueError) as e:
+            self._notify_error(e)
+
+    def add_image(self, image, name: str | None = None):
+        """Add the real image (path or array) under the expression layers, placed by the canvas affine."""
+        from ..errors import CanvasError
+
+        if self.canvas is None:
+            raise CanvasError("open an expression canvas first")
+        if isinstance(image, (str, Path)):
+            p = Path(image)
+            if not p.exists():
+                raise CanvasError(f"{p}: no such image file")
+            if p.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                data = tifffile.imread(p)
+            else:
+                from skimage.io import imread
+
+                data = imread(p)
+            name = name or p.stem
+        else:
+            data = np.asarray(image)
+            name = name or "real image"
+        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        if self.image_layer is not None and self.image_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.image_layer)
+        self.image_layer = self.viewer.add_image(data, name=name, rgb=rgb, affine=self.image_affine(), metadata={"napari_gdt_real_image": True})
+        self.viewer.layers.move(self.viewer.layers.index(self.image_layer), 0)
+        return self.image_layer
+
+    # ------------------------------------------------------------ convert
+    def _convert_clicked(self):
+        self.convert(self.input_edit.text().strip(), self.out_edit.text().strip(), blocking=False)
+
+    def convert(self, inputs, out, fmt: str | None = None, bin_um: float | None = None, image: str | None = None, blocking: bool = False, **opts):
+        """Convert ``inputs`` to the canvas ``out`` (in a worker thread unless ``blocking``), then open it."""
+        from ..errors import GDTError
+        from ..expression.readers import read_any
+
+        fmt = fmt or self.format_combo.currentText()
+        bin_um = bin_um or self.bin_spin.value()
+        image = image or (self.conv_image_edit.text().strip() or None)
+
+        def job():
+            canvas = read_any(inputs, format=fmt, bin_um=bin_um, image=image, **opts)
+            canvas.to_ome_zarr(out)
+            return out
+
+        if blocking:
+            return self.open_canvas(job())
+        from napari.qt.threading import create_worker
+
+        self.convert_btn.setEnabled(False)
+        worker = create_worker(job)
+
+        def done(path):
+            self.convert_btn.setEnabled(True)
+            self.open_canvas(path)
+
+        def failed(e):
+            self.convert_btn.setEnabled(True)
+            if isinstance(e, GDTError):
+                self._notify_error(e)
+            else:
+                raise e
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.start()
+        self._worker = worker
+        return worker
