@@ -189,6 +189,10 @@ def train_from_args(args, argv=None) -> int:
         for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad"):
             if k in pc:
                 setattr(cfg, k, pc[k])
+        # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
+        for k, default in (("lambda_hem", 0.0), ("hem_pool", 16)):
+            if k in pc and getattr(cfg, k) == default:
+                setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
     trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
