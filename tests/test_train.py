@@ -162,3 +162,42 @@ def test_resample_block_mean_and_general_affine():
     out2 = resample_to_model_grid(smooth, np.diag([1.5, 1.5, 1.0]), 1, (20, 30))
     expect = (1.5 * np.arange(20)[:, None] + 1.5 * np.arange(30)[None, :]) / 100.0
     np.testing.assert_allclose(out2[..., 0], expect, atol=0.02)
+
+
+def test_haematoxylin_loss_matches_skimage_deconvolution():
+    from skimage.color import rgb2hed
+
+    from napari_gdt.training.losses import haematoxylin_loss, haematoxylin_od
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 16, 16)).astype(np.float32)
+    ours = haematoxylin_od(torch.from_numpy(x)).numpy()[:, 0]
+    ref = np.stack([rgb2hed(np.moveaxis(x[i], 0, -1))[..., 0] for i in range(2)])
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    a = torch.from_numpy(x)
+    assert float(haematoxylin_loss(a, a, 4)) == 0.0
+    darker = (a * 0.5).clamp(0, 1)  # more stain
+    assert float(haematoxylin_loss(darker, a, 4)) > 0.01
+
+
+def test_train_with_haematoxylin_loss(pair, tmp_path):
+    out = tmp_path / "h.safetensors"
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-hem", "5", "--hem-pool", "4") == 0
+    lines = [json.loads(x) for x in (tmp_path / "h.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("hem", 0) > 0 for x in lines)
+
+
+def test_gene_panel_accepts_long_lists_files_and_commas(tmp_path):
+    """Resuming passes the checkpoint's whole panel (hundreds of genes); that is not a file name."""
+    from types import SimpleNamespace
+
+    from napari_gdt.training.run import gene_panel
+
+    genes = [f"GENE_WITH_A_LONG_NAME_{i:04d}" for i in range(400)]
+    c = SimpleNamespace(genes=genes, meta={})
+    assert gene_panel([c], list(genes)) == genes
+    assert gene_panel([c], ",".join(genes[:300])) == genes[:300]
+    f = tmp_path / "panel.txt"
+    f.write_text("\n".join(genes[:5]))
+    assert gene_panel([c], str(f)) == genes[:5]
+    assert gene_panel([c, SimpleNamespace(genes=genes[10:], meta={})]) == genes[10:]

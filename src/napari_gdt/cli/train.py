@@ -35,6 +35,8 @@ def register(sub):
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 of both networks (default 0)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the generator's gradient norm (0 = off)")
     p.add_argument("--lambda-rec", type=float, default=10.0, help="weight of the low-resolution L1 reconstruction loss (default 10)")
+    p.add_argument("--lambda-hem", type=float, default=0.0, help="H&E: weight of an L1 on pooled haematoxylin density (default 0 = off)")
+    p.add_argument("--hem-pool", type=int, default=16, help="pooling (output px) of the haematoxylin loss (default 16)")
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN", help="stop and checkpoint after MIN minutes (0 = none)")

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import GDTError
 from ..models.gdt import GDTGenerator
-from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, reconstruction_loss
+from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, haematoxylin_loss, reconstruction_loss
 from .sampling import PairedSection, PatchSampler
 
 __all__ = ["DEFAULT_ARCH", "TrainConfig", "Trainer", "compute_gene_scale"]
@@ -43,6 +43,8 @@ class TrainConfig:
     lambda_rec: float = 10.0
     lambda_adv: float = 1.0
     rec_pool: int = 8
+    lambda_hem: float = 0.0  # H&E only: L1 of pooled haematoxylin density (colour deconvolution)
+    hem_pool: int = 16
     ema: float = 0.995
     beta1: float = 0.0
     clip_grad: float = 0.0  # max gradient norm of the generator (0 = no clipping)
@@ -225,6 +227,10 @@ class Trainer:
         adv = g_hinge_loss(D(fake, cond, off, ppb))
         rec = reconstruction_loss(fake, real, cfg.rec_pool)
         g_loss = cfg.lambda_adv * adv + cfg.lambda_rec * rec
+        hem = torch.zeros(())
+        if cfg.lambda_hem > 0 and fake.shape[1] == 3:
+            hem = haematoxylin_loss(fake, real, cfg.hem_pool)
+            g_loss = g_loss + cfg.lambda_hem * hem
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if cfg.clip_grad > 0:
@@ -235,7 +241,7 @@ class Trainer:
                 pe.lerp_(p, 1.0 - cfg.ema)
             for be, b in zip(self.G_ema.buffers(), G.buffers()):
                 be.copy_(b)
-        return {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item()}
+        return {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item(), "hem": float(hem.detach())}
 
     @torch.no_grad()
     def validate(self, n_batches: int = 4) -> dict:
@@ -276,7 +282,7 @@ class Trainer:
             pass
         t_start = time.time()
         base_elapsed = self.elapsed_s
-        acc = {"d": 0.0, "adv": 0.0, "rec": 0.0}
+        acc = {"d": 0.0, "adv": 0.0, "rec": 0.0, "hem": 0.0}
         n_acc = 0
         self.G.train()
         try:

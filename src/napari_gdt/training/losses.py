@@ -9,12 +9,14 @@ expression cannot determine); the discriminator supplies nuclear texture.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-__all__ = ["PatchDiscriminator", "d_hinge_loss", "g_hinge_loss", "reconstruction_loss"]
+__all__ = ["PatchDiscriminator", "d_hinge_loss", "g_hinge_loss", "reconstruction_loss", "haematoxylin_od", "haematoxylin_loss"]
 
 
 class PatchDiscriminator(nn.Module):
@@ -65,3 +67,19 @@ def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, pool: int = 8) -
     lo = F.l1_loss(F.avg_pool2d(fake, pool), F.avg_pool2d(real, pool))
     mean = F.l1_loss(fake.mean(dim=(2, 3)), real.mean(dim=(2, 3)))
     return lo + mean
+
+
+# skimage.color.hed_from_rgb[:, 0]: the haematoxylin column of the Ruifrok & Johnston deconvolution
+_HEM = (1.87798274, -0.06590806, -0.60190736)
+
+
+def haematoxylin_od(img: torch.Tensor) -> torch.Tensor:
+    """Haematoxylin density of RGB images ``(B, 3, H, W)`` in [0, 1], as :func:`skimage.color.rgb2hed` ``[..., 0]``."""
+    od = torch.log(img.clamp_min(1e-6)) / math.log(1e-6)
+    w = torch.tensor(_HEM, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
+    return (od * w).sum(dim=1, keepdim=True).clamp_min(0.0)
+
+
+def haematoxylin_loss(fake: torch.Tensor, real: torch.Tensor, pool: int = 16) -> torch.Tensor:
+    """L1 between ``pool``-px average-pooled haematoxylin densities (how much nuclear stain, where)."""
+    return F.l1_loss(F.avg_pool2d(haematoxylin_od(fake), pool), F.avg_pool2d(haematoxylin_od(real), pool))

@@ -30,8 +30,12 @@ def _open_canvas(path) -> ExpressionCanvas:
 def gene_panel(canvases: list[ExpressionCanvas], genes_arg=None) -> list[str]:
     """The panel: ``genes_arg`` (file or comma list) or the genes shared by all canvases."""
     if genes_arg:
-        p = Path(genes_arg)
-        genes = [g.strip() for g in (p.read_text().split() if p.is_file() else str(genes_arg).split(",")) if g.strip()]
+        if isinstance(genes_arg, list | tuple):
+            genes = [str(g) for g in genes_arg]
+        elif "," not in str(genes_arg) and Path(genes_arg).is_file():
+            genes = [g.strip() for g in Path(genes_arg).read_text().split() if g.strip()]
+        else:
+            genes = [g.strip() for g in str(genes_arg).split(",") if g.strip()]
         for c in canvases:
             missing = [g for g in genes if g not in set(c.genes)]
             if missing:
@@ -145,7 +149,7 @@ def train_from_args(args, argv=None) -> int:
         val_region = (r.y0, r.y1, r.x0, r.x1)
     genes_arg = args.genes
     if prior is not None:
-        genes_arg = ",".join(prior["genes"])
+        genes_arg = list(prior["genes"])
     sections, canvases, genes = load_sections(args.image, args.expression, genes_arg, ppb, val_region)
     val_sections = []
     if args.val_image or args.val_expression:
@@ -171,6 +175,8 @@ def train_from_args(args, argv=None) -> int:
         lr_d=float(args.lr),
         lambda_rec=float(args.lambda_rec),
         rec_pool=int(args.rec_pool),
+        lambda_hem=float(getattr(args, "lambda_hem", 0.0)),
+        hem_pool=int(getattr(args, "hem_pool", 16)),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
         beta1=float(getattr(args, "beta1", 0.0)),
@@ -182,6 +188,10 @@ def train_from_args(args, argv=None) -> int:
         pc = prior["cfg"]
         for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad"):
             if k in pc:
+                setattr(cfg, k, pc[k])
+        # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
+        for k, default in (("lambda_hem", 0.0), ("hem_pool", 16)):
+            if k in pc and getattr(cfg, k) == default:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
