@@ -337,3 +337,17 @@ def test_every_cli_command_and_option_is_documented():
     assert not problems, "\n".join(problems)
     # the commands the contract names are all wired (a missing module is listed here)
     assert set(sub_action.choices) <= {c.replace("_", "-") for c in COMMANDS}
+
+
+def test_shortcuts_page_lists_the_bound_keys():
+    """The keys the widgets bind are the keys docs/shortcuts.md lists."""
+    page = (DOCS / "shortcuts.md").read_text()
+    from napari_gdt.widgets import editing
+
+    keys = [editing.KEY_APPLY, editing.KEY_UNDO, editing.KEY_REDO]
+    if importlib.util.find_spec("napari_gdt.widgets.compare") is not None:
+        from napari_gdt.widgets import compare
+
+        keys.append(compare.SHORTCUT)
+    missing = [k for k in keys if f"`{k}`" not in page]
+    assert not missing, f"keys bound by the widgets but not in docs/shortcuts.md: {missing}"
