@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shared_data() -> Path | None:
     env = os.environ.get("NAPARI_GDT_DATA")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "data"]:
+    # ../shared/data beside the checkout (also found from a git worktree further down)
+    for cand in ([Path(env)] if env else []) + [p / "shared" / "data" for p in ROOT.parents]:
         if cand.is_dir():
             return cand
     return None

@@ -138,3 +138,16 @@ def test_spot_formats_need_bin_in_pixels(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(ReaderError, match=r"x\.h5ad: spot formats lay bins in image pixels: give --bin-px"):
         read_any(p, bin_um=20.0)
+
+
+def test_image_without_registration(tmp_path, capsys):
+    p = tmp_path / "detected_transcripts.csv"
+    pd.DataFrame({"global_x": [1.0], "global_y": [1.0], "gene": ["A"]}).to_csv(p, index=False)
+    img = tmp_path / "dapi.png"
+    from skimage.io import imsave
+
+    imsave(img, np.zeros((8, 8), np.uint8), check_contrast=False)
+    rc, err = _cli(["convert", str(p), "--out", str(tmp_path / "o.ome.zarr"), "--image", str(img)], capsys)
+    assert rc == 2 and "dapi.png: cannot place the image: give --image-transform FILE" in err
+    rc, err = _cli(["convert", str(p), "--out", str(tmp_path / "o.ome.zarr"), "--image", str(img), "--image-extent-um", "1,2,3"], capsys)
+    assert rc == 2 and "option --image-extent-um: expected 4 comma-separated numbers" in err

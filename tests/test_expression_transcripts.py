@@ -1,6 +1,5 @@
 """Transcript readers on synthetic tables: vendor filters, units, streaming = dense reference."""
 
-import gzip
 
 import numpy as np
 import pandas as pd
@@ -8,7 +7,7 @@ import pytest
 
 from napari_gdt.errors import GenePanelError
 from napari_gdt.expression.readers import detect_format, read_any
-from napari_gdt.expression.transcripts import read_cosmx, read_merfish, read_transcripts_table, read_xenium
+from napari_gdt.expression.transcripts import read_cosmx, read_merfish, read_xenium
 
 
 def _table(n=3000, genes=("Actb", "Gfap", "Mbp", "Snap25"), seed=0, extent_um=(120.0, 200.0), origin=(50.0, 1000.0)):
@@ -104,7 +103,7 @@ def test_xenium_qv_and_controls(tmp_path, ext):
     assert c.meta["dropped"]["control_probes"] == controls.sum()
     assert c.meta["dropped"]["quality"] == ((~controls) & (df.qv < 20)).sum()
     kept = df[keep]
-    ref, order, _ = dense_reference(kept.y_location, kept.x_location, list(kept.feature_name), 20.0)
+    ref, _, _ = dense_reference(kept.y_location, kept.x_location, list(kept.feature_name), 20.0)
     np.testing.assert_array_equal(np.asarray(c.data), ref)
     # a stricter threshold keeps fewer
     assert read_xenium(p, bin_um=20.0, qv_min=30).total() == ((~controls) & (df.qv >= 30)).sum()
@@ -239,7 +238,7 @@ def test_convert_cli_round_trip(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     keep = df.feature_name.isin(["KRT19", "EPCAM"]) & (df.qv >= 20)
     back = ExpressionCanvas.from_ome_zarr(out)
-    g, h, w = back.shape
+    _, h, w = back.shape
     assert line.startswith(f"{out}: 2 genes, {h} x {w} bins (y x x) of 25 µm, {keep.sum():,} total counts")
     assert back.genes == ["KRT19", "EPCAM"] and back.total() == keep.sum()
     assert back.data.chunks[1][0] == 4 and back.meta["format"] == "xenium"
@@ -290,5 +289,45 @@ def test_canvas_reads_lazily(tmp_path):
             f.write_bytes(b"not a chunk")
     c = read_any(out)
     np.testing.assert_array_equal(np.asarray(c.data[1, :8, :8]), expected)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):  # the codec rejects a corrupted chunk
         np.asarray(c.data[0, :8, :8])
+
+
+def _save(save_bundle, b, path):
+    c = b.card
+    save_bundle(path, b.model, c["genes"], c["um_per_px"], c["output"], tile_px=c["tile_px"], px_per_bin=c["px_per_bin"])
+
+
+def test_convert_aligned_to_a_model_panel(tmp_path, capsys):
+    from napari_gdt.cli import main
+    from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.models.bundle import save_bundle
+    from napari_gdt.synthetic import untrained_bundle
+
+    bundle = untrained_bundle(["KRT19", "EPCAM"], stage_channels=(8, 8, 8, 8), emb_ch=8)
+    mp = tmp_path / "m.safetensors"
+    _save(save_bundle, bundle, mp)
+    df = _xenium_frame(1500)
+    p = tmp_path / "transcripts.parquet"
+    df.to_parquet(p)
+    out = tmp_path / "c.ome.zarr"
+    assert main(["convert", str(p), "--out", str(out), "--model", str(mp)]) == 0
+    c = ExpressionCanvas.from_ome_zarr(out)
+    assert c.genes == ["KRT19", "EPCAM"]  # the model's order; ERBB2 ignored
+    assert c.bin_um == bundle.px_per_bin * bundle.card["um_per_px"]
+    # a panel gene absent from the data is an error listing it, unless --zero-fill
+    bundle2 = untrained_bundle(["KRT19", "MKI67"], stage_channels=(8, 8, 8, 8), emb_ch=8)
+    _save(save_bundle, bundle2, mp)
+    assert main(["convert", str(p), "--out", str(out), "--model", str(mp)]) == 2
+    assert "lacks 1 requested gene(s): MKI67" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="zero-filling 1 gene"):
+        assert main(["convert", str(p), "--out", str(out), "--model", str(mp), "--zero-fill"]) == 0
+
+
+def test_align_missing_genes_and_zero_fill(small_canvas):
+    with pytest.raises(GenePanelError, match="lacks 2 gene\\(s\\) of the model panel: NOPE1, NOPE2"):
+        small_canvas.align(["EPCAM", "NOPE1", "NOPE2"])
+    with pytest.warns(UserWarning, match="zero-filling 1 gene"):
+        a = small_canvas.align(["NOPE1", "EPCAM"], zero_fill=True)
+    assert a.genes == ["NOPE1", "EPCAM"] and float(a.data[0].sum().compute()) == 0
+    np.testing.assert_array_equal(np.asarray(a.data[1]), np.asarray(small_canvas.data[small_canvas.genes.index("EPCAM")]))

@@ -3,22 +3,22 @@
 One implementation shared by the compare widget and ``napari-gdt evaluate``.
 Pure numpy / scipy / scikit-image (no Qt, no napari).
 
-Pipeline (see docs/morphometrics.md):
+Pipeline (see docs/morphometrics.md; all lengths in µm, so any pixel size works):
 
-1. Nuclear channel. H&E: the haematoxylin optical density from colour deconvolution
+1. Nuclear channel. H&E: haematoxylin from colour deconvolution
    (:func:`skimage.color.rgb2hed`, Ruifrok & Johnston). DAPI: the intensity.
-2. Gaussian smoothing (``sigma_um``, default 0.5 µm).
+   Images much finer than ``work_um_per_px`` are segmented on block means.
+2. Gaussian smoothing (``sigma_um``); DAPI: minus a smooth background (``background_um``).
 3. One *global* threshold per call: Otsu (default; or ``"li"``, ``"triangle"``, or a number)
    computed on tissue pixels only (H&E: pixels that are not near-white glass), and never below
    a small absolute floor (``min_threshold``), so that flat or nucleus-free images give no nuclei.
 4. Clean: fill holes smaller than ``max_hole_um2``, drop objects smaller than ``min_area_um2``.
-5. Split touching nuclei: Euclidean distance transform, markers = h-maxima of the distance
-   (``split_h_um``, at least half a pixel), one per plateau at its highest pixel, kept at least
-   ``min_distance_um`` apart (greedy, highest first, as ``peak_local_max`` does), then a
-   marker-controlled watershed on the negated distance inside the foreground. Fragments smaller
-   than ``min_area_um2`` after the split are dropped.
+5. Split touching nuclei: a marker score (distance transform x rescaled intensity by default),
+   one watershed seed per local maximum, then basins merged by the h-maxima (dynamics)
+   criterion (``split_h_um``) and the minimum peak distance (``min_distance_um``).
+   Fragments smaller than ``min_area_um2`` after the split are dropped.
 
-Steps 4-5 run in overlapping tiles (``_TILE`` px core, ``overlap`` µm halo) so a 5000 x 5000 image
+Steps 4-5 run in overlapping tiles (``_TILE`` px core, ``overlap_um`` halo) so a 5000 x 5000 image
 needs bounded memory; a nucleus belongs to the tile that holds its centroid.
 """
 
@@ -33,17 +33,17 @@ from scipy import ndimage as ndi
 from ..errors import GDTError
 
 __all__ = [
+    "DEFAULTS",
     "MorphometricsError",
     "NucleiStats",
-    "DEFAULTS",
-    "haematoxylin",
-    "nuclear_channel",
-    "tissue_mask",
-    "segment_nuclei",
-    "measure_nuclei",
     "compare_table",
-    "tile_stats",
     "footprint_stats",
+    "haematoxylin",
+    "measure_nuclei",
+    "nuclear_channel",
+    "segment_nuclei",
+    "tile_stats",
+    "tissue_mask",
 ]
 
 
@@ -56,7 +56,7 @@ class MorphometricsError(GDTError):
 DEFAULTS: dict[str, object] = {
     "sigma_um": 0.5,  # Gaussian smoothing of the nuclear channel
     "threshold": "otsu",  # "otsu" | "li" | "triangle" | float (in channel units)
-    "min_threshold": None,  # absolute floor; None -> 0.02 OD for H&E, 0.05 for DAPI (of [0, 1])
+    "min_threshold": None,  # absolute floor; None -> 0.03 (rgb2hed H units) for H&E, 0.05 for DAPI (of [0, 1])
     "min_area_um2": 10.0,  # smallest nucleus kept (before and after the split)
     "max_hole_um2": 20.0,  # holes inside a nucleus up to this area are filled
     "min_distance_um": 2.5,  # smallest distance between two nucleus centres (split markers)
@@ -66,6 +66,8 @@ DEFAULTS: dict[str, object] = {
     "declump_h": 0.1,  # intensity declumping: marker dynamic, as a fraction of the threshold
     "background_grey": 0.82,  # H&E: mean RGB above this (in [0, 1]) is glass, not tissue
     "overlap_um": 25.0,  # tile halo for the tiled split
+    "background_um": None,  # subtract a smooth background (grey opening, this radius); None -> 12 for DAPI, off for H&E
+    "work_um_per_px": 0.35,  # images finer than this are segmented at k x k block means (k = int(this / um_per_px))
 }
 
 _TILE = 1024  # core tile size (px) for the tiled split
@@ -143,7 +145,12 @@ def _unit_float(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         m = float(a.max()) if a.size else 1.0
         return a.astype(np.float32) / np.float32(max(m, 1.0))
-    return np.clip(a.astype(np.float32, copy=False), 0.0, 1.0)
+    a = a.astype(np.float32, copy=False)
+    if a.size:
+        hi = float(np.nanmax(a[:: max(1, a.shape[0] // 256)]))  # a cheap row sample
+        if hi > 1.5:
+            raise MorphometricsError(f"float image values must lie in [0, 1] (found {hi:g}); pass uint8 or divide by 255")
+    return np.clip(a, 0.0, 1.0)
 
 
 def _check_image(img, kind: str) -> np.ndarray:
@@ -219,21 +226,20 @@ def tissue_mask(img, kind: str, um_per_px: float, background_grey: float | None 
     if kind == "dapi":
         return np.ones(a.shape[:2], bool)
     bg = DEFAULTS["background_grey"] if background_grey is None else float(background_grey)
-    grey = np.empty(a.shape[:2], np.float32)
-    for r0 in range(0, a.shape[0], 1024):
-        grey[r0 : r0 + 1024] = _unit_float(a[r0 : r0 + 1024]).mean(axis=2)
-    grey = ndi.gaussian_filter(grey, max(4.0 / um, 0.5))
-    m = grey < bg
-    # pale but coloured (pink stroma, pale eosin) is tissue too; glass is near-white and grey
-    sat = np.empty(a.shape[:2], np.float32)
-    for r0 in range(0, a.shape[0], 1024):
-        blk = _unit_float(a[r0 : r0 + 1024])
-        sat[r0 : r0 + 1024] = blk.max(axis=2) - blk.min(axis=2)
-    m |= ndi.gaussian_filter(sat, max(4.0 / um, 0.5)) > 0.10
-    px_mm2 = 1e6 / um**2
+    H, W = a.shape[:2]
+    k = max(1, int(2.0 / um))  # work at <= ~2 µm/px: the mask's scale is 4 µm and up
+    small = a[::k, ::k]
+    grey = np.empty(small.shape[:2], np.float32)
+    for r0 in range(0, small.shape[0], 1024):
+        grey[r0 : r0 + 1024] = _unit_float(small[r0 : r0 + 1024]).mean(axis=2)
+    # (saturation is no use here: eosin-tinted glass and mounting medium are as pink as stroma)
+    m = ndi.gaussian_filter(grey, max(4.0 / (um * k), 0.5)) < bg
+    px_mm2 = 1e6 / (um * k) ** 2
     m = _fill_small_holes(m, int(0.01 * px_mm2))
     m = _remove_small(m, int(0.005 * px_mm2))
-    return m
+    if k > 1:
+        m = np.repeat(np.repeat(m, k, axis=0), k, axis=1)[:H, :W]
+    return np.ascontiguousarray(m)
 
 
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
@@ -289,90 +295,107 @@ def _auto_threshold(values: np.ndarray, method) -> float:
 def _split_tile(fg: np.ndarray, ch: np.ndarray | None, thr: float, top: float, um: float, p: dict) -> np.ndarray:
     """Label image (int32) of one foreground tile with touching nuclei split.
 
-    ``declump="shape"``: markers are h-maxima of the distance transform (``split_h_um``);
-    ``"intensity"``: h-maxima of the nuclear channel smoothed at ``declump_sigma_um``, with a
-    dynamic of at least ``declump_h`` x threshold; the watershed floods the negated marker score.
+    The marker score is ``"shape"``: the distance transform; ``"combined"`` (default): the distance
+    transform times the nuclear channel (smoothed at ``declump_sigma_um``) rescaled to [0, 1] between
+    the threshold and the 95th percentile of the foreground; ``"intensity"``: the smoothed channel.
+    Every local maximum seeds a watershed of the negated score inside the foreground; then
+    neighbouring basins are merged, highest saddle first, while the lower peak rises less than
+    ``h`` above the saddle (``split_h_um``, at least half a pixel, for distance scores;
+    ``declump_h`` x threshold for intensity) or the peaks lie closer than ``min_distance_um``.
+    This is the h-maxima (dynamics) criterion, computed on the basin graph.
     """
-    from skimage.morphology import reconstruction
     from skimage.segmentation import watershed
 
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
-    md = max(1, int(round(float(p["min_distance_um"]) / um)))
+    md = float(p["min_distance_um"]) / um
     mode = str(p["declump"]).lower()
     if mode == "shape" or ch is None:
         score = ndi.distance_transform_edt(fg).astype(np.float32)
         h = max(float(p["split_h_um"]) / um, 0.5)  # never below half a pixel (EDT discretisation)
-        floor = 0.0
     elif mode == "combined":
-        dist = ndi.distance_transform_edt(fg).astype(np.float32)
+        score = ndi.distance_transform_edt(fg).astype(np.float32)
         sm = ndi.gaussian_filter(ch, float(p["declump_sigma_um"]) / um).astype(np.float32)
-        w = np.clip((sm - thr) / max(top - thr, 1e-6), 0.0, 1.0)
-        score = dist * w
+        score *= np.clip((sm - thr) / max(top - thr, 1e-6), 0.0, 1.0)
         h = max(float(p["split_h_um"]) / um, 0.5)
-        floor = 0.0
     elif mode == "intensity":
         score = ndi.gaussian_filter(ch, float(p["declump_sigma_um"]) / um).astype(np.float32)
-        floor = float(score.min())
-        score[~fg] = floor
+        score -= float(score[fg].min())
+        score[~fg] = 0
         h = float(p["declump_h"]) * abs(thr)
     else:
         raise MorphometricsError(f"declump must be 'combined', 'shape' or 'intensity', got {p['declump']!r}")
-    # h-maxima: regional maxima of the score with a dynamic >= h, via reconstruction by dilation
-    seed = np.maximum(score - h, floor)
-    rec = reconstruction(seed, score, method="dilation")
-    hmax = (score - rec) >= (h - 1e-6 * max(1.0, h))
-    hmax &= fg
-    cc, ncc = ndi.label(fg, structure=np.ones((3, 3), bool))
-    # one peak per h-maximum plateau (its highest pixel), then enforce min_distance
-    mlab, nm = ndi.label(hmax, structure=np.ones((3, 3), bool))
-    if nm:
-        pos = ndi.maximum_position(score, mlab, index=np.arange(1, nm + 1))
-        pts = np.asarray(pos, dtype=np.int64).reshape(-1, 2)
-        order = np.argsort(-score[pts[:, 0], pts[:, 1]], kind="stable")
-        pts = pts[order]
-        pts = pts[_min_distance_keep(pts, md, cc)]
-    else:
-        pts = np.zeros((0, 2), np.int64)
-    markers = np.zeros(fg.shape, np.int32)
-    markers[pts[:, 0], pts[:, 1]] = np.arange(1, len(pts) + 1, dtype=np.int32)
-    # any component without a marker gets one at its score maximum
-    has = np.zeros(ncc + 1, bool)
-    has[cc[pts[:, 0], pts[:, 1]]] = True
-    missing = np.flatnonzero(~has[1:]) + 1
-    if missing.size:
-        pos = ndi.maximum_position(score, cc, index=missing)
-        pos = np.asarray(pos, dtype=np.int64).reshape(-1, 2)
-        markers[pos[:, 0], pos[:, 1]] = np.arange(len(pts) + 1, len(pts) + 1 + len(pos), dtype=np.int32)
+    # seeds: local maxima (3 x 3) of the score in the foreground; plateaus are one seed
+    peak = (score >= ndi.maximum_filter(score, size=3)) & fg
+    markers, nm = ndi.label(peak, structure=np.ones((3, 3), bool))
     lab = watershed(-score, markers, mask=fg)
+    if nm > 1:
+        lab = _merge_basins(lab, score, nm, h, md)
     return lab.astype(np.int32, copy=False)
 
 
-def _min_distance_keep(pts: np.ndarray, md: int, cc: np.ndarray) -> np.ndarray:
-    """Greedy suppression (pts sorted by decreasing score): drop a point closer than ``md`` to a
-    kept point of the same connected component."""
-    n = len(pts)
-    keep = np.ones(n, bool)
-    if n < 2 or md <= 1:
-        return keep
-    from scipy.spatial import cKDTree
+def _merge_basins(lab: np.ndarray, score: np.ndarray, n: int, h: float, md: float) -> np.ndarray:
+    """Merge watershed basins whose dynamic (peak minus saddle) is below ``h`` or whose peaks are
+    closer than ``md`` px, processing saddles from the highest; returns relabelled basins (1..k)."""
+    flat = lab.ravel()
+    sflat = score.ravel()
+    # peak value and position per basin
+    fgi = np.flatnonzero(flat)
+    fgi = fgi[np.lexsort((sflat[fgi], flat[fgi]))]  # by basin, then score
+    lf = flat[fgi]
+    top = fgi[np.r_[lf[1:] != lf[:-1], True]]  # highest pixel of each basin
+    peak_val = np.zeros(n + 1, np.float64)
+    peak_pos = np.zeros(n + 1, np.int64)
+    peak_val[flat[top]] = sflat[top]
+    peak_pos[flat[top]] = top
+    W = lab.shape[1]
+    py, px = np.divmod(peak_pos, W)
+    # saddles: highest min(score) over 4-neighbour pixel pairs across a basin boundary
+    edges = []
+    for a, b, sa, sb in (
+        (lab[:, :-1], lab[:, 1:], score[:, :-1], score[:, 1:]),
+        (lab[:-1, :], lab[1:, :], score[:-1, :], score[1:, :]),
+    ):
+        m = (a != b) & (a > 0) & (b > 0)
+        if m.any():
+            la, lb = a[m].astype(np.int64), b[m].astype(np.int64)
+            lo, hi = np.minimum(la, lb), np.maximum(la, lb)
+            edges.append((lo * (n + 1) + hi, np.minimum(sa[m], sb[m])))
+    if not edges:
+        return lab
+    key = np.concatenate([e[0] for e in edges])
+    sad = np.concatenate([e[1] for e in edges]).astype(np.float64)
+    o = np.lexsort((sad, key))
+    key, sad = key[o], sad[o]
+    last = np.r_[key[1:] != key[:-1], True]  # per key, the last = the highest saddle
+    key, sad = key[last], sad[last]
+    ea, eb = key // (n + 1), key % (n + 1)
+    o = np.argsort(-sad, kind="stable")
+    parent = np.arange(n + 1)
 
-    tree = cKDTree(pts)
-    pairs = tree.query_pairs(r=md - 1e-9 if md > 1 else 0.5, output_type="ndarray")
-    if len(pairs) == 0:
-        return keep
-    comp = cc[pts[:, 0], pts[:, 1]]
-    pairs = pairs[comp[pairs[:, 0]] == comp[pairs[:, 1]]]
-    nbrs: dict[int, list[int]] = {}
-    for i, j in pairs:
-        nbrs.setdefault(int(i), []).append(int(j))
-        nbrs.setdefault(int(j), []).append(int(i))
-    for i in range(n):  # i increases = score decreases
-        if keep[i] and i in nbrs:
-            for j in nbrs[i]:
-                if j > i:
-                    keep[j] = False
-    return keep
+    def find(i):
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        while parent[i] != r:
+            parent[i], i = r, parent[i]
+        return r
+
+    pv, ppy, ppx = peak_val.copy(), py.astype(np.float64), px.astype(np.float64)
+    md2 = md * md
+    for a, b, sd in zip(ea[o].tolist(), eb[o].tolist(), sad[o].tolist()):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        low = min(pv[ra], pv[rb])
+        if low - sd < h or (ppy[ra] - ppy[rb]) ** 2 + (ppx[ra] - ppx[rb]) ** 2 < md2:
+            if pv[rb] > pv[ra]:
+                ra, rb = rb, ra
+            parent[rb] = ra  # ra keeps the higher peak
+    roots = np.array([find(i) for i in range(n + 1)])
+    _, inv = np.unique(roots, return_inverse=True)
+    remap = inv.astype(np.int32)  # root 0 (background) -> 0
+    return remap[lab]
 
 
 def segment_nuclei(img, kind: str = "he", um_per_px: float = 0.5, roi_mask=None, **params):
@@ -386,29 +409,75 @@ def segment_nuclei(img, kind: str = "he", um_per_px: float = 0.5, roi_mask=None,
     p = _params(params)
     a = _check_image(img, kind)
     H, W = a.shape[:2]
-    ch = nuclear_channel(a, kind, um, p["sigma_um"])
     roi = _check_mask(roi_mask, (H, W))
+    work = p["work_um_per_px"]
+    k = int(float(work) / um) if work else 1
+    if k >= 2 and min(H, W) >= 4 * k:
+        # finer than needed (e.g. MERFISH DAPI at 0.11 µm/px): segment k x k block means, then
+        # repeat the labels back to full resolution
+        a_s = _block_mean(_unit_float(a), k)
+        roi_s = None if roi is None else _block_mean(roi.astype(np.float32), k) >= 0.5
+        lab_s, thr = _segment_native(a_s, kind, um * k, roi_s, p)
+        lab = np.repeat(np.repeat(lab_s, k, axis=0), k, axis=1)[:H, :W]
+        return np.ascontiguousarray(lab), thr
+    return _segment_native(a, kind, um, roi, p)
+
+
+def _subtract_background(ch: np.ndarray, radius_px: float) -> np.ndarray:
+    """Channel minus its smooth background: a grey opening with a square of side 2r + 1 (which
+    removes every bright structure narrower than that, i.e. the nuclei), smoothed by a box of the
+    same size; negative values are clipped to 0. Separable, so cheap at any radius."""
+    size = 2 * max(1, round(radius_px)) + 1
+    if size >= min(ch.shape):
+        size = max(3, (min(ch.shape) // 2) * 2 - 1)
+    bg = ndi.grey_opening(ch, size=(size, size))
+    bg = ndi.uniform_filter(bg, size)
+    out = ch - bg
+    np.maximum(out, 0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks (edge-padded to a multiple of k) of a (H, W[, C]) float array."""
+    H, W = a.shape[:2]
+    ph, pw = -H % k, -W % k
+    if ph or pw:
+        pad = [(0, ph), (0, pw)] + [(0, 0)] * (a.ndim - 2)
+        a = np.pad(a, pad, mode="edge")
+    Hk, Wk = a.shape[0] // k, a.shape[1] // k
+    return a.reshape(Hk, k, Wk, k, *a.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _segment_native(a: np.ndarray, kind: str, um: float, roi, p: dict):
+    H, W = a.shape[:2]
+    ch = nuclear_channel(a, kind, um, p["sigma_um"])
+    bg_um = p["background_um"]
+    if bg_um is None:
+        bg_um = 12.0 if kind == "dapi" else 0.0
+    if float(bg_um) > 0:
+        ch = _subtract_background(ch, float(bg_um) / um)
     thr = p["threshold"]
     if not isinstance(thr, (int, float, np.floating, np.integer)) or isinstance(thr, bool):
-        sel = tissue_mask(a, kind, um, p["background_grey"]) if kind == "he" else None
+        stride = max(1, int(np.sqrt(H * W / 1e6)))  # estimate on a grid of <= ~1-2 Mpx
+        sel = tissue_mask(a[::stride, ::stride], kind, um * stride, p["background_grey"]) if kind == "he" else None
         if sel is not None and not sel.any():
             sel = None  # no tissue found: estimate on every pixel
         if roi is not None:
-            sel = roi if sel is None else (sel & roi)
-        stride = max(1, int(np.sqrt(H * W / 4e6)))  # estimate on <= ~4 Mpx
-        vals = ch[::stride, ::stride] if sel is None else ch[::stride, ::stride][sel[::stride, ::stride]]
+            r = roi[::stride, ::stride]
+            sel = r if sel is None else (sel & r)
+        vals = ch[::stride, ::stride] if sel is None else ch[::stride, ::stride][sel]
         thr = _auto_threshold(vals, thr)
     else:
         thr = float(thr)
     floor = p["min_threshold"]
     if floor is None:
-        floor = 0.02 if kind == "he" else 0.05
+        floor = 0.03 if kind == "he" else 0.05
     thr = max(float(thr), float(floor))
     labels = np.zeros((H, W), np.int32)
     if not np.isfinite(thr):
         return labels, thr
     fg_all = ch > thr
-    stride = max(1, int(np.sqrt(H * W / 4e6)))
+    stride = max(1, int(np.sqrt(H * W / 1e6)))
     fv = ch[::stride, ::stride][fg_all[::stride, ::stride]]
     top = float(np.percentile(fv, 95)) if fv.size else thr + 1.0
     px_area = um * um
@@ -543,8 +612,9 @@ def compare_table(images: dict, kind: str = "he", um_per_px: float = 0.5, mask=N
     return df
 
 
-def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256, tissue_mask=None,
-               min_tissue: float = 0.5, **params) -> pd.DataFrame:
+def tile_stats(
+    img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256, tissue_mask=None, min_tissue: float = 0.5, **params
+) -> pd.DataFrame:
     """Per-tile nuclei density and area fraction (for Spearman correlations between images).
 
     The image is segmented once (one global threshold), then cut into a grid of ``tile_px`` tiles.
@@ -592,7 +662,12 @@ def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256
             c = int(cnt[k])
             rows.append(
                 {
-                    "ty": ty, "tx": tx, "y0": y0, "x0": x0, "y1": y1, "x1": x1,
+                    "ty": ty,
+                    "tx": tx,
+                    "y0": y0,
+                    "x0": x0,
+                    "y1": y1,
+                    "x1": x1,
                     "tissue_fraction": frac,
                     "count": c,
                     "density_per_mm2": c / (tpx * px_area / 1e6),
@@ -600,13 +675,13 @@ def tile_stats(img, kind: str = "he", um_per_px: float = 0.5, tile_px: int = 256
                     "mean_area_um2": float(asum[k] / c * px_area) if c else 0.0,
                 }
             )
-    cols = ["ty", "tx", "y0", "x0", "y1", "x1", "tissue_fraction", "count", "density_per_mm2",
-            "area_fraction", "mean_area_um2"]
+    cols = ["ty", "tx", "y0", "x0", "y1", "x1", "tissue_fraction", "count", "density_per_mm2", "area_fraction", "mean_area_um2"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def footprint_stats(img, kind: str = "he", um_per_px: float = 0.5, centres_yx=None, diameter_px: float = 145.0,
-                    **params) -> pd.DataFrame:
+def footprint_stats(
+    img, kind: str = "he", um_per_px: float = 0.5, centres_yx=None, diameter_px: float = 145.0, **params
+) -> pd.DataFrame:
     """Nuclei in circular spot footprints: one row per centre (in input order).
 
     ``centres_yx``: (N, 2) spot centres in image px (y, x); ``diameter_px``: footprint diameter.
@@ -652,7 +727,10 @@ def footprint_stats(img, kind: str = "he", um_per_px: float = 0.5, centres_yx=No
         k = int(sel.size)
         rows.append(
             {
-                "y": float(y), "x": float(x), "footprint_px": npx, "count": k,
+                "y": float(y),
+                "x": float(x),
+                "footprint_px": npx,
+                "count": k,
                 "density_per_mm2": k / (npx * px_area / 1e6) if npx else 0.0,
                 "area_fraction": nuc / npx if npx else 0.0,
                 "mean_area_um2": float(area[sel].mean() * px_area) if k else 0.0,
@@ -669,4 +747,3 @@ def _disc_into(m: np.ndarray, cy: float, cx: float, r: float) -> None:
         return
     yy, xx = np.ogrid[y0:y1, x0:x1]
     m[y0:y1, x0:x1] |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-

@@ -35,6 +35,7 @@ def register(sub):
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
     p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
     p.add_argument("--genes", default=None, metavar="FILE|G1,G2,...", help="keep these genes, in this order (a file: one gene per line)")
+    p.add_argument("--model", default=None, metavar="MODEL", help="align to this model: its gene panel (unless --genes) and its bin size (unless --bin-um/--bin-px)")
     p.add_argument("--zero-fill", action="store_true", help="fill genes of --genes absent from the data with zeros (warns) instead of failing")
     p.add_argument("--image", default=None, metavar="IMG", help="the paired real image (H&E or DAPI); the canvas records the affine bins -> its pixels")
     p.add_argument("--image-transform", default=None, metavar="FILE", help="3x3 µm -> image px matrix (x first, e.g. Vizgen micron_to_mosaic_pixel_transform.csv)")
@@ -113,10 +114,18 @@ def run(args):
             bar.refresh()
 
         opts["progress"] = progress
+    genes, bin_um = args.genes, args.bin_um
+    if args.model:
+        from ..models.bundle import load_bundle
+
+        card = load_bundle(args.model).card
+        genes = genes or list(card["genes"])
+        if bin_um is None and args.bin_px is None:
+            bin_um = float(card["px_per_bin"]) * float(card["um_per_px"])
     t0 = time.perf_counter()
     inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
     canvas = read_any(
-        inputs, format=args.format, bin_um=args.bin_um, bin_px=args.bin_px, um_per_px=args.um_per_px, genes=args.genes,
+        inputs, format=args.format, bin_um=bin_um, bin_px=args.bin_px, um_per_px=args.um_per_px, genes=genes,
         zero_fill=args.zero_fill, image=args.image, x_col=args.x_col, y_col=args.y_col, gene_col=args.gene_col,
         units=args.units, **opts,
     )

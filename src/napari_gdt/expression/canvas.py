@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import CanvasError, GenePanelError
 
-__all__ = ["ExpressionCanvas", "CANVAS_ATTR"]
+__all__ = ["CANVAS_ATTR", "ExpressionCanvas"]
 
 CANVAS_ATTR = "napari_gdt"
 
@@ -69,7 +69,7 @@ class ExpressionCanvas:
         return self.shape[1], self.shape[2]
 
     # ------------------------------------------------------------ gene panel
-    def align(self, genes: list[str], zero_fill: bool = False, where: str = "canvas") -> "ExpressionCanvas":
+    def align(self, genes: list[str], zero_fill: bool = False, where: str = "canvas") -> ExpressionCanvas:
         """Reorder channels to ``genes``; extra canvas genes are dropped.
 
         Missing genes raise :class:`GenePanelError` listing them, unless
@@ -111,7 +111,7 @@ class ExpressionCanvas:
         return write_canvas(self, path, chunks=chunks, overwrite=overwrite)
 
     @classmethod
-    def from_ome_zarr(cls, path: str | Path) -> "ExpressionCanvas":
+    def from_ome_zarr(cls, path: str | Path) -> ExpressionCanvas:
         """Open a canvas written by :meth:`to_ome_zarr` (lazily)."""
         from .omezarr import read_canvas
 

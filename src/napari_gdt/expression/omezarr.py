@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import CanvasError
 from .canvas import CANVAS_ATTR, ExpressionCanvas
 
-__all__ = ["write_canvas", "read_canvas", "is_canvas"]
+__all__ = ["is_canvas", "read_canvas", "write_canvas"]
 
 
 def default_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -21,14 +21,14 @@ spot formats by :mod:`napari_gdt.expression.spots`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ReaderError
 from .canvas import ExpressionCanvas
 from .transcripts import COSMX_UM_PER_PX, DEFAULT_BIN_UM, SCHEMAS, _parse_genes, table_columns
 
-__all__ = ["read_any", "detect_format", "FORMATS", "parse_gene_list"]
+__all__ = ["FORMATS", "detect_format", "parse_gene_list", "read_any"]
 
 FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "st", "anndata", "csv", "canvas")
 TRANSCRIPT_FORMATS = ("xenium", "merfish", "cosmx", "csv")

@@ -37,11 +37,10 @@ import csv
 import gzip
 import io
 import math
-import os
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -50,19 +49,19 @@ from ..errors import GenePanelError, ReaderError
 from .canvas import ExpressionCanvas
 
 __all__ = [
-    "read_xenium",
-    "read_merfish",
-    "read_cosmx",
-    "read_transcripts_table",
-    "rasterize_transcripts",
+    "COSMX_UM_PER_PX",
+    "DEFAULT_BIN_UM",
+    "SCHEMAS",
+    "XENIUM_IMAGE_UM_PER_PX",
     "BinAccumulator",
     "SparseCounts",
     "TranscriptSchema",
-    "SCHEMAS",
-    "DEFAULT_BIN_UM",
-    "COSMX_UM_PER_PX",
-    "XENIUM_IMAGE_UM_PER_PX",
     "image_registration",
+    "rasterize_transcripts",
+    "read_cosmx",
+    "read_merfish",
+    "read_transcripts_table",
+    "read_xenium",
     "table_columns",
 ]
 
@@ -340,13 +339,25 @@ class SparseCounts:
         return int(sum(int(c.sum(dtype=np.uint64)) for _, c in self.runs))
 
 
+def _run_starts(keys: np.ndarray) -> np.ndarray:
+    """Indices where a new value starts in sorted ``keys``."""
+    flags = np.empty(keys.size, dtype=bool)
+    flags[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=flags[1:])
+    return np.flatnonzero(flags)
+
+
 def _unique_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique keys and their multiplicities (keys is sorted in place)."""
     keys.sort()
     if keys.size == 0:
         return keys, np.zeros(0, dtype=np.uint32)
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    counts = np.diff(np.append(starts, keys.size)).astype(np.uint32)
+    starts = _run_starts(keys)
+    if starts.size == keys.size:  # all distinct (sparse data): no gather needed
+        return keys, np.ones(keys.size, dtype=np.uint32)
+    counts = np.empty(starts.size, dtype=np.uint32)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
+    counts[-1] = keys.size - starts[-1]
     return keys[starts], counts
 
 
@@ -357,7 +368,9 @@ def _merge_runs(runs):
     order = np.argsort(keys, kind="stable")
     keys, counts = keys[order], counts[order]
     del order
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    starts = _run_starts(keys)
+    if starts.size == keys.size:
+        return keys, counts
     summed = np.add.reduceat(counts.astype(np.uint64), starts).astype(np.uint32)
     return keys[starts], summed
 
@@ -395,20 +408,24 @@ class BinAccumulator:
         n = len(codes)
         if n == 0:
             return
-        inv = 1.0 / self.bin_um
-        by = np.floor((np.asarray(y_um, dtype=np.float64) - self.origin_um[0]) * inv).astype(np.int64)
-        bx = np.floor((np.asarray(x_um, dtype=np.float64) - self.origin_um[1]) * inv).astype(np.int64)
-        lo = min(int(by.min()), int(bx.min()))
-        hi = max(int(by.max()), int(bx.max()))
-        if lo < -_OFF or hi >= _OFF:
-            raise ReaderError(
-                f"{self.source}: coordinates span more than {_OFF} bins of {self.bin_um} µm from the origin; "
-                "check the units (--units um|px, --um-per-px) or use a larger --bin-um"
-            )
-        by += _OFF
-        bx += _OFF
-        keys = np.asarray(codes, dtype=np.int64) << _GENE_SHIFT
-        keys |= by << _AXIS_BITS
+        bins = []
+        for v, o in ((y_um, self.origin_um[0]), (x_um, self.origin_um[1])):
+            t = np.subtract(v, o, dtype=np.float64)
+            t /= self.bin_um
+            t += _OFF  # shifted to positive, so truncation is floor
+            b = t.astype(np.int64)
+            del t
+            lo, hi = int(b.min()), int(b.max())
+            if lo < 0 or hi >= 2 * _OFF:
+                raise ReaderError(
+                    f"{self.source}: coordinates span more than {_OFF} bins of {self.bin_um} µm from the origin; "
+                    "check the units (--units um|px, --um-per-px) or use a larger --bin-um"
+                )
+            bins.append(b)
+        by, bx = bins
+        keys = np.asarray(codes).astype(np.int64) << _GENE_SHIFT
+        by <<= _AXIS_BITS
+        keys |= by
         keys |= bx
         self._buf.append(keys)
         self._buffered += n
@@ -507,7 +524,10 @@ def _iter_batches(path: Path, columns: list[str], float_cols: list[str], gene_co
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        try:
+            pf = pq.ParquetFile(path, read_dictionary=[gene_col])  # genes arrive dictionary-encoded
+        except Exception:
+            pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         done = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
@@ -549,9 +569,7 @@ def _gene_dictionary(arr, path: Path, gene_col: str):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_dictionary(arr.type):
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
-            arr = pc.cast(arr, pa.string())
-        elif not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             arr = pc.cast(arr, pa.string())
         arr = pc.dictionary_encode(arr)
     values = arr.dictionary

@@ -6,8 +6,8 @@ The gene list is a ``QListView`` over a ``QStringListModel`` behind a
 thousands of genes (no widget per gene).
 
 Layers use the project's world frame (generated-image output pixels):
-expression layers have ``scale=(ppb, ppb)``; the real image has
-``affine = diag(ppb, ppb, 1) @ inv(canvas.affine)``.
+expression layers are placed by :func:`napari_gdt.rendering.world.bin_layer_transform`
+and the real image by :func:`napari_gdt.rendering.world.image_world_affine`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from ..rendering.world import bin_layer_transform, image_world_affine
 from qtpy.QtCore import QSortFilterProxyModel, QStringListModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -199,8 +201,9 @@ class ExpressionWidget(QWidget):
     def set_px_per_bin(self, ppb: int) -> None:
         """Set the world scale (a model's ``px_per_bin``) and rescale the layers shown."""
         self.ppb_spin.setValue(int(ppb))
+        tf = bin_layer_transform(ppb)
         for layer in self.gene_layers:
-            layer.scale = (ppb, ppb)
+            layer.scale, layer.translate = tf["scale"], tf["translate"]
         if self.image_layer is not None and self.canvas is not None:
             self.image_layer.affine = self.image_affine()
 
@@ -266,7 +269,7 @@ class ExpressionWidget(QWidget):
             layer = self.viewer.add_image(
                 plane,
                 name=g,
-                scale=(ppb, ppb),
+                **bin_layer_transform(ppb),
                 blending="additive",
                 colormap=gene_colormap(colour),
                 contrast_limits=contrast_for(plane, self.pct_spin.value()),
@@ -292,8 +295,7 @@ class ExpressionWidget(QWidget):
     # -------------------------------------------------------------- image
     def image_affine(self) -> np.ndarray:
         """Affine placing the real image in world (output-pixel) coordinates."""
-        ppb = self.px_per_bin
-        return np.diag([ppb, ppb, 1.0]) @ np.linalg.inv(self.canvas.affine)
+        return image_world_affine(self.canvas.affine, self.px_per_bin)
 
     def _image_clicked(self):
         from ..errors import GDTError
