@@ -22,6 +22,13 @@ def register(sub):
     p.add_argument("--workers", type=int, help="render on a local dask.distributed cluster of N workers")
     p.add_argument("--scheduler", metavar="ADDRESS", help="render on an existing dask.distributed scheduler")
     p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")
+    z = p.add_argument_group("OME-Zarr output (.ome.zarr)")
+    z.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="NGFF version: 0.4 (zarr v2, default) or 0.5 (zarr v3)")
+    z.add_argument("--chunk-px", type=int, default=None, help="chunk edge in output px, a multiple of the tile size (default ~1024)")
+    z.add_argument("--levels", type=int, default=None, help="pyramid levels (default: until the coarsest is <= 256 px)")
+    z.add_argument("--dtype", choices=("uint8", "float32"), default="uint8", help="stored values: uint8 (default) or float32 (exact; for cache warming)")
+    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
+    z.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads per dask worker (default: cores // --workers; unchanged with --scheduler)")
     add_render_args(p)
     p.set_defaults(func=run)
 

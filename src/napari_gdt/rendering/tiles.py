@@ -232,10 +232,12 @@ class TileRenderer:
         between batches (cancellation).
         """
         specs = list(specs)
+        if windows is None:
+            windows = self._read_windows(specs)  # one canvas read of the union box (or one per tile if sparse)
         results: dict[tuple[int, int], np.ndarray] = {}
         pending: dict[tuple[int, int], list[tuple[TileSpec, np.ndarray, str | None]]] = {}
         for s in specs:
-            win = windows[(s.ty, s.tx)] if windows is not None else self.read_window(s)
+            win = windows[(s.ty, s.tx)]
             key = None
             if self.cache is not None:
                 key = self.tile_key(s, win)
@@ -303,6 +305,8 @@ class TileRenderer:
         x0 = min(s.win[1] for s in specs)
         y1 = max(s.win[0] + s.win[2] for s in specs)
         x1 = max(s.win[1] + s.win[3] for s in specs)
+        if (y1 - y0) * (x1 - x0) > 4 * sum(s.win[2] * s.win[3] for s in specs):  # scattered tiles: read each
+            return {(s.ty, s.tx): self.read_window(s) for s in specs}
         block = self.canvas.read_window(y0, x0, y1 - y0, x1 - x0)
         return {
             (s.ty, s.tx): block[:, s.win[0] - y0 : s.win[0] - y0 + s.win[2], s.win[1] - x0 : s.win[1] - x0 + s.win[3]]
