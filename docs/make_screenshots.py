@@ -71,8 +71,8 @@ def _ensure_widgets(viewer, widgets: dict) -> dict:
         from napari_gdt.widgets.editing import EditingWidget
 
         w = EditingWidget(viewer, generator=gen)
-        original = viewer.layers["generated"].data if "generated" in viewer.layers else None
-        w.set_session(gen.bundle, gen.canvas, seed=gen.seed_spin.value(), original=original)
+        if w.canvas is None:  # an editing panel follows its generator panel; older ones need this
+            w.set_session(gen.bundle, gen.canvas, seed=gen.seed_spin.value())
         viewer.window.add_dock_widget(w, name="What-if editing", area="right")
         widgets["editing"] = w
     if "compare" not in widgets:
@@ -174,6 +174,7 @@ def main(argv=None) -> int:
     exp = widgets["expression"]
     genes = _pick_genes(canvas)
     visible = {layer.name: layer.visible for layer in viewer.layers}
+    exp.select_genes(genes)
     shown = list(exp.show_genes(genes) or [])
     for layer in viewer.layers:
         layer.visible = any(layer is x for x in shown)
@@ -221,6 +222,10 @@ def main(argv=None) -> int:
     for d in hidden:  # the canvas alone, full width
         d.hide()
     viewer.reset_view()
+    _process(app, 1.0)
+    if hasattr(gen, "wait"):  # the zoom changed: the lazy layer computes the tiles of the new view
+        gen.wait(a.timeout)
+    _wait(app, lambda: ed.busy, a.timeout)
     _process(app, 2.0)
     _save(viewer.screenshot(canvas_only=True), out / "comparison-grid.png")
     for d in hidden:
