@@ -1,0 +1,237 @@
+"""How faithful is generated tissue? Nuclear morphometrics of generated vs real, globally and over space.
+
+:func:`evaluate` renders the generator over a region, resamples the real
+image onto the same output-pixel grid (through the canvas affine), segments
+nuclei in both with :mod:`napari_gdt.analysis.morphometrics` and reports:
+
+- ``nuclei_density_ratio``, ``nuclear_area_ratio``, ``area_fraction_ratio``:
+  generated over real, inside the real tissue mask of the region;
+- ``tile_spearman_nuclei``, ``tile_spearman_area_fraction``: Spearman
+  correlation over units of generated against real nuclei density and area
+  fraction. Units are the spot footprints for spot data (``canvas.meta["spots"]``),
+  else ~256 px tiles inside tissue;
+- ``baseline``: the same keys for a trivial baseline, a flat image of the
+  real tissue's mean colour (inside tissue; the real background outside);
+- ``baseline_blur`` (only with ``blur_baseline=True``): the same for the real
+  image blurred with a Gaussian of ``blur_um``. It is not a trivial baseline
+  (it is made from the real image), but it shows what the morphometrics make
+  of structure without sharp nuclei;
+- ``real`` / ``generated``: the global statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import GDTError
+from ..expression.canvas import ExpressionCanvas
+
+__all__ = ["KEYS", "compare_to_baseline", "evaluate", "real_on_model_grid", "record_validation", "spot_units", "tissue_region"]
+
+KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "tile_spearman_nuclei", "tile_spearman_area_fraction")
+
+
+def real_on_model_grid(image: np.ndarray, canvas: ExpressionCanvas, px_per_bin: int, region) -> np.ndarray:
+    """The real image resampled onto output px ``region`` of the model grid, float32 (H, W, C) in [0, 1]."""
+    from ..training.sampling import resample_to_model_grid
+
+    T = np.array([[1.0, 0.0, region.y0 / px_per_bin], [0.0, 1.0, region.x0 / px_per_bin], [0.0, 0.0, 1.0]])
+    return resample_to_model_grid(image, np.asarray(canvas.affine) @ T, px_per_bin, region.shape)
+
+
+def spot_units(canvas: ExpressionCanvas, px_per_bin: int, region) -> tuple[np.ndarray, float] | None:
+    """Spot centres (output px, relative to ``region``) wholly inside it, and the diameter in output px."""
+    spots = canvas.meta.get("spots") if isinstance(canvas.meta, dict) else None
+    if not spots or not spots.get("centres_px"):
+        return None
+    c = np.asarray(spots["centres_px"], dtype=float).reshape(-1, 2)
+    Ainv = np.linalg.inv(np.asarray(canvas.affine, dtype=float))
+    hom = np.concatenate([c, np.ones((len(c), 1))], axis=1) @ Ainv.T
+    out = hom[:, :2] * px_per_bin - np.array([region.y0, region.x0])
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(canvas.affine)[:2, :2])))) / px_per_bin  # image px per output px
+    d = float(spots["diameter_px"]) / scale
+    r = d / 2
+    H, W = region.shape
+    inside = (out[:, 0] - r >= 0) & (out[:, 1] - r >= 0) & (out[:, 0] + r <= H) & (out[:, 1] + r <= W)
+    return out[inside], d
+
+
+def tissue_region(canvas: ExpressionCanvas, px_per_bin: int, shape_px):
+    """Default region: for spot data the spots' bounding box plus one spot diameter (the whole
+    tissue, without the empty glass around it); else None (the whole canvas)."""
+    from ..rendering.tiles import Region
+
+    spots = canvas.meta.get("spots") if isinstance(canvas.meta, dict) else None
+    if not spots or not spots.get("centres_px"):
+        return None
+    c = np.asarray(spots["centres_px"], dtype=float).reshape(-1, 2)
+    Ainv = np.linalg.inv(np.asarray(canvas.affine, dtype=float))
+    out = (np.concatenate([c, np.ones((len(c), 1))], axis=1) @ Ainv.T)[:, :2] * px_per_bin
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(canvas.affine)[:2, :2])))) / px_per_bin
+    m = float(spots["diameter_px"]) / scale
+    H, W = shape_px
+    y0, x0 = (np.floor(out.min(axis=0) - m)).astype(int)
+    y1, x1 = (np.ceil(out.max(axis=0) + m)).astype(int)
+    return Region(max(0, int(y0)), min(H, int(y1)), max(0, int(x0)), min(W, int(x1)))
+
+
+def _ratio(a, b):
+    if b is None or a is None or not np.isfinite(b) or b == 0:
+        return None
+    return float(a) / float(b)
+
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    r = spearmanr(a, b).statistic
+    return None if not np.isfinite(r) else float(r)
+
+
+def _units(img, kind, um, units, tile_px, mask):
+    from . import morphometrics as mm
+
+    if units is not None:
+        centres, d = units
+        return mm.footprint_stats(img, kind, um, centres_yx=centres, diameter_px=d)
+    return mm.tile_stats(img, kind, um, tile_px=tile_px, tissue_mask=mask)
+
+
+def _compare(real_stats, real_units, img, kind, um, mask, units, tile_px) -> tuple[dict, dict]:
+    from . import morphometrics as mm
+
+    g = mm.measure_nuclei(img, kind, um, mask=mask).as_dict()
+    gu = _units(img, kind, um, units, tile_px, mask)
+    out = {
+        "nuclei_density_ratio": _ratio(g["density_per_mm2"], real_stats["density_per_mm2"]),
+        "nuclear_area_ratio": _ratio(g["mean_area_um2"], real_stats["mean_area_um2"]),
+        "area_fraction_ratio": _ratio(g["area_fraction"], real_stats["area_fraction"]),
+        "tile_spearman_nuclei": _spearman(gu["density_per_mm2"], real_units["density_per_mm2"]),
+        "tile_spearman_area_fraction": _spearman(gu["area_fraction"], real_units["area_fraction"]),
+    }
+    return out, g
+
+
+def _badness(d: dict, key: str) -> float:
+    v = d.get(key)
+    if key.startswith("tile_spearman"):
+        return -(v if v is not None else 0.0)
+    return abs(math.log(v)) if v not in (None, 0) and v > 0 else float("inf")
+
+
+def compare_to_baseline(res: dict, baseline_key: str = "baseline") -> dict:
+    """Per key: is the generated figure better than the baseline's (closer ratio, higher correlation)?"""
+    b = res.get(baseline_key, {})
+    return {k: _badness(res, k) < _badness(b, k) for k in KEYS}
+
+
+def evaluate(
+    bundle,
+    canvas: ExpressionCanvas,
+    image: np.ndarray,
+    region=None,
+    seed: int = 0,
+    tile_px: int = 256,
+    device: str = "auto",
+    blur_um: float = 10.0,
+    blur_baseline: bool = False,
+    renderer=None,
+    progress=None,
+) -> dict:
+    """Compare generated with real tissue; see the module docstring for the keys.
+
+    ``image`` is the real image registered to ``canvas`` (its pixels are what
+    ``canvas.affine`` maps bins to). ``region`` is a
+    :class:`~napari_gdt.rendering.tiles.Region` in output px (default: the whole canvas).
+    ``renderer`` may be a prepared :class:`TileRenderer` (e.g. with edits applied).
+    """
+    from scipy import ndimage as ndi
+
+    from ..rendering.tiles import TileRenderer
+    from . import morphometrics as mm
+
+    r = renderer or TileRenderer(bundle, canvas, seed=seed, device=device, batch_size=4)
+    region = r.check_region(region if region is not None else tissue_region(canvas, bundle.px_per_bin, r.shape_px))
+    ppb = bundle.px_per_bin
+    um = bundle.um_per_px
+    kind = "he" if bundle.output_kind == "he" else "dapi"
+    gen = r.render_region(region, progress=progress)
+    real = real_on_model_grid(image, canvas, ppb, region)
+    if real.shape[-1] != gen.shape[-1]:
+        raise GDTError(f"the real image has {real.shape[-1]} channel(s) but the model outputs {gen.shape[-1]}")
+    if kind == "dapi":
+        gen, real = gen[..., 0], real[..., 0]
+    mask = mm.tissue_mask(real, kind, um) if kind == "he" else None
+    if mask is not None and not mask.any():
+        raise GDTError(f"no tissue found in region {region} of the real image")
+    units = spot_units(canvas, ppb, region)
+    if units is not None and len(units[0]) < 3:
+        units = None
+    real_stats = mm.measure_nuclei(real, kind, um, mask=mask).as_dict()
+    real_units = _units(real, kind, um, units, tile_px, mask)
+    res, gen_stats = _compare(real_stats, real_units, gen, kind, um, mask, units, tile_px)
+    # baselines
+    if kind == "he":
+        m = mask
+        flat = real.copy()
+        flat[m] = real[m].mean(axis=0)
+    else:
+        flat = np.full_like(real, real.mean())
+    res["baseline"], _ = _compare(real_stats, real_units, flat, kind, um, mask, units, tile_px)
+    res["better_than_baseline"] = compare_to_baseline(res, "baseline")
+    if blur_baseline:
+        s = blur_um / um
+        blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
+        res["baseline_blur"], _ = _compare(real_stats, real_units, blur, kind, um, mask, units, tile_px)
+        res["better_than_baseline_blur"] = compare_to_baseline(res, "baseline_blur")
+    res.update(
+        {
+            "real": real_stats,
+            "generated": gen_stats,
+            "units": "spot footprints" if units is not None else f"tiles of {tile_px} px",
+            "n_units": len(real_units),
+            "region": str(region),
+            "um_per_px": float(um),
+            "kind": kind,
+            "seed": int(seed),
+            "model": str(bundle.card.get("name", "")),
+        }
+    )
+    return res
+
+
+def record_validation(bundle_path, label: str, result: dict, command: str | None = None) -> dict:
+    """Write ``result`` into the model card of the bundle file at ``bundle_path`` under
+    ``validation.morphometrics[label]`` (tensors unchanged); returns the new card."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ..models.bundle import META_KEY, read_card
+
+    p = Path(bundle_path)
+    card = read_card(p)
+    tensors = load_file(str(p))
+    val = dict(card.get("validation") or {})
+    morph = dict(val.get("morphometrics") or {}) if isinstance(val.get("morphometrics"), dict) else {}
+    entry = dict(result)
+    if command:
+        entry["command"] = command
+    morph[label] = entry
+    val["morphometrics"] = morph
+    card["validation"] = val
+    import json
+
+    from safetensors.torch import save_file
+
+    tmp = p.with_suffix(".tmp.safetensors")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(card)})
+    import os
+
+    os.replace(tmp, p)
+    return card

@@ -1,0 +1,71 @@
+"""``napari-gdt train``: train a generator on paired (image, expression canvas) data."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a generator on registered images and expression canvases",
+        description=(
+            "Train a padding-free gdt-v1 generator on paired patches (expression window + image tile). "
+            "Give --image/--expression once per section (paired by order). Checkpoints go to --ckpt-dir "
+            "(default OUT.ckpt/); --resume CKPT continues a run (the step counter goes on; --steps is the total)."
+        ),
+    )
+    p.add_argument("--image", action="append", required=True, metavar="IMG", help="registered real image (repeat per section)")
+    p.add_argument("--expression", action="append", required=True, metavar="CANVAS", help="expression canvas .ome.zarr (repeat, same order as --image)")
+    p.add_argument("--out", required=True, metavar="MODEL", help="output bundle (.safetensors); rewritten at every checkpoint")
+    p.add_argument("--val-region", metavar="Y0:Y1,X0:X1", help="held-out region (output px) of the first section: excluded from training, used for validation")
+    p.add_argument("--val-image", action="append", metavar="IMG", help="held-out validation image (repeat per section)")
+    p.add_argument("--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)")
+    p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (e.g. OUT.ckpt/last.pt)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
+    p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
+    p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
+    p.add_argument("--patch-bins", type=int, default=10, help="input window edge in bins (default 10)")
+    p.add_argument("--arch-config", metavar="JSON", help='generator config overrides, e.g. \'{"emb_ch": 64, "stage_channels": [64, 48, 32, 16]}\'')
+    p.add_argument("--ckpt-dir", metavar="DIR", help="checkpoint folder (default OUT.ckpt)")
+    p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    p.add_argument("--log", metavar="FILE", help="append JSON lines of losses here (default CKPT_DIR/log.jsonl)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of both networks (default 2e-3)")
+    p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 of both networks (default 0)")
+    p.add_argument("--clip-grad", type=float, default=0.0, help="clip the generator's gradient norm (0 = off)")
+    p.add_argument("--lambda-rec", type=float, default=10.0, help="weight of the low-resolution L1 reconstruction loss (default 10)")
+    p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN", help="stop and checkpoint after MIN minutes (0 = none)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--name", default=None, help="model name recorded in the card (default: OUT's stem)")
+    p.add_argument("--tile-px", type=int, default=256, help="default render tile of the bundle (default 256)")
+    p.add_argument("--channels", default=None, help="output channel names, comma separated (default R,G,B or DAPI)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final nuclear-morphometry evaluation")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..training.run import train_from_args
+
+    argv = list(sys.argv)
+    if "train" not in argv[1:3]:  # called as a function (tests, scripts): rebuild the command from the options
+        argv = [argv[0], "train"] + _options(args)
+    return train_from_args(args, argv=argv)
+
+
+def _options(args) -> list[str]:
+    out = []
+    for k, v in vars(args).items():
+        if k in ("func", "command", "debug") or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            out.append(flag)
+        elif isinstance(v, list):
+            for x in v:
+                out += [flag, str(x)]
+        else:
+            out += [flag, str(v)]
+    return out

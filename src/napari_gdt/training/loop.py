@@ -1,0 +1,319 @@
+"""The training loop: adversarial + reconstruction, EMA generator, checkpoints, resume.
+
+Everything the loop needs to continue is in one checkpoint file (generator,
+EMA generator, discriminator, both optimisers, step, RNG states, the
+architecture config, gene panel and the options it was started with), so a
+run stopped at any point continues with ``--resume CKPT`` and its step
+counter goes on from where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import GDTError
+from ..models.gdt import GDTGenerator
+from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, reconstruction_loss
+from .sampling import PairedSection, PatchSampler
+
+__all__ = ["DEFAULT_ARCH", "TrainConfig", "Trainer", "compute_gene_scale"]
+
+DEFAULT_ARCH = dict(emb_ch=64, n_bin_convs=1, stage_channels=[64, 32, 24, 16], convs_per_stage=1, latent_dim=32, log1p=True)
+
+
+@dataclass
+class TrainConfig:
+    """Options of a training run (recorded in checkpoints and the model card)."""
+
+    steps: int = 1000
+    batch_size: int = 4
+    patch_bins: int = 10
+    lr_g: float = 2e-3
+    lr_d: float = 2e-3
+    lambda_rec: float = 10.0
+    lambda_adv: float = 1.0
+    rec_pool: int = 8
+    ema: float = 0.995
+    beta1: float = 0.0
+    clip_grad: float = 0.0  # max gradient norm of the generator (0 = no clipping)
+    seed: int = 0
+    ckpt_every: int = 200
+    log_every: int = 20
+    d_cond: bool = True
+    time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
+    arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
+
+
+def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.ndarray:
+    """Per-gene normaliser: the 99th percentile of (log1p) counts over bins with expression."""
+    vals = []
+    for s in sections:
+        tot = s.counts.sum(axis=0)
+        m = tot > 0
+        if not m.any():
+            continue
+        x = s.counts[:, m]
+        vals.append(np.log1p(x) if log1p else x)
+    if not vals:
+        raise GDTError("the training canvases hold no counts")
+    x = np.concatenate(vals, axis=1)
+    q = np.percentile(x, 99, axis=1)
+    mx = x.max(axis=1)
+    q = np.where(q > 0, q, mx)
+    return np.where(q > 0, q, 1.0).astype(np.float32)
+
+
+class Trainer:
+    """Train a ``gdt-v1`` generator on paired sections.
+
+    Parameters
+    ----------
+    sections : list of PairedSection
+        Training data (canvases with their images on the model grid).
+    genes : list of str
+        The gene panel (order of the canvas channels).
+    cfg : TrainConfig
+    device : torch.device
+    val_sections : list of PairedSection, optional
+        Held-out data for the validation loss logged at each checkpoint.
+    ckpt_dir : path
+        Where ``last.pt`` (and the bundle snapshot ``last.safetensors``) go.
+    progress : bool
+        Show a tqdm bar (on a terminal, or always when True).
+    """
+
+    def __init__(self, sections, genes, cfg: TrainConfig, device, val_sections=None, ckpt_dir=None, progress=None, log=None):
+        self.sections = sections
+        self.val_sections = val_sections or []
+        self.genes = list(genes)
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+        self.progress = progress
+        self.log_file = log
+        torch.manual_seed(cfg.seed)
+        out_ch = sections[0].image.shape[-1]
+        self.G = GDTGenerator(n_genes=len(self.genes), out_channels=out_ch, **cfg.arch).to(self.device)
+        with torch.no_grad():
+            self.G.gene_scale.copy_(torch.from_numpy(compute_gene_scale(sections, cfg.arch.get("log1p", True))))
+            # start the output bias at the mean colour of the data: faster, steadier start
+            mean = np.mean([s.image.reshape(-1, out_ch).mean(axis=0) for s in sections], axis=0).clip(0.02, 0.98)
+            self.G.to_img.bias.copy_(torch.from_numpy(np.log(mean / (1 - mean)).astype(np.float32)))
+            for p in self.G.noise_strength:
+                p.fill_(0.1)
+        self.G_ema = copy.deepcopy(self.G).eval()
+        for p in self.G_ema.parameters():
+            p.requires_grad_(False)
+        self.D = PatchDiscriminator(out_ch, n_genes=len(self.genes) if cfg.d_cond else 0).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
+        self.geo = self.G.geometry
+        self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
+        self.val_sampler = PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0) if self.val_sections else None
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict] = []
+        self._stop = False
+
+    # ------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "G": self.G.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "genes": self.genes,
+            "arch": dict(self.G.config),
+            "cfg": json.dumps(asdict(self.cfg)),
+            "history": json.dumps(self.history),
+            "rng": json.dumps(self.sampler.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self, path=None) -> Path:
+        path = Path(path) if path else self.ckpt_dir / "last.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        if path.exists():  # keep the previous checkpoint to roll back to if a run diverges
+            os.replace(path, path.with_name(path.stem + ".prev.pt"))
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path) -> None:
+        p = Path(path)
+        if not p.exists():
+            raise GDTError(f"{p}: no such checkpoint")
+        try:
+            st = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+        for k in ("step", "G", "G_ema", "D", "opt_g", "opt_d", "genes"):
+            if k not in st:
+                raise GDTError(f"{p}: checkpoint lacks field {k!r}")
+        if list(st["genes"]) != self.genes:
+            raise GDTError(f"{p}: checkpoint gene panel ({len(st['genes'])} genes) differs from this run's ({len(self.genes)} genes)")
+        try:
+            self.G.load_state_dict(st["G"])
+            self.G_ema.load_state_dict(st["G_ema"])
+            self.D.load_state_dict(st["D"])
+        except RuntimeError as e:
+            raise GDTError(f"{p}: checkpoint does not fit this architecture ({str(e).splitlines()[0]})") from None
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        self.step = int(st["step"])
+        self.elapsed_s = float(st.get("elapsed_s", 0.0))
+        self.history = json.loads(st.get("history", "[]"))
+        if "rng" in st:
+            self.sampler.rng.bit_generator.state = json.loads(st["rng"])
+        if "torch_rng" in st:
+            torch.set_rng_state(st["torch_rng"])
+
+    @staticmethod
+    def peek(path) -> dict:
+        """Read a checkpoint's genes, arch and cfg without building a trainer."""
+        p = Path(path)
+        if not p.exists():
+            raise GDTError(f"{p}: no such checkpoint")
+        try:
+            st = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+        if "genes" not in st or "arch" not in st:
+            raise GDTError(f"{p}: checkpoint lacks field 'genes' or 'arch'")
+        return {"genes": list(st["genes"]), "arch": dict(st["arch"]), "cfg": json.loads(st.get("cfg", "{}")), "step": int(st.get("step", 0))}
+
+    # ---------------------------------------------------------------- training
+    def _batch(self, sampler, batch):
+        c, im, o = sampler.sample(batch)
+        return torch.from_numpy(c).to(self.device), torch.from_numpy(im).to(self.device), torch.from_numpy(o)
+
+    def _styles(self, G, b):
+        # one style per step (the plain-convolution path is much faster on CPU than per-sample styles)
+        z = torch.randn(1, G.latent_dim, device=self.device)
+        return G.mapping(z)
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        G, D = self.G, self.D
+        counts, real, origins = self._batch(self.sampler, cfg.batch_size)
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        cond = G.normalise(counts)
+        off, ppb = self.geo.offset, self.geo.px_per_bin
+        # discriminator
+        with torch.no_grad():
+            fake = G(counts, origins, self._styles(G, counts.shape[0]), seed)
+        d_loss = d_hinge_loss(D(real, cond, off, ppb), D(fake, cond, off, ppb))
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        # generator
+        fake = G(counts, origins, self._styles(G, counts.shape[0]), seed)
+        adv = g_hinge_loss(D(fake, cond, off, ppb))
+        rec = reconstruction_loss(fake, real, cfg.rec_pool)
+        g_loss = cfg.lambda_adv * adv + cfg.lambda_rec * rec
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad)
+        self.opt_g.step()
+        with torch.no_grad():
+            for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                pe.lerp_(p, 1.0 - cfg.ema)
+            for be, b in zip(self.G_ema.buffers(), G.buffers()):
+                be.copy_(b)
+        return {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item()}
+
+    @torch.no_grad()
+    def validate(self, n_batches: int = 4) -> dict:
+        """Reconstruction loss of the EMA generator on fixed held-out patches."""
+        if self.val_sampler is None:
+            return {}
+        rng_state = self.val_sampler.rng.bit_generator.state
+        self.val_sampler.rng = np.random.default_rng(12345)
+        tot = 0.0
+        for _ in range(n_batches):
+            counts, real, origins = self._batch(self.val_sampler, self.cfg.batch_size)
+            fake = self.G_ema(counts, origins, self.G_ema.mapping(self.G_ema.latent(0).to(self.device)), 0)
+            tot += float(reconstruction_loss(fake, real, self.cfg.rec_pool))
+        self.val_sampler.rng.bit_generator.state = rng_state
+        return {"val_rec_l1": tot / n_batches}
+
+    def _log(self, rec: dict) -> None:
+        line = json.dumps(rec)
+        if self.log_file:
+            with open(self.log_file, "a") as f:
+                f.write(line + "\n")
+
+    def run(self, on_checkpoint=None) -> None:
+        """Train until ``cfg.steps`` (total, counting resumed steps) or the time limit."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        disable = (not sys.stderr.isatty()) if self.progress is None else (not self.progress)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=disable, file=sys.stderr)
+        old = signal.getsignal(signal.SIGTERM)
+
+        def _term(*_):
+            self._stop = True
+
+        try:
+            signal.signal(signal.SIGTERM, _term)
+        except ValueError:  # not in the main thread
+            pass
+        t_start = time.time()
+        base_elapsed = self.elapsed_s
+        acc = {"d": 0.0, "adv": 0.0, "rec": 0.0}
+        n_acc = 0
+        self.G.train()
+        try:
+            while self.step < cfg.steps and not self._stop:
+                losses = self.train_step()
+                self.step += 1
+                self.elapsed_s = base_elapsed + (time.time() - t_start)
+                for k in acc:
+                    acc[k] += losses[k]
+                n_acc += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **{k: round(v / n_acc, 5) for k, v in acc.items()}}
+                    bar.set_postfix(d=rec["d"], rec=rec["rec"])
+                    acc = {k: 0.0 for k in acc}
+                    n_acc = 0
+                    self._log(rec)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self._checkpoint(on_checkpoint)
+                if cfg.time_limit_min and (time.time() - t_start) > 60 * cfg.time_limit_min:
+                    self._log({"step": self.step, "event": "time limit reached"})
+                    break
+            if self.step % cfg.ckpt_every != 0 and self.step != cfg.steps:
+                self._checkpoint(on_checkpoint)
+        finally:
+            bar.close()
+            try:
+                signal.signal(signal.SIGTERM, old)
+            except (ValueError, TypeError):
+                pass
+
+    def _checkpoint(self, on_checkpoint) -> None:
+        val = self.validate()
+        rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **val}
+        self.history.append(rec)
+        self._log({"checkpoint": True, **rec})
+        if self.ckpt_dir is not None:
+            self.save_checkpoint()
+        if on_checkpoint is not None:
+            on_checkpoint(self)

@@ -1,0 +1,159 @@
+"""Data preparation for the two bundled demo models (documented in docs/training.md).
+
+Run as ``python -m napari_gdt.training.recipes her2st|merfish --out DIR``. It
+reads the sample data (``napari_gdt.data``: a local ``NAPARI_GDT_DATA`` folder
+or the cached public download) and writes the expression canvases the
+``napari-gdt train`` commands use. Nothing here is committed: the canvases are
+derived from the data.
+
+her2st
+    Gene panel: the ``n_genes`` (default 256) most variable genes among those
+    measured in all four sections C2-C5 and expressed at >= 1 UMI per spot on
+    average in C2-C4: ranked by the variance of log1p counts-per-10k over the
+    pooled C2-C4 spots. Canvases: ``mode="spread"`` (Gaussian kernel, sigma =
+    half the spot pitch) on 32 he.jpg px bins (about 23.5 µm), so with
+    ``px_per_bin`` 16 the model paints at 2 he.jpg px per output px
+    (about 1.47 µm/px).
+merfish
+    All 450 real genes (``Blank-*`` controls dropped), binned on 64 DAPI px
+    (about 6.95 µm); with ``px_per_bin`` 16 the model paints at 4 DAPI px per
+    output px (about 0.43 µm/px).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MERFISH_EXTENT_UM", "her2st_panel", "merfish_canvas", "prepare_her2st", "prepare_merfish"]
+
+HER2ST_TRAIN = ("C2", "C3", "C4")
+HER2ST_VAL = ("C5",)
+MERFISH_EXTENT_UM = {"x0": 6400.029, "x1": 6900.037, "y0": 4699.967, "y1": 5150.007}
+
+
+def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: float = 1.0) -> list[str]:
+    """Highly variable genes shared by all sections (see module docstring)."""
+    import pandas as pd
+
+    tables = {s: pd.read_csv(p["counts"], sep="\t", index_col=0) for s, p in paths.items()}
+    shared = set.intersection(*(set(t.columns) for t in tables.values()))
+    pooled = pd.concat([tables[s][sorted(shared)] for s in train], axis=0)
+    keep = pooled.columns[pooled.mean(axis=0) >= min_mean]
+    pooled = pooled[keep]
+    cp10k = pooled.div(pooled.sum(axis=1), axis=0) * 1e4
+    var = np.log1p(cp10k).var(axis=0)
+    return list(var.sort_values(ascending=False).index[:n_genes])
+
+
+def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "spread", sections=HER2ST_TRAIN + HER2ST_VAL) -> dict:
+    from ..data import fetch_her2st
+    from ..expression.spots import read_st
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {s: fetch_her2st(s) for s in sections}
+    genes = her2st_panel(paths, n_genes)
+    (out / "her2st_genes.txt").write_text("\n".join(genes) + "\n")
+    res = {"genes": str(out / "her2st_genes.txt")}
+    for s in sections:
+        p = paths[s]
+        c = read_st(p["counts"], p["spots"], bin_px, image=p["image"], mode=mode, genes=genes)
+        dst = out / f"her2st_{s}.ome.zarr"
+        c.to_ome_zarr(dst)
+        res[s] = {"canvas": str(dst), "image": str(p["image"])}
+        print(f"{s}: {c.shape} bins of {c.bin_um:.2f} µm, total {c.total():.0f} -> {dst}")
+    (out / "her2st.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def merfish_canvas(transcripts_csv, image_shape, bin_px: int = 64, genes=None):
+    """Bin MERFISH z0 transcripts on ``bin_px`` DAPI pixels (canvas affine: bins -> DAPI px)."""
+    import pandas as pd
+
+    from ..expression.canvas import ExpressionCanvas
+
+    df = pd.read_csv(transcripts_csv)
+    df = df[~df["gene"].astype(str).str.startswith("Blank")]
+    H, W = image_shape
+    e = MERFISH_EXTENT_UM
+    um_x, um_y = (e["x1"] - e["x0"]) / W, (e["y1"] - e["y0"]) / H
+    col = (df["global_x"].to_numpy() - e["x0"]) / um_x
+    row = (df["global_y"].to_numpy() - e["y0"]) / um_y
+    all_genes = sorted(df["gene"].astype(str).unique()) if genes is None else list(genes)
+    gi = {g: i for i, g in enumerate(all_genes)}
+    g = df["gene"].astype(str).map(gi)
+    ok = g.notna().to_numpy() & (row >= -0.5) & (col >= -0.5) & (row < H - 0.5) & (col < W - 0.5)
+    Hb, Wb = -(-H // bin_px), -(-W // bin_px)
+    by = np.floor((row[ok] + 0.5) / bin_px).astype(int)
+    bx = np.floor((col[ok] + 0.5) / bin_px).astype(int)
+    counts = np.zeros((len(all_genes), Hb, Wb), dtype=np.float32)
+    np.add.at(counts, (g[ok].astype(int).to_numpy(), by, bx), 1.0)
+    um_per_px = 0.5 * (um_x + um_y)
+    affine = np.diag([float(bin_px), float(bin_px), 1.0])
+    return ExpressionCanvas(counts, all_genes, bin_um=bin_px * um_per_px, affine=affine, meta={"format": "merfish", "files": [str(transcripts_csv)], "um_per_px": um_per_px, "total_counts": float(counts.sum())})
+
+
+def prepare_merfish(out_dir, bin_px: int = 64) -> dict:
+    from ..data import fetch_merfish
+    from .sampling import read_image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    p = fetch_merfish()
+    img = read_image(p["dapi"])
+    c = merfish_canvas(p["transcripts"], img.shape[:2], bin_px=bin_px)
+    dst = out / "merfish_z0.ome.zarr"
+    c.to_ome_zarr(dst)
+    print(f"merfish: {c.shape} bins of {c.bin_um:.2f} µm, total {c.total():.0f} -> {dst}")
+    res = {"canvas": str(dst), "image": str(p["dapi"])}
+    (out / "merfish.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def demo_canvas(dataset: str = "her2st", section: str = "C5", genes=None):
+    """The canvas a bundled demo model expects, built in memory from the sample data.
+
+    Returns ``(canvas, image_path, model_name)``. ``her2st``: section ``section`` read with the
+    settings the ``her2st-he`` model was trained with (``mode="spread"``, 32 he.jpg px per bin, the
+    model's gene panel). ``merfish``: the z0 transcripts binned on 64 DAPI px with the
+    ``merfish-dapi`` panel. ``genes`` defaults to the bundled model's panel.
+    """
+    from ..data import fetch_her2st, fetch_merfish
+    from ..models.bundle import read_card
+
+    if dataset == "her2st":
+        from ..expression.spots import read_st
+
+        genes = genes or read_card("her2st-he")["genes"]
+        p = fetch_her2st(section)
+        return read_st(p["counts"], p["spots"], 32, image=p["image"], mode="spread", genes=genes), p["image"], "her2st-he"
+    if dataset == "merfish":
+        from .sampling import read_image
+
+        genes = genes or read_card("merfish-dapi")["genes"]
+        p = fetch_merfish()
+        H, W = read_image(p["dapi"]).shape[:2]
+        return merfish_canvas(p["transcripts"], (H, W), bin_px=64, genes=genes), p["dapi"], "merfish-dapi"
+    from ..errors import GDTError
+
+    raise GDTError(f"unknown demo dataset {dataset!r} (choose her2st or merfish)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m napari_gdt.training.recipes")
+    ap.add_argument("dataset", choices=["her2st", "merfish"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-genes", type=int, default=256)
+    a = ap.parse_args(argv)
+    if a.dataset == "her2st":
+        prepare_her2st(a.out, n_genes=a.n_genes)
+    else:
+        prepare_merfish(a.out)
+
+
+if __name__ == "__main__":
+    main()

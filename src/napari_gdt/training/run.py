@@ -1,0 +1,237 @@
+"""Glue between the ``train`` command and :class:`~napari_gdt.training.loop.Trainer`."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GDTError
+from ..expression.canvas import ExpressionCanvas
+from .loop import DEFAULT_ARCH, TrainConfig, Trainer
+from .sampling import PairedSection, read_image
+
+__all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
+
+
+def _open_canvas(path) -> ExpressionCanvas:
+    p = Path(path)
+    if not p.exists():
+        raise GDTError(f"{p}: no such expression canvas")
+    return ExpressionCanvas.from_ome_zarr(p)
+
+
+def gene_panel(canvases: list[ExpressionCanvas], genes_arg=None) -> list[str]:
+    """The panel: ``genes_arg`` (file or comma list) or the genes shared by all canvases."""
+    if genes_arg:
+        p = Path(genes_arg)
+        genes = [g.strip() for g in (p.read_text().split() if p.is_file() else str(genes_arg).split(",")) if g.strip()]
+        for c in canvases:
+            missing = [g for g in genes if g not in set(c.genes)]
+            if missing:
+                raise GDTError(f"{c.meta.get('path', 'canvas')}: lacks {len(missing)} gene(s) of --genes: {', '.join(missing[:10])}")
+        return genes
+    shared = set(canvases[0].genes)
+    for c in canvases[1:]:
+        shared &= set(c.genes)
+    genes = [g for g in canvases[0].genes if g in shared]
+    if not genes:
+        raise GDTError("the canvases share no genes")
+    return genes
+
+
+def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None, names=None):
+    if len(images) != len(canvases_paths):
+        raise GDTError(f"give one --image per --expression (got {len(images)} images and {len(canvases_paths)} canvases)")
+    canvases = [_open_canvas(c) for c in canvases_paths]
+    genes = gene_panel(canvases, genes_arg)
+    sections = []
+    for i, (img_path, c) in enumerate(zip(images, canvases)):
+        img = read_image(img_path)
+        exclude = [val_region] if (val_region is not None and i == 0) else []
+        sections.append(PairedSection.from_canvas(c, img, genes, px_per_bin, name=names[i] if names else str(img_path), exclude=exclude))
+    return sections, canvases, genes
+
+
+def _versions() -> dict:
+    import torch
+
+    from .. import __version__
+
+    return {"napari_gdt": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um_per_px, kind, channels, tile_px, name, validation=None, data=None, val_images=None):
+    from ..models.bundle import save_bundle
+
+    from ..data import describe
+
+    def _sources(c):
+        files = c.meta.get("files") or ([c.meta["source"]] if c.meta.get("source") else [])
+        return [describe(f) for f in files]
+
+    prov = {
+        "trained": True,
+        "data": data
+        or {
+            "images": [describe(p) for p in images],
+            "canvases": [{"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)} for c in canvases],
+            "validation": [describe(p) for p in (val_images or [])],
+        },
+        "commands": commands,
+        "command": commands[-1]["command"] if commands else "",
+        "steps": int(trainer.step),
+        "train_time_s": round(float(trainer.elapsed_s), 1),
+        "finished_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": str(trainer.device),
+        "config": json.loads(cfg_json),
+        "bin_um": float(canvases[0].bin_um),
+        "software": _versions(),
+        "history": trainer.history[-20:],
+    }
+    return save_bundle(
+        out,
+        trainer.G_ema,
+        trainer.genes,
+        um_per_px=um_per_px,
+        output={"kind": kind, "channels": channels},
+        tile_px=tile_px,
+        name=name,
+        provenance=prov,
+        validation=validation or ({"held_out_patches": trainer.history[-1]} if trainer.history else {}),
+    )
+
+
+def train_from_args(args, argv=None) -> int:
+    import torch
+
+    from ..models.device import get_device
+    from ..models.gdt import GDTGenerator
+    from ..rendering.tiles import parse_region
+
+    t0 = time.time()
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    device = get_device(args.device)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise GDTError(f"{out}: --out must end in .safetensors")
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out.with_suffix(".ckpt")
+    arch = dict(DEFAULT_ARCH)
+    prior = None
+    if args.resume:
+        prior = Trainer.peek(args.resume)
+        arch = prior["arch"]
+        arch.pop("n_genes", None)
+        arch.pop("out_channels", None)
+    elif args.arch_config:
+        try:
+            arch.update(json.loads(args.arch_config))
+        except json.JSONDecodeError as e:
+            raise GDTError(f"--arch-config is not valid JSON ({e})") from None
+    try:
+        ppb = GDTGenerator(n_genes=1, out_channels=1, **arch).geometry.px_per_bin
+    except TypeError as e:
+        raise GDTError(f"--arch-config does not fit gdt-v1: {e}") from None
+    val_region = None
+    if args.val_region:
+        r = parse_region(args.val_region)
+        val_region = (r.y0, r.y1, r.x0, r.x1)
+    genes_arg = args.genes
+    if prior is not None:
+        genes_arg = ",".join(prior["genes"])
+    sections, canvases, genes = load_sections(args.image, args.expression, genes_arg, ppb, val_region)
+    val_sections = []
+    if args.val_image or args.val_expression:
+        vi, ve = args.val_image or [], args.val_expression or []
+        if len(vi) != len(ve):
+            raise GDTError(f"give one --val-image per --val-expression (got {len(vi)} and {len(ve)})")
+        val_canvases = [_open_canvas(c) for c in ve]
+        val_sections = [PairedSection.from_canvas(c, read_image(i), genes, ppb, name=str(i)) for i, c in zip(vi, val_canvases)]
+    if val_region is not None:
+        s0 = sections[0]
+        y0, y1, x0, x1 = val_region
+        if not (0 <= y0 < y1 <= s0.image.shape[0] and 0 <= x0 < x1 <= s0.image.shape[1]):
+            raise GDTError(f"--val-region {args.val_region} lies outside the first section (0:{s0.image.shape[0]},0:{s0.image.shape[1]} output px)")
+        b = (y0 // ppb, -(-y1 // ppb), x0 // ppb, -(-x1 // ppb))
+        val_sections.append(
+            PairedSection(name=f"{s0.name}[{args.val_region}]", counts=s0.counts[:, b[0] : b[1], b[2] : b[3]].copy(), image=s0.image[b[0] * ppb : b[1] * ppb, b[2] * ppb : b[3] * ppb].copy(), px_per_bin=ppb)
+        )
+    cfg = TrainConfig(
+        steps=int(args.steps),
+        batch_size=int(args.batch_size),
+        patch_bins=int(args.patch_bins),
+        lr_g=float(args.lr),
+        lr_d=float(args.lr),
+        lambda_rec=float(args.lambda_rec),
+        rec_pool=int(args.rec_pool),
+        seed=int(args.seed),
+        ckpt_every=int(args.ckpt_every),
+        beta1=float(getattr(args, "beta1", 0.0)),
+        clip_grad=float(getattr(args, "clip_grad", 0.0)),
+        time_limit_min=float(args.time_limit),
+        arch=arch,
+    )
+    if prior is not None:  # keep the run's loss settings; only the length/time may change
+        pc = prior["cfg"]
+        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad"):
+            if k in pc:
+                setattr(cfg, k, pc[k])
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
+    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
+    commands = []
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        meta_file = Path(args.resume).with_name("commands.json")
+        if meta_file.exists():
+            commands = json.loads(meta_file.read_text())
+    cmd = "napari-gdt " + shlex.join((argv or [])[1:]) if argv else "napari-gdt train"
+    commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
+    (ckpt_dir / "commands.json").write_text(json.dumps(commands, indent=1))
+    out_ch = sections[0].image.shape[-1]
+    kind = "he" if out_ch == 3 else "fluorescence"
+    channels = args.channels.split(",") if args.channels else (["R", "G", "B"] if out_ch == 3 else (["DAPI"] if out_ch == 1 else [f"ch{i}" for i in range(out_ch)]))
+    um_per_px = float(canvases[0].bin_um) / ppb
+    name = args.name or out.stem
+    import dataclasses
+
+    cfg_json = json.dumps(dataclasses.asdict(cfg))
+
+    def snapshot(tr):
+        write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, val_images=args.val_image)
+
+    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device}", file=sys.stderr)
+    trainer.run(on_checkpoint=snapshot)
+    validation = {"held_out_patches": trainer.history[-1]} if trainer.history else {}
+    if not args.no_eval and trainer.step >= cfg.steps:
+        validation.update(_final_eval(out, args, val_region, canvases, sections, trainer, canvases_paths=args.expression, channels=channels, um_per_px=um_per_px, kind=kind, cfg_json=cfg_json, commands=commands, name=name))
+    write_bundle(trainer, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, validation=validation, val_images=args.val_image)
+    print(f"wrote {out} after step {trainer.step} ({trainer.elapsed_s / 60:.1f} min of training; this call {(time.time() - t0) / 60:.1f} min); checkpoint {ckpt_dir / 'last.pt'}")
+    return 0
+
+
+def _final_eval(out, args, val_region, canvases, sections, trainer, **kw) -> dict:
+    """Nuclear morphometrics of the held-out data (see napari_gdt.analysis.quality)."""
+    try:
+        from ..analysis.quality import evaluate
+    except ImportError as e:  # morphometrics not installed in this build
+        return {"morphometrics": f"not computed ({e})"}
+    from ..models.bundle import load_bundle
+    from ..rendering.tiles import Region
+
+    write_bundle(trainer, out, canvases, args.image, kw["cfg_json"], kw["commands"], kw["um_per_px"], kw["kind"], kw["channels"], args.tile_px, kw["name"])
+    bundle = load_bundle(out, device=trainer.device)
+    res = {}
+    for vi, ve in zip(args.val_image or [], args.val_expression or []):
+        res[f"{Path(vi).parent.name}/{Path(vi).name}"] = evaluate(bundle, _open_canvas(ve), read_image(vi))
+    if val_region is not None:
+        y0, y1, x0, x1 = val_region
+        res[f"{Path(args.image[0]).name}[{args.val_region}]"] = evaluate(bundle, canvases[0], read_image(args.image[0]), region=Region(y0, y1, x0, x1))
+    return {"morphometrics": res}

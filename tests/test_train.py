@@ -1,0 +1,164 @@
+"""napari-gdt train: a tiny run on a synthetic crop, resume, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_gdt.cli import main
+
+ARCH = '{"emb_ch": 8, "n_bin_convs": 1, "stage_channels": [8, 8, 8], "latent_dim": 8}'  # px_per_bin 8
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A synthetic canvas (bins of 8 image px) and a registered 'H&E' image whose darkness follows gene 0."""
+    from skimage.io import imsave
+
+    from napari_gdt.synthetic import synthetic_canvas
+
+    d = tmp_path_factory.mktemp("pair")
+    c = synthetic_canvas((24, 24), genes=[f"G{i}" for i in range(6)], seed=3)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(d / "c.ome.zarr")
+    rate = np.asarray(c.data[0], dtype=float)
+    dark = np.kron(rate / rate.max(), np.ones((8, 8)))
+    rng = np.random.default_rng(0)
+    img = np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1) + rng.normal(0, 0.03, dark.shape + (3,))
+    imsave(d / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    return d
+
+
+def _train(pair, out, *extra):
+    return main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(out),
+                 "--arch-config", ARCH, "--patch-bins", "6", "--batch-size", "2", "--device", "cpu", "--threads", "1", *extra])
+
+
+def test_tiny_train_writes_bundle_with_provenance(pair, tmp_path):
+    from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.models.bundle import load_bundle, read_card
+    from napari_gdt.rendering.tiles import TileRenderer
+
+    out = tmp_path / "m.safetensors"
+    assert _train(pair, out, "--steps", "3", "--ckpt-every", "2", "--val-region", "0:64,0:192") == 0
+    card = read_card(out)
+    prov = card["provenance"]
+    assert prov["steps"] == 3 and prov["trained"] is True
+    assert prov["command"].startswith("napari-gdt train --image ") and "--steps 3" in prov["command"]
+    assert prov["data"]["images"][0]["file"].endswith("img.png")
+    assert card["px_per_bin"] == 8 and card["output"]["kind"] == "he"
+    assert card["genes"] == [f"G{i}" for i in range(6)]
+    assert card["um_per_px"] == pytest.approx(16.0 / 8)  # synthetic canvas: 16 µm bins
+    assert "val_rec_l1" in card["validation"]["held_out_patches"]
+    morph = card["validation"]["morphometrics"]
+    assert len(morph) == 1 and "nuclei_density_ratio" in next(iter(morph.values()))
+    ck = torch.load(tmp_path / "m.ckpt" / "last.pt", weights_only=True)
+    assert ck["step"] == 3
+    # the bundle renders
+    b = load_bundle(out)
+    img = TileRenderer(b, ExpressionCanvas.from_ome_zarr(pair / "c.ome.zarr"), device="cpu").render_region()
+    assert img.shape == (192, 192, 3) and np.isfinite(img).all()
+    # the held-out region never fed a training patch
+    lines = [json.loads(x) for x in (tmp_path / "m.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("checkpoint") for x in lines)
+
+
+def test_resume_continues_step_counter_and_weights(pair, tmp_path):
+    from safetensors.torch import load_file
+
+    from napari_gdt.models.bundle import read_card
+
+    a = tmp_path / "a.safetensors"
+    assert _train(pair, a, "--steps", "4", "--ckpt-every", "2", "--no-eval") == 0
+    ck = tmp_path / "a.ckpt" / "last.pt"
+    st4 = torch.load(ck, weights_only=True)
+    assert st4["step"] == 4
+    w4 = {k: v.clone() for k, v in st4["G_ema"].items()}
+    # resume to 6 steps (no arch option: the checkpoint's architecture is used)
+    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(a),
+               "--resume", str(ck), "--steps", "6", "--device", "cpu", "--no-eval"])
+    assert rc == 0
+    st6 = torch.load(ck, weights_only=True)
+    assert st6["step"] == 6
+    card = read_card(a)
+    assert card["provenance"]["steps"] == 6
+    cmds = card["provenance"]["commands"]
+    assert len(cmds) == 2 and cmds[1]["from_step"] == 4 and "--resume" in cmds[1]["command"]
+    # resumed weights moved on from the checkpoint, and differ from a fresh 2-step run
+    assert any(not torch.equal(w4[k], st6["G_ema"][k]) for k in w4)
+    fresh = tmp_path / "f.safetensors"
+    assert _train(pair, fresh, "--steps", "2", "--ckpt-every", "2", "--no-eval") == 0
+    wa, wf = load_file(str(a)), load_file(str(fresh))
+    assert any(not torch.equal(wa[k], wf[k]) for k in wa if wa[k].is_floating_point())
+    # the resumed run starts exactly from the checkpoint's weights
+    from napari_gdt.training.loop import Trainer
+
+    peek = Trainer.peek(ck)
+    assert peek["step"] == 6 and peek["genes"] == [f"G{i}" for i in range(6)]
+
+
+def test_train_errors(pair, tmp_path, capsys):
+    rc = main(["train", "--image", str(pair / "img.png"), "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "x.safetensors")])
+    assert rc == 2
+    assert "give one --image per --expression (got 2 images and 1 canvases)" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "x.safetensors"), "--resume", str(bad)])
+    assert rc == 2
+    assert "bad.pt: not a napari-gdt training checkpoint" in capsys.readouterr().err
+    rc = _train(pair, tmp_path / "x.safetensors", "--genes", "G0,NOPE", "--steps", "1")
+    assert rc == 2
+    assert "lacks 1 gene(s) of --genes: NOPE" in capsys.readouterr().err
+    rc = _train(pair, tmp_path / "x.safetensors", "--val-region", "0:64,0:9999", "--steps", "1")
+    assert rc == 2
+    assert "--val-region 0:64,0:9999 lies outside the first section" in capsys.readouterr().err
+    rc = _train(pair, tmp_path / "x.pt", "--steps", "1")
+    assert rc == 2 and "--out must end in .safetensors" in capsys.readouterr().err
+
+
+def test_sampler_augmentation_keeps_pairs_aligned():
+    """rot90/flip act identically on expression and image: a marker bin stays over its marker pixels."""
+    from napari_gdt.models.gdt import GDTGenerator
+    from napari_gdt.training.sampling import PairedSection, PatchSampler
+
+    G = GDTGenerator(1, 1, emb_ch=4, n_bin_convs=1, stage_channels=[4, 4], latent_dim=4)  # ppb 4
+    geo = G.geometry
+    counts = np.zeros((1, 16, 16), np.float32)
+    img = np.zeros((64, 64, 1), np.float32)
+    counts[0, 2:14, 2:14] += 0.01
+    counts[0, 5, 7] = 1.0
+    img[20:24, 28:32, 0] = 1.0  # the px of bin (5, 7)
+    s = PairedSection("t", counts, img, 4)
+    sp = PatchSampler([s], geo, 10, seed=0, augment=True, p_empty=0.0)
+    seen = 0
+    for _ in range(200):
+        c, im, o = sp.sample(1)
+        idx = np.argwhere(c[0, 0] == 1.0)
+        if len(idx) == 0:
+            continue
+        by, bx = idx[0]
+        # the marker's pixels in output coordinates of this window
+        py, px = by * 4 - geo.offset, bx * 4 - geo.offset
+        blk = im[0, 0, max(py, 0) : py + 4, max(px, 0) : px + 4]
+        if py >= 0 and px >= 0 and py + 4 <= im.shape[-2] and px + 4 <= im.shape[-1]:
+            assert blk.min() == 1.0
+            assert im[0, 0].sum() == 16.0
+            seen += 1
+    assert seen > 3
+
+
+def test_resample_block_mean_and_general_affine():
+    from napari_gdt.training.sampling import resample_to_model_grid
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    out = resample_to_model_grid(img, np.diag([8.0, 8.0, 1.0]), 4, (20, 30))  # 2x2 block mean
+    ref = img.astype(np.float32).reshape(20, 2, 30, 2, 3).mean(axis=(1, 3)) / 255
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    # a non-integer scale goes through interpolation and stays close on a smooth image
+    yy, xx = np.mgrid[0:40, 0:60]
+    smooth = np.stack([(yy + xx) / 100.0] * 3, -1).astype(np.float32)
+    out2 = resample_to_model_grid(smooth, np.diag([1.5, 1.5, 1.0]), 1, (20, 30))
+    expect = (1.5 * np.arange(20)[:, None] + 1.5 * np.arange(30)[None, :]) / 100.0
+    np.testing.assert_allclose(out2[..., 0], expect, atol=0.02)
