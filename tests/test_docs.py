@@ -357,3 +357,16 @@ def test_shortcuts_page_lists_the_bound_keys():
         keys.append(compare.SHORTCUT)
     missing = [k for k in keys if f"`{k}`" not in page]
     assert not missing, f"keys bound by the widgets but not in docs/shortcuts.md: {missing}"
+
+
+def test_her2st_tutorial_genes_match_the_bundled_panel():
+    """The her2st tutorial says which markers the bundled model reads; keep that true."""
+    from napari_gdt.models.bundle import BUNDLED_MODELS, WEIGHTS_DIR, read_card
+
+    if not (WEIGHTS_DIR / BUNDLED_MODELS["her2st-he"]).exists():
+        pytest.skip("bundled model her2st-he not in this build")
+    panel = set(read_card("her2st-he")["genes"])
+    text = (DOCS / "tutorials" / "her2st-what-if.md").read_text()
+    assert "HER2 itself (ERBB2) and KRT19 are not among them" in text
+    assert "ERBB2" not in panel and "KRT19" not in panel
+    assert {"EPCAM", "KRT8", "CD24"} <= panel
