@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -198,8 +197,8 @@ def responsiveness(a) -> dict:
 # ---------------------------------------------------------------------- throughput
 def throughput(a) -> dict:
     import torch
-
     from _lazy_canvas import lazy_synthetic_canvas
+
     from napari_gdt.rendering.pyramid import TilePyramid
     from napari_gdt.rendering.tiles import Region, TileRenderer
 
@@ -263,9 +262,9 @@ def throughput(a) -> dict:
 # --------------------------------------------------------------------------- scale
 def scale(a) -> dict:
     import napari
+    from _lazy_canvas import lazy_synthetic_canvas
     from qtpy.QtWidgets import QApplication
 
-    from _lazy_canvas import lazy_synthetic_canvas
     from napari_gdt.widgets.generator import GeneratorWidget
 
     rss0 = _rss_mb()

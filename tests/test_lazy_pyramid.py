@@ -286,3 +286,27 @@ def test_layer_pixels_equal_cli_render_and_cache_is_shared(tmp_path, small_bundl
         assert np.array_equal(np.asarray(p.levels[0][0:384, 0:256]), imread(png))
     finally:
         p.close()
+
+
+def test_huge_canvas_opens_at_once_in_little_memory(small_bundle):
+    """A 100,000 x 100,000 px generated canvas: the pyramid answers napari's reads at once, in little memory."""
+    import dask.array as da
+    import psutil
+
+    from napari_gdt.expression.canvas import ExpressionCanvas
+
+    G = len(small_bundle.genes)
+    nb = 100_000 // small_bundle.px_per_bin
+    canvas = ExpressionCanvas(da.zeros((G, nb, nb), dtype=np.float32, chunks=(G, 256, 256)), small_bundle.genes, bin_um=16.0)
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    p = TilePyramid(TileRenderer(small_bundle, canvas, seed=0, device="cpu"), probe=0)
+    try:
+        assert p.levels[0].shape[:2] == (100_000, 100_000) and max(p.levels[-1].shape[:2]) <= 256
+        thumb = np.asarray(p.levels[-1])  # what napari materialises for the thumbnail
+        view = p.levels[p.n_levels - 4][0:800, 0:1000]  # a zoomed-out view
+        assert time.perf_counter() - t0 < 1.0
+        assert thumb.shape == p.levels[-1].shape and view.shape == (800, 1000, 3)
+        assert psutil.Process().memory_info().rss - rss0 < 200 * 2**20
+    finally:
+        p.close()

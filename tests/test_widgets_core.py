@@ -23,7 +23,7 @@ def test_demo_screenshot(tmp_path):
     from napari_gdt.cli import main
 
     out = tmp_path / "demo.png"
-    assert main(["demo", "--screenshot", str(out)]) == 0
+    assert main(["demo", "--dataset", "synthetic", "--screenshot", str(out)]) == 0
     from skimage.io import imread
 
     img = imread(out)

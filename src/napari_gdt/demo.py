@@ -1,48 +1,133 @@
-"""The demo viewer (used by ``napari-gdt demo``)."""
+"""The demo (``napari-gdt demo`` and the sample-data menu).
+
+Datasets:
+
+``her2st``
+    HER2+ breast cancer section C5 (held out from training), legacy ST spots
+    spread into a continuous field, the real H&E, and the bundled ``her2st-he``
+    generator.
+``merfish``
+    Vizgen MERFISH mouse brain (z0), transcripts binned, the real DAPI, and
+    the bundled ``merfish-dapi`` generator.
+``synthetic``
+    A synthetic canvas and an untrained generator (no data needed).
+
+Data come from :mod:`napari_gdt.data`: a local folder named by
+``NAPARI_GDT_DATA``, else a cached, sha256-checked download.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from .errors import GDTError
 
+__all__ = ["DemoData", "load_demo_data", "build_demo_viewer", "open_demo", "DATASETS"]
 
-def build_demo_viewer(dataset: str = "synthetic", show: bool = True):
-    """Create a napari viewer with the demo layers and dock widgets; return ``(viewer, widgets)``."""
+DATASETS = ("her2st", "merfish", "synthetic")
+
+
+@dataclass
+class DemoData:
+    """Everything the demo shows: model, canvas, real image and starting genes."""
+
+    name: str
+    bundle: object
+    canvas: object
+    image: np.ndarray | None
+    genes: list[str]
+    kind: str
+
+
+def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
+    """Load the model, expression canvas and real image of a demo dataset (no napari)."""
+    from .models.bundle import load_bundle
+
+    if dataset == "synthetic":
+        from .synthetic import synthetic_canvas, untrained_bundle
+
+        canvas = synthetic_canvas((48, 48))
+        return DemoData("synthetic", untrained_bundle(canvas.genes), canvas, None, ["EPCAM", "COL1A1", "PTPRC"], "he")
+    if dataset in ("her2st", "merfish"):
+        from .training.recipes import demo_canvas
+        from .training.sampling import read_image
+
+        canvas, image_path, model = demo_canvas(dataset)
+        bundle = load_bundle(model, device=device)
+        canvas.meta.setdefault("path", f"{dataset} demo canvas")
+        if dataset == "her2st":
+            genes = [g for g in ("ERBB2", "KRT19", "COL1A1", "EPCAM", "PTPRC") if g in canvas.genes][:3]
+        else:
+            totals = np.asarray(canvas.data.sum(axis=(1, 2)).compute())
+            genes = [canvas.genes[i] for i in np.argsort(-totals)[:3]]
+        name = "her2st C5 (held out)" if dataset == "her2st" else "MERFISH mouse brain z0"
+        return DemoData(name, bundle, canvas, read_image(image_path), genes or canvas.genes[:3], "he" if dataset == "her2st" else "dapi")
+    raise GDTError(f"unknown demo dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+
+
+def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = "auto"):
+    """Create a napari viewer with the demo layers and all dock widgets; return ``(viewer, widgets)``."""
     import napari
 
-    from ._reader import canvas_layer_data
-    from .synthetic import synthetic_canvas, untrained_bundle
+    from .widgets.compare import CompareWidget
+    from .widgets.editing import EditingWidget
+    from .widgets.expression import ExpressionWidget
     from .widgets.generator import GeneratorWidget
 
-    if dataset != "synthetic":
-        raise GDTError(f"demo dataset {dataset!r} is not available yet in this build (use --dataset synthetic)")
-    canvas = synthetic_canvas((48, 48))
-    bundle = untrained_bundle(canvas.genes)
-    viewer = napari.Viewer(show=show, title="napari-gdt demo")
-    ppb = bundle.px_per_bin
-    for data, kw, _ in canvas_layer_data(canvas):
-        kw["affine"] = None
-        viewer.add_image(data, scale=(ppb, ppb), **kw)
+    d = load_demo_data(dataset, device=device)
+    viewer = napari.Viewer(show=show, title=f"napari-gdt demo: {d.name}")
+    ppb = d.bundle.px_per_bin
+    expr = ExpressionWidget(viewer)
+    expr.set_px_per_bin(ppb)
+    expr.set_canvas(d.canvas)
+    if d.image is not None:
+        expr.add_image(d.image, name="real")
+    expr.show_genes(d.genes)
     gen = GeneratorWidget(viewer)
-    gen.set_bundle(bundle)
-    gen.set_canvas(canvas)
-    viewer.window.add_dock_widget(gen, name="Generated tissue", area="right")
+    gen.set_bundle(d.bundle)
+    gen.set_canvas(d.canvas)
     gen.generate()
+    edit = EditingWidget(viewer, generator=gen)
+    comp = CompareWidget(viewer)
+    comp.set_bundle(d.bundle)
+    viewer.window.add_dock_widget(expr, name="Expression", area="right")
+    viewer.window.add_dock_widget(gen, name="Generated tissue", area="right", tabify=True)
+    viewer.window.add_dock_widget(edit, name="What-if editing", area="right", tabify=True)
+    viewer.window.add_dock_widget(comp, name="Compare & export", area="right", tabify=True)
+    for layer in list(viewer.layers):
+        if layer.name in d.genes:
+            layer.visible = False
     viewer.reset_view()
-    return viewer, {"generator": gen}
+    return viewer, {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d}
 
 
-def open_demo(dataset: str = "synthetic", screenshot: str | None = None) -> int:
+def _settle(seconds: float = 0.3) -> None:
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def open_demo(dataset: str = "her2st", screenshot: str | None = None, timeout: float = 300.0) -> int:
+    """Open the demo (``napari.run``), or with ``screenshot`` render the view to a PNG once tiles arrive."""
     import napari
 
-    viewer, _ = build_demo_viewer(dataset, show=True)  # a shown window is needed for a non-black screenshot (Xvfb works)
+    # A shown window is needed for a non-black screenshot (works under Xvfb).
+    viewer, w = build_demo_viewer(dataset, show=True)
     if screenshot:
-        from pathlib import Path
+        from .export.screenshot import screenshot_view
 
-        from skimage.io import imsave
-
-        img = viewer.screenshot(canvas_only=True, size=(800, 800))
-        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        imsave(screenshot, img, check_contrast=False)
+        d = w["data"]
+        _settle()  # let the widget see the new camera and queue the visible tiles
+        w["generator"].wait(timeout)
+        _settle()
+        _, info = screenshot_view(viewer, screenshot, size=(800, 800), um_per_px=d.bundle.um_per_px)
         viewer.close()
         print(f"wrote {screenshot}")
         return 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 def register(sub):
     p = sub.add_parser("demo", help="open the demo in napari", description="Open napari with expression, generated tissue and the plugin's widgets.")
-    p.add_argument("--dataset", choices=["synthetic", "her2st", "merfish"], default="synthetic", help="demo dataset (default: synthetic)")
+    p.add_argument(
+        "--dataset",
+        choices=["her2st", "merfish", "synthetic"],
+        default="her2st",
+        help="her2st: H&E of held-out section C5 (default); merfish: DAPI of a mouse brain; synthetic: no data needed",
+    )
     p.add_argument("--screenshot", metavar="OUT.png", help="render the view to OUT.png and exit")
     p.set_defaults(func=run)
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import GDTError
 from .tiles import MemoryTileCache
 
-__all__ = ["MemoryTileCache", "DiskTileCache", "TwoLevelCache", "open_cache"]
+__all__ = ["DiskTileCache", "MemoryTileCache", "TwoLevelCache", "open_cache"]
 
 _MARKER = "napari-gdt-tiles.json"
 _FORMAT = {"format": "napari-gdt-tile-cache", "version": 1, "layout": "ab/<key>.npy (float32 HxWxC)"}

@@ -55,7 +55,7 @@ import numpy as np
 from .scheduler import Job, TileScheduler
 from .tiles import Region, TileRenderer, TileSpec
 
-__all__ = ["TilePyramid", "PyramidLevel", "PreviewMap", "quantise"]
+__all__ = ["PreviewMap", "PyramidLevel", "TilePyramid", "quantise"]
 
 
 def quantise(x: np.ndarray, dtype=np.uint8) -> np.ndarray:
@@ -143,7 +143,7 @@ class _Preempted(Exception):
 
 
 class _Chunk:
-    __slots__ = ("img", "real", "previewed", "complete")
+    __slots__ = ("complete", "img", "previewed", "real")
 
     def __init__(self, img: np.ndarray, real: np.ndarray | None, previewed: bool, complete: bool):
         self.img = img
@@ -321,7 +321,7 @@ class TilePyramid:
     def shape(self) -> tuple[int, int, int]:
         return self.level_shapes[0] + (self.C,)
 
-    def multiscale(self, channel: int | None = None) -> list["PyramidLevel"]:
+    def multiscale(self, channel: int | None = None) -> list[PyramidLevel]:
         """The levels, largest first (``channel``: a single-channel view for non-RGB output)."""
         if channel is None:
             return list(self.levels)
@@ -682,7 +682,6 @@ class TilePyramid:
         b = self._chunk_box(k, cy, cx)
         f = 2**k
         p = self.preview.ppb
-        data = self.renderer.canvas.data
         Hb, Wb = self.renderer.canvas.n_bins
         # bin under the centre of each level-k pixel
         iy = np.minimum(((np.arange(b.y0, b.y1) + 0.5) * f / p).astype(np.int64), Hb - 1)

@@ -20,6 +20,7 @@ back to the queue if still requested.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 __all__ = ["Job", "TileScheduler"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ class TileScheduler:
 
             prio = batch[0].priority
 
-            def should_stop(gen=gen, prio=prio) -> bool:
+            def should_stop(gen=gen, prio=prio, batch=batch) -> bool:
                 """Cancelled, closed, or preempted by a better-priority job queued meanwhile."""
                 if self._closed or self._generation != gen:
                     return True
@@ -268,13 +271,14 @@ class TileScheduler:
                     n_done = n
                     with self._cond:
                         self._requeue(batch[n:], gen)
-            except BaseException as e:  # keep the worker alive; report
+            except Exception as e:  # keep the worker alive; report
                 self.last_error = e
+                _log.error("tile job failed: %s", e, exc_info=e)
                 for cb in list(self.error_callbacks):
                     try:
                         cb(e)
-                    except Exception:
-                        pass
+                    except Exception:  # a broken callback must not kill the worker
+                        _log.exception("error callback failed")
             finally:
                 self.busy_s += time.perf_counter() - t0
                 with self._cond:
@@ -292,5 +296,5 @@ class TileScheduler:
         for cb in list(self.progress_callbacks):
             try:
                 cb(self.done, queued)
-            except Exception:
-                pass
+            except Exception:  # a broken callback must not kill the worker
+                _log.exception("progress callback failed")

@@ -27,7 +27,7 @@ from ..expression.canvas import ExpressionCanvas
 from ..models.bundle import GeneratorBundle
 from ..models.device import get_device
 
-__all__ = ["Region", "TileSpec", "TileRenderer", "MemoryTileCache", "parse_region"]
+__all__ = ["MemoryTileCache", "Region", "TileRenderer", "TileSpec", "parse_region"]
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,9 @@ class GeneratorWidget(QWidget):
         try:
             k = int(layer.data_level)
             f = np.asarray(layer.downsample_factors[k])[-2:]
-            size = getattr(self.viewer, "_canvas_size", None)
+            size = getattr(self.viewer, "_canvas_size", None)  # napari < 0.9
+            if size is None and hasattr(self.viewer, "canvas"):
+                size = tuple(self.viewer.canvas.size)  # (h, w) in screen px
             cam = self._camera()
             if size is not None and cam.zoom > 0:
                 c = np.asarray(cam.center)[-2:]
