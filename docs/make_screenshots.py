@@ -48,6 +48,16 @@ def _wait(app, busy, timeout: float = 300.0) -> None:
     _process(app, 0.5)
 
 
+def _settle_tiles(app, gen, timeout: float) -> None:
+    """Let the generator panel see the current camera, then wait for the visible tiles (twice: the
+    first batch can change the pyramid level napari shows, which asks for more)."""
+    for _ in range(2):
+        _process(app, 0.8)
+        if hasattr(gen, "wait"):
+            gen.wait(timeout)
+    _process(app, 0.5)
+
+
 def _save(img: np.ndarray, path: Path) -> None:
     from skimage.io import imsave
 
@@ -125,8 +135,40 @@ def _pick_genes(canvas, preferred=("EPCAM", "KRT8", "Slc17a7", "Gad1", "ERBB2", 
     return genes[:2]
 
 
-def _edit_box(canvas) -> tuple[slice, slice]:
-    """A rectangle of bins in the tissue (where the expression is highest), a fifth of the canvas."""
+#: Output-pixel rectangles (y0, x0, y1, x1) of the stroma edited in the tutorials, per dataset.
+EDIT_RECTS = {"her2st": (1700, 640, 2000, 1100)}
+#: Output-pixel rectangles the overview zooms onto (the lazy layer computes model tiles only for
+#: views of at most a few hundred tiles; further out it shows expression-based previews).
+OVERVIEW_RECTS = {"her2st": (1100, 200, 2700, 1900)}
+
+
+def _look_at(viewer, box_px, cells=(1, 1), margin: float = 1.6) -> None:
+    """Centre the camera on ``box_px`` (y0, x0, y1, x1 world px) so that it fills a grid cell."""
+    y0, x0, y1, x1 = box_px
+    h, w = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
+    cell = min(h / cells[0], w / cells[1])
+    viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+    viewer.camera.zoom = cell / (margin * max(y1 - y0, x1 - x0))
+
+
+def _autocontrast_difference(viewer, box_px) -> None:
+    """Like napari's auto-contrast 'once' on the difference panel, over the edited box."""
+    for layer in viewer.layers:
+        if "differ" in layer.name.lower() or "|" in layer.name:
+            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            y0, x0, y1, x1 = (int(v) for v in box_px)
+            d = np.asarray(data[max(0, y0 - 64) : y1 + 64, max(0, x0 - 64) : x1 + 64], dtype=np.float32)
+            hi = float(np.percentile(d, 99.9)) if d.size else 0.0
+            if hi > 0:
+                layer.contrast_limits = (0.0, hi)
+                print(f"difference panel '{layer.name}': contrast 0..{hi:.4f} (largest change near the edit)")
+
+
+def _edit_box(canvas, dataset: str, ppb: int) -> tuple[slice, slice]:
+    """The bins to edit: the tutorial's stroma rectangle, or where the expression is highest."""
+    if dataset in EDIT_RECTS:
+        y0, x0, y1, x1 = EDIT_RECTS[dataset]
+        return slice(y0 // ppb, -(-y1 // ppb)), slice(x0 // ppb, -(-x1 // ppb))
     h, w = canvas.n_bins
     tot = np.asarray(canvas.data.sum(axis=0))
     bh, bw = max(2, h // 5), max(2, w // 5)
@@ -155,9 +197,6 @@ def main(argv=None) -> int:
     app = QApplication.instance()
     viewer.window._qt_window.resize(*WINDOW)
     gen = widgets["generator"]
-    if hasattr(gen, "wait"):
-        gen.wait(a.timeout)
-    _process(app, 1.0)
     widgets = _ensure_widgets(viewer, dict(widgets))
     order = {k: widgets[k] for k in ("generator", "expression", "editing", "compare") if k in widgets}
     _tabify(viewer, order)
@@ -165,7 +204,10 @@ def main(argv=None) -> int:
     canvas = gen.canvas
     viewer.window._qt_window.resize(*WINDOW)
     viewer.reset_view()
-    _process(app, 1.0)
+    _process(app, 0.5)
+    if a.dataset in OVERVIEW_RECTS:
+        _look_at(viewer, OVERVIEW_RECTS[a.dataset], margin=1.0)
+    _settle_tiles(app, gen, a.timeout)
 
     # 1. the demo as it opens
     _save(viewer.screenshot(canvas_only=False), out / "demo-overview.png")
@@ -174,8 +216,16 @@ def main(argv=None) -> int:
     exp = widgets["expression"]
     genes = _pick_genes(canvas)
     visible = {layer.name: layer.visible for layer in viewer.layers}
+    viewer.reset_view()  # the whole section (expression layers are plain arrays: no tiles to wait for)
     exp.select_genes(genes)
+    exp.pct_spin.setValue(90.0)  # the Contrast box: spread spot counts have a long tail
     shown = list(exp.show_genes(genes) or [])
+    exp.update_contrast()
+    for layer in shown:  # as the Contrast box: 90th percentile of the non-zero values
+        arr = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data, dtype=np.float32)
+        nz = arr[arr > 0]
+        if nz.size:
+            layer.contrast_limits = (0.0, float(np.percentile(nz, 90)))
     for layer in viewer.layers:
         layer.visible = any(layer is x for x in shown)
     _raise_dock(viewer, exp)
@@ -188,7 +238,9 @@ def main(argv=None) -> int:
     ed = widgets["editing"]
     value = ed.new_painted_region("stroma")
     labels = ed.labels_layer
-    ys, xs = _edit_box(canvas)
+    ppb = gen.bundle.px_per_bin
+    ys, xs = _edit_box(canvas, a.dataset, ppb)
+    box_px = (ys.start * ppb, xs.start * ppb, ys.stop * ppb, xs.stop * ppb)
     data = np.asarray(labels.data)
     data[ys, xs] = value
     labels.data = data
@@ -198,6 +250,8 @@ def main(argv=None) -> int:
     ed.value_spin.setValue(3.0)
     ed.apply_edit()
     _wait(app, lambda: ed.busy, a.timeout)
+    _look_at(viewer, box_px, margin=3.0)
+    _settle_tiles(app, gen, a.timeout)
     for layer in viewer.layers:  # the edited tissue with the painted region on top
         layer.visible = layer is labels or layer is ed.edited_layer
     viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))
@@ -215,16 +269,15 @@ def main(argv=None) -> int:
     names = {x.name for x in shown}
     for i in range(comp.genes_list.count()):  # the two genes of step 2 as the genes panel
         comp.genes_list.item(i).setSelected(comp.genes_list.item(i).text() in names)
-    comp.enter_comparison()
+    panels = comp.enter_comparison() or []
     hidden = [d for d in _docks(viewer) if d.isVisible()]
     qv = viewer.window._qt_viewer
     hidden += [d for d in (qv.dockLayerList, qv.dockLayerControls) if d.isVisible()]
     for d in hidden:  # the canvas alone, full width
         d.hide()
-    viewer.reset_view()
-    _process(app, 1.0)
-    if hasattr(gen, "wait"):  # the zoom changed: the lazy layer computes the tiles of the new view
-        gen.wait(a.timeout)
+    _look_at(viewer, box_px, cells=(2, max(1, -(-len(panels) // 2))), margin=1.5)
+    _settle_tiles(app, gen, a.timeout)  # the view changed: the lazy layer computes its tiles
+    _autocontrast_difference(viewer, box_px)
     _wait(app, lambda: ed.busy, a.timeout)
     _process(app, 2.0)
     _save(viewer.screenshot(canvas_only=True), out / "comparison-grid.png")
