@@ -11,7 +11,8 @@ Renders a synthetic slide with a small untrained generator through
   differ between the two (torch CPU kernels may differ in the last float bit
   with the thread count; see docs/cluster.md).
 
-Every render runs in a fresh subprocess so that its client peak RSS is its own.
+Every render runs in a fresh subprocess. Peak RSS is sampled (psutil, every 0.2 s) in the
+client and in each worker: ``ru_maxrss`` would include the parent's RSS at spawn on Linux.
 
     python benchmarks/bench_export.py                      # 4k and 16k x 16k (2 workers), speed-up at 4k
     python benchmarks/bench_export.py --sizes 16384,32768  # the full check (about 4x longer per doubling)
@@ -113,8 +114,9 @@ def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles:
 
 def run_one(spec: dict) -> dict:
     """(subprocess) one render; returns the summary plus this client's peak RSS."""
-    from napari_gdt.export.omezarr_render import render_to_omezarr
+    from napari_gdt.export.omezarr_render import peak_rss_sampled, render_to_omezarr, start_rss_sampler
 
+    start_rss_sampler()
     s = render_to_omezarr(
         spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device="cpu",
         workers=spec["workers"], progress=False, overwrite=True, batch_size=spec["batch"],
@@ -123,7 +125,7 @@ def run_one(spec: dict) -> dict:
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
     s["torch_threads"] = torch.get_num_threads()
-    s["client_peak_rss"] = ru.ru_maxrss * 1024
+    s["client_peak_rss"] = peak_rss_sampled()  # sampled: ru_maxrss would include the bench parent's RSS (fork + exec)
     s["client_cpu_seconds"] = ru.ru_utime + ru.ru_stime
     return s
 
@@ -156,6 +158,7 @@ def main(argv=None):
     p.add_argument("--tile-px", type=int, default=512)
     p.add_argument("--chunk-px", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--no-speedup", action="store_true", help="skip the 1-worker run")
     p.add_argument("--in-process", action="store_true", help="also render the speed-up size in-process (no cluster)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     p.add_argument("--_one", help=argparse.SUPPRESS)
@@ -200,7 +203,8 @@ def main(argv=None):
 
     print("\nMpx/s: level-0 px / level-0 wall time; 'x fwd': that over the best bare-forward wall rate above.")
     print("Mpx/CPU-s: level-0 px / CPU seconds spent inside the level-0 chunk tasks (canvas read, keys, forward, quantise, write);")
-    print("'x fwd cpu': that over the bare forward per CPU-s at the same torch threads (insensitive to other load on the machine).")
+    print("'x fwd cpu': that over the bare forward per CPU-s at the same torch threads. CPU-s are less sensitive than wall time to")
+    print("other load, not immune: a worker process's CPU time also counts dask's own threads (event loop, profiler).")
     print(f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | {'x fwd':>7} | "
           f"{'Mpx/CPU-s':>8} | {'x fwd cpu':>7} | {'client MB':>9} | worker peak RSS MB")
     results = {}
@@ -209,7 +213,7 @@ def main(argv=None):
                     tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch)
         results[(size, a.workers_max)] = s = spawn(spec)
         row(s, f"{a.workers_max} workers")
-    if a.workers_max > 1:
+    if a.workers_max > 1 and not a.no_speedup:
         size = a.speedup_size
         if (size, a.workers_max) not in results:
             spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),

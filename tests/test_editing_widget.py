@@ -24,15 +24,27 @@ def session(make_napari_viewer, small_bundle, qtbot, tmp_path):
 
 
 def test_paint_scale_undo(session, qtbot):
-    viewer, gen, w, tmp_path = session
-    from napari_gdt.rendering.tiles import TileRenderer
+    """Apply/undo/redo on the lazy generator: only tiles whose content hash changed are computed, off the UI thread."""
+    import threading
 
-    original = TileRenderer(gen.bundle, gen.canvas, seed=0, device="cpu").render_region()  # independent of any layer
+    from napari_gdt.editing.recipe import dirty_tiles
+    from napari_gdt.rendering.tiles import Region, TileRenderer
+    from napari_gdt.widgets.compare import lazy_difference, sample_layer
+
+    viewer, gen, w, tmp_path = session
+    assert gen.wait(120)
+    orig_pyr = gen.pyramid
+    assert orig_pyr.is_complete(0)  # the small canvas is all in view
+    original = orig_pyr.compute_region()  # level 0, blocking, through the cache (nothing left to compute)
+    assert original.shape == (384, 384, 3)
+    orig_computed = gen.renderer.stats["computed"]
+    assert orig_computed == 9
     canvas_before = np.asarray(gen.canvas.data).copy()
     w.region_name_edit.setText("stroma")
     value = w.new_painted_region()
     layer = w.labels_layer
     assert layer.data.shape == (24, 24) and layer.scale[0] == 16 and layer.selected_label == value
+    assert tuple(layer.translate) == (7.5, 7.5)  # bin centres over the generated pixels
     layer.brush_size = 3
     for c in [(19, 3), (19, 4), (20, 3), (20, 4)]:  # paint near the bottom-left corner (bins)
         layer.paint(c, value)
@@ -42,26 +54,61 @@ def test_paint_scale_undo(session, qtbot):
     w.region_combo.setCurrentText("stroma")
     w.genes_edit.setText("EPCAM, KRT19\nERBB2")
     w.value_spin.setValue(6.0)
-    w.apply_btn.click()
-    assert w.busy  # tiles are computed in a worker thread, not on the UI thread
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    assert w.status.text().startswith("1 edit(s)"), w.status.text()
-    edited = np.array(viewer.layers["generated (edited)"].data, copy=True)
-    assert edited.shape == original.shape
-    # expected dirty tiles: windows (tile + halo) touching a painted, non-zero bin
-    from napari_gdt.editing.recipe import dirty_tiles
+    threads = []
+    fwd = TileRenderer.forward
 
+    def spy(self, *a, **k):
+        threads.append(threading.current_thread())
+        return fwd(self, *a, **k)
+
+    TileRenderer.forward = spy
+    try:
+        w.apply_btn.click()
+        ed_layer = viewer.layers["generated (edited)"]
+        assert ed_layer.multiscale and ed_layer.rgb  # lazy: nothing rendered on the UI thread
+        assert gen.wait(120)
+    finally:
+        TileRenderer.forward = fwd
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    # overlay: same geometry as the generated layer; the regions layer stays on top
+    g_layer = viewer.layers["generated"]
+    assert np.array_equal(ed_layer.scale, g_layer.scale) and np.array_equal(ed_layer.translate, g_layer.translate)
+    assert np.array_equal(ed_layer.extent.world, g_layer.extent.world)
+    assert viewer.layers[-1].name == "edit regions"
+    ed_pyr = w.edited_pyramid
+    assert ed_pyr is gen.pyramids()["generated (edited)"] and ed_pyr.renderer.cache is gen.renderer.cache
+    assert ed_pyr.is_complete(0)
+    edited = ed_pyr.compute_region()
+    assert edited.shape == original.shape
+    assert w.status.text().startswith("1 edit(s)"), w.status.text()
+    # expected changed tiles: windows (tile + halo) touching a painted, non-zero bin
     x = np.asarray(gen.canvas.data)[[0, 1, 2]]
     dirty_bins = painted & (x > 0).any(0)
     tiles = {(s.ty, s.tx) for s in dirty_tiles(w._orig_renderer, dirty_bins)}
     assert tiles and set(w.last_recomputed) == tiles
     assert len(tiles) < 9
+    st = ed_pyr.renderer.stats
+    assert st["computed"] == len(tiles) and st["cached"] == 0, st  # the other tiles were copied from "generated"
+    assert gen.renderer.stats["computed"] == orig_computed  # the original was not rendered again
+    assert f"{len(tiles)} computed" in w.status.text(), w.status.text()
     T = 128
     for ty in range(3):
         for tx in range(3):
-            d = np.abs(edited[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T] - original[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]).max()
-            assert (d > 1e-4) == ((ty, tx) in tiles), (ty, tx, d)
+            d = np.abs(edited[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T].astype(int) - original[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]).max()
+            assert (d > 0) == ((ty, tx) in tiles), (ty, tx, d)
+    # coarser levels: unchanged parts taken over from "generated", changed tiles cascaded in after computation
+    from napari_gdt.rendering.pyramid import _down2
+
+    assert ed_pyr.n_levels == 2 and ed_pyr.is_complete(1)
+    assert np.array_equal(ed_pyr.read(1, 0, 192, 0, 192, request=False), _down2(edited, None)[0])
+    # the layer shows these pixels (napari reads the pyramid)
+    assert np.array_equal(np.asarray(ed_layer.data[0][0:384, 0:384]), edited)
     assert np.array_equal(np.asarray(gen.canvas.data), canvas_before)  # non-destructive: the canvas is untouched
+    # the compare widget's helpers read the lazy edited layer
+    diff = lazy_difference(g_layer, ed_layer)
+    d0 = np.asarray(diff[0] if isinstance(diff, list) else diff)
+    np.testing.assert_allclose(d0, np.abs(edited.astype(np.float32) - original).mean(-1), atol=1e-4)
+    np.testing.assert_allclose(sample_layer(ed_layer, Region(0, 384, 0, 384), 1.0), edited / 255.0, atol=1e-6)
     # statistics: mean of the scaled genes x6 in the region
     for g in ("EPCAM", "KRT19", "ERBB2"):
         before, after = w.last_stats[g]
@@ -71,23 +118,32 @@ def test_paint_scale_undo(session, qtbot):
     saved = json.loads((tmp_path / "session.json").read_text())
     assert saved["edits"][0]["factor"] == 6.0 and saved["regions"]["stroma"]["labels"] == "session.labels.tif"
     assert (tmp_path / "session.labels.tif").exists()
-    # undo restores the original pixels exactly; redo brings the edit back
+    # the user's settings on the edited layer persist: the layer object is kept
+    ed_layer.opacity = 0.7
+    # undo restores the original pixels exactly, without computing anything; redo brings the edit back
     w.undo_btn.click()
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    assert "0 computed" in w.status.text()  # undo is served from the cache
-    assert np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), original)
+    assert gen.wait(120)
+    assert viewer.layers["generated (edited)"] is ed_layer and ed_layer.opacity == pytest.approx(0.7)
+    assert w.last_recomputed == [] and w.edited_pyramid.renderer.stats["computed"] == 0
+    assert "0 computed" in w.status.text(), w.status.text()
+    assert np.array_equal(w.edited_pyramid.compute_region(), original)
+    assert w.edited_pyramid.renderer.stats["computed"] == 0
     assert w.history_list.count() == 0 and json.loads((tmp_path / "session.json").read_text())["edits"] == []
     w.redo_btn.click()
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    assert np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), edited)
+    assert gen.wait(120)
+    assert set(w.last_recomputed) == tiles
+    st = w.edited_pyramid.renderer.stats
+    assert st["computed"] == 0 and st["cached"] == len(tiles), st  # the edited tiles come back from the cache
+    assert np.array_equal(w.edited_pyramid.compute_region(), edited)
     # the keyboard shortcuts are bound on the viewer: undo by key
     from app_model.types import KeyBinding
 
     from napari_gdt.widgets.editing import KEY_UNDO
 
     viewer.keymap[KeyBinding.from_str(KEY_UNDO)](viewer)
-    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
-    assert w.history.edits == [] and np.array_equal(np.asarray(viewer.layers["generated (edited)"].data), original)
+    assert gen.wait(120)
+    assert w.history.edits == [] and np.array_equal(w.edited_pyramid.compute_region(), original)
+    assert w.edited_pyramid.renderer.stats["computed"] == 0 and gen.renderer.stats["computed"] == orig_computed
 
 
 def test_threshold_shapes_gene_sets_and_errors(session, qtbot):
@@ -152,3 +208,38 @@ def test_session_without_generator_layer_renders_off_the_ui_thread(make_napari_v
     d = np.abs(np.asarray(w.edited_layer.data) - orig).max(-1)
     assert d[:128, :128].max() > 1e-3 and d[128:].max() <= 1e-5 and d[:, 128:].max() <= 1e-5
     assert "edit(s)" in w.status.text()
+
+
+def test_lazy_edit_on_a_larger_canvas_computes_only_changed_tiles_in_view(make_napari_viewer, small_bundle, qtbot, tmp_path):
+    """A canvas larger than the view: Apply never renders the whole original or edited canvas."""
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.widgets.editing import EditingWidget
+    from napari_gdt.widgets.generator import GeneratorWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_points(np.array([[0.0, 0.0]]), name="anchor")  # so that adding the generated layer keeps our camera
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene.camera
+    cam.center = (128, 128)
+    cam.zoom = 4.0
+    gen = GeneratorWidget(viewer)
+    qtbot.addWidget(gen)
+    gen.set_bundle(small_bundle)
+    gen.set_canvas(synthetic_canvas((64, 64), seed=3))  # 1024 x 1024 px, 8 x 8 tiles
+    gen.generate()
+    assert gen.wait(120)
+    n_orig = gen.renderer.stats["computed"]
+    assert 1 <= n_orig < 64 // 2, n_orig  # the view, its ring and a few probe tiles
+    w = EditingWidget(viewer, generator=gen, autosave=tmp_path / "s.json", gene_sets=tmp_path / "g.json")
+    qtbot.addWidget(w)
+    w.history.set_region("box", {"rect": [64, 64, 128, 128]})
+    w.apply_edit({"op": "scale", "region": "box", "genes": "all", "factor": 5.0})
+    assert gen.wait(120)
+    assert w._original_img is None and w._edited_img is None  # no numpy copy of either canvas
+    changed = set(w.last_recomputed)
+    assert changed and changed <= {(ty, tx) for ty in range(3) for tx in range(3)}
+    st = w.edited_pyramid.renderer.stats
+    assert 1 <= st["computed"] <= len(changed) and st["cached"] == 0, (st, changed)
+    assert gen.renderer.stats["computed"] == n_orig  # the original was not rendered again
+    # the view shows real edited pixels, the rest of the canvas was never computed
+    assert w.edited_pyramid.is_complete(0, w.edited_pyramid._clip(0, gen._visible_region(w.edited_layer)[1]))
+    assert not w.edited_pyramid.is_complete(0)

@@ -122,18 +122,7 @@ def test_missing_file(tmp_path):
         read_any(tmp_path / "nope.csv")
 
 
-def test_spot_formats_without_spot_module(tmp_path, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "napari_gdt.expression.spots", None)  # as if not installed
-    p = tmp_path / "x.h5ad"
-    p.write_bytes(b"")
-    with pytest.raises(ReaderError, match=r"spot formats \(st, visium, anndata\) need napari_gdt\.expression\.spots"):
-        read_any(p, bin_px=10)
-
-
 def test_spot_formats_need_bin_in_pixels(tmp_path):
-    pytest.importorskip("napari_gdt.expression.spots")
     p = tmp_path / "x.h5ad"
     p.write_bytes(b"")
     with pytest.raises(ReaderError, match=r"x\.h5ad: spot formats lay bins in image pixels: give --bin-px"):

@@ -17,14 +17,3 @@ def test_generator_widget_generates(make_napari_viewer, small_bundle, qtbot):
     assert w.wait(120)
     assert layer.data[0].shape == (256, 256, 3) and np.asarray(layer.data[0]).std() > 0
     assert "computed 4" in w.stats_label.text()
-
-
-def test_demo_screenshot(tmp_path):
-    from napari_gdt.cli import main
-
-    out = tmp_path / "demo.png"
-    assert main(["demo", "--dataset", "synthetic", "--screenshot", str(out)]) == 0
-    from skimage.io import imread
-
-    img = imread(out)
-    assert img.shape[0] > 100 and img[..., :3].std() > 5  # not blank

@@ -361,6 +361,40 @@ except ImportError:  # pragma: no cover
     _WorkerPluginBase = object
 
 
+_PEAK = [0]
+
+
+def start_rss_sampler(interval: float = 0.2) -> None:
+    """Sample this process's current RSS in a daemon thread and keep the maximum.
+
+    ``ru_maxrss`` is not used for reports: on Linux it carries over the parent's RSS
+    through fork + exec, so spawned workers would report their parent's peak.
+    """
+    if getattr(start_rss_sampler, "_started", False):
+        return
+    start_rss_sampler._started = True
+    import psutil
+
+    proc = psutil.Process()
+
+    def loop():
+        while True:
+            try:
+                _PEAK[0] = max(_PEAK[0], proc.memory_info().rss)
+            except Exception:  # the process is shutting down
+                return
+            time.sleep(interval)
+
+    threading.Thread(target=loop, name="napari-gdt-rss", daemon=True).start()
+
+
+def peak_rss_sampled() -> int:
+    """Largest RSS (bytes) seen by :func:`start_rss_sampler`, or the current RSS."""
+    import psutil
+
+    return max(_PEAK[0], psutil.Process().memory_info().rss)
+
+
 class GDTWorkerPlugin(_WorkerPluginBase):
     """Set up each worker once: torch threads, and load the model (and canvas) before any task.
 
@@ -376,6 +410,7 @@ class GDTWorkerPlugin(_WorkerPluginBase):
     def setup(self, worker=None):
         import torch
 
+        start_rss_sampler()
         if self.torch_threads:
             torch.set_num_threads(int(self.torch_threads))
         try:
@@ -397,7 +432,8 @@ def _worker_info() -> dict:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     info["cpu_seconds"] = ru.ru_utime + ru.ru_stime
     rss = ru.ru_maxrss
-    info["peak_rss"] = int(rss if sys.platform == "darwin" else rss * 1024)
+    info["ru_maxrss"] = int(rss if sys.platform == "darwin" else rss * 1024)  # includes the parent's RSS at spawn on Linux
+    info["peak_rss"] = peak_rss_sampled()  # sampled every 0.2 s since the plugin's setup
     return info
 
 

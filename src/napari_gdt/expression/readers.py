@@ -135,13 +135,8 @@ def _call_with_accepted(fn, *args, **kw):
 
 
 def _spots_module():
-    try:
-        from . import spots
-    except ImportError as e:
-        name = getattr(e, "name", None)
-        if name == "napari_gdt.expression.spots" or (name is None and "spots" in str(e)):
-            raise ReaderError("spot formats (st, visium, anndata) need napari_gdt.expression.spots, which is not installed in this build") from None
-        raise
+    from . import spots
+
     return spots
 
 

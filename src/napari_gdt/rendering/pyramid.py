@@ -534,7 +534,68 @@ class TilePyramid:
 
         Only the changed box is downsampled at each level (it halves every level).
         """
-        img = quantise(tile, self.dtype)
+        self._ingest_img(spec, quantise(tile, self.dtype))
+
+    def adopt(self, source: TilePyramid, changed=()) -> int:
+        """Take over what ``source`` has computed, except the level-0 tiles ``changed`` ((ty, tx)); returns the tiles taken.
+
+        For a pyramid of the same model, seed and tile geometry over a canvas that differs
+        from ``source``'s only inside the ``changed`` tiles (e.g. an edited canvas: the
+        tiles whose content hash changed), every other tile has identical pixels. Its
+        stored chunks are copied at every level (level-0 tiles are shared, coarser chunks
+        copied) and the footprint of the changed tiles in coarser chunks is marked as not
+        computed, so previews and then the new tiles replace it. Also takes over the
+        preview map if this pyramid has not fitted one. Never runs the model and costs
+        one memory copy of the coarse levels (safe on the UI thread).
+        """
+        if source.dtype != self.dtype or source.T != self.T or source.level_shapes != self.level_shapes or source.C != self.C:
+            return 0
+        if self.preview.n == 0 and source.preview.n > 0:
+            with source.preview._lock:
+                xtx, xty, n = source.preview.xtx.copy(), source.preview.xty.copy(), source.preview.n
+            if xtx.shape == self.preview.xtx.shape and xty.shape == self.preview.xty.shape:
+                with self.preview._lock:
+                    self.preview.xtx, self.preview.xty, self.preview.n, self.preview.W = xtx, xty, n, None
+                self._placeholder = quantise(self.preview.colour(), self.dtype)
+        changed = {(int(ty), int(tx)) for ty, tx in changed}
+        by_parent: dict[tuple[int, int, int], list] = {}
+        for ty, tx in changed:  # the footprint of each changed tile at every coarser level
+            for k in range(1, self.n_levels):
+                f = 2**k
+                by_parent.setdefault((k, ty // f, tx // f), []).append((ty, tx))
+        with source._lock:
+            items = list(source._store.items())
+        T = self.T
+        n = 0
+        with self._lock:
+            for key, ch in items:
+                k, cy, cx = key
+                mine = self._store.get(key)
+                if mine is not None and mine.complete:
+                    continue
+                if k == 0:
+                    if not ch.complete or (cy, cx) in changed:
+                        continue
+                    self._put(key, _Chunk(ch.img, None, True, True))  # level-0 tiles are replaced, never written into
+                    n += 1
+                    continue
+                img = ch.img.copy()
+                real = np.ones(img.shape[:2], bool) if ch.complete or ch.real is None else ch.real.copy()
+                previewed = ch.previewed or ch.complete
+                hit = by_parent.get(key)
+                if hit:
+                    f = 2**k
+                    b = self._chunk_box(k, cy, cx)
+                    for ty, tx in hit:
+                        y0, x0 = ty * T // f - b.y0, tx * T // f - b.x0
+                        y1, x1 = -(-(ty + 1) * T // f) - b.y0, -(-(tx + 1) * T // f) - b.x0
+                        real[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = False
+                    previewed = False  # the preview repaints the free pixels, then the tiles arrive
+                done = bool(real.all())
+                self._put(key, _Chunk(img, None if done else real, previewed or done, done))
+        return n
+
+    def _ingest_img(self, spec: TileSpec, img: np.ndarray) -> None:
         half = self.T // 2
         with self._lock:
             child = _Chunk(img, None, True, True)

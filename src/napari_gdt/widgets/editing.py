@@ -13,6 +13,15 @@ Layers it manages:
     ``generated`` layer (which is never modified). After an edit only the tiles
     whose input window (tile + halo) touches a changed bin are recomputed.
 
+    With a :class:`~napari_gdt.widgets.generator.GeneratorWidget` that shows a
+    lazy ``generated`` layer (the usual case), the edited layer is another lazy
+    multiscale layer of that widget (:meth:`GeneratorWidget.add_canvas_layer`):
+    the edited canvas is never rendered whole, only the tiles in view are
+    computed (in the generator's worker), and tiles whose content hash equals
+    the original's are copied from the ``generated`` layer or served from the
+    shared cache. Without a lazy generator (:meth:`EditingWidget.set_session`)
+    the edited layer is a numpy image, updated tile by tile in a worker thread.
+
 Keyboard shortcuts (viewer): Control-Shift-Enter applies, Control-Alt-Z undoes,
 Control-Alt-Shift-Z redoes the last edit.
 """
@@ -59,6 +68,16 @@ KEY_REDO = "Control-Alt-Shift-Z"
 _VALUE_LABEL = {"scale": "Factor", "set": "Value", "add": "Value", "knockout": "(none)", "transfer": "Strength", "eigen": "Strength"}
 
 
+def _lazy_generated(g):
+    """The generator's lazy ``generated`` pyramid, if it shows one (and supports extra canvas layers)."""
+    if g is None or not hasattr(g, "add_canvas_layer") or not hasattr(g, "pyramids"):
+        return None
+    try:
+        return g.pyramids().get(ORIGINAL_LAYER)
+    except Exception:  # noqa: BLE001 - an unusual generator object
+        return None
+
+
 class EditingWidget(QWidget):
     """Regions, gene edits, history and before/after statistics.
 
@@ -93,6 +112,9 @@ class EditingWidget(QWidget):
         self.batch_size = 2
         self._edited_img = None
         self._original_img = None
+        self._lazy_gen = None  # GeneratorWidget whose lazy layers we use (None: numpy path)
+        self._orig_keys: dict = {}
+        self._lazy_info: dict = {}
         self.last_stats: dict = {}
         self.last_recomputed: list = []
         self._autosave_arg = autosave
@@ -275,8 +297,13 @@ class EditingWidget(QWidget):
             return None
 
     # ============================================================ session
-    def set_session(self, bundle, canvas, seed: int = 0, tile_px: int | None = None, original: np.ndarray | None = None, cache=None):
-        """Use this model, canvas and seed. ``original``: pixels already rendered for them (H, W, C)."""
+    def set_session(self, bundle, canvas, seed: int = 0, tile_px: int | None = None, original: np.ndarray | None = None, cache=None, lazy=None):
+        """Use this model, canvas and seed. ``original``: pixels already rendered for them (H, W, C).
+
+        ``lazy``: a :class:`~napari_gdt.widgets.generator.GeneratorWidget` whose lazy
+        ``generated`` layer shows this canvas; the edited layer is then another lazy layer
+        of it (same renderer settings and cache). Without it the edited layer is a numpy image.
+        """
         from ..rendering.tiles import MemoryTileCache, TileRenderer
 
         self._generation += 1  # results of a running worker are dropped
@@ -284,8 +311,14 @@ class EditingWidget(QWidget):
             self._worker.quit()
             self._worker = None
         self.bundle, self.canvas, self.seed = bundle, canvas, int(seed)
-        self.cache = cache if cache is not None else MemoryTileCache()
-        self._orig_renderer = TileRenderer(bundle, canvas, seed=self.seed, tile_px=tile_px, device=str(bundle.device), cache=self.cache)
+        self._lazy_gen = lazy
+        self._orig_keys, self._lazy_info = {}, {}
+        if lazy is not None:  # the generated layer's own renderer: same settings, so the same content hashes
+            self._orig_renderer = lazy.renderer
+            self.cache = self._orig_renderer.cache
+        else:
+            self.cache = cache if cache is not None else MemoryTileCache()
+            self._orig_renderer = TileRenderer(bundle, canvas, seed=self.seed, tile_px=tile_px, device=str(bundle.device), cache=self.cache)
         self.tile_px = self._orig_renderer.tile_px
         self._touched = np.zeros(canvas.n_bins, dtype=bool)
         self._shown_keys = {}
@@ -335,7 +368,9 @@ class EditingWidget(QWidget):
             return
         gr = getattr(g, "renderer", None)
         same_seed = gr is None or int(gr.seed) == self.seed
-        if self.canvas is not None and getattr(g, "canvas", None) is self.canvas and getattr(g, "bundle", None) is self.bundle and same_seed:
+        lazy = _lazy_generated(g)
+        same_layer = lazy is None or (self._lazy_gen is g and self._orig_renderer is gr)
+        if self.canvas is not None and getattr(g, "canvas", None) is self.canvas and getattr(g, "bundle", None) is self.bundle and same_seed and same_layer:
             return  # same session
         if self.canvas is not None and getattr(g, "canvas", None) is None:
             return  # keep the session we have
@@ -349,6 +384,9 @@ class EditingWidget(QWidget):
             data = self.viewer.layers[ORIGINAL_LAYER].data
             if isinstance(data, np.ndarray):
                 original = data
+        if lazy is not None and lazy.renderer.canvas is g.canvas:
+            self.set_session(g.bundle, g.canvas, seed=seed, tile_px=tile_px, lazy=g)
+            return
         self.set_session(g.bundle, g.canvas, seed=seed, tile_px=tile_px, original=original)
 
     def _need_session(self):
@@ -572,6 +610,8 @@ class EditingWidget(QWidget):
         """
         from ..rendering.tiles import TileRenderer
 
+        if self._lazy_gen is not None:
+            return self._refresh_lazy()
         ppb = self.px_per_bin
         recipe = self.history.recipe
         edited = recipe.apply(self.canvas, ppb)
@@ -613,6 +653,94 @@ class EditingWidget(QWidget):
             self._finish(gen)
             return
         self._start_worker(gen, renderer, todo, windows, keys, need_original)
+
+    # ------------------------------------------------------------ lazy path
+    def _orig_key_of(self, s, pyramid=None):
+        """Content hash of the original tile (memoised; the original canvas does not change in a session)."""
+        t = (s.ty, s.tx)
+        k = self._orig_keys.get(t)
+        if k is None:
+            r = self._orig_renderer
+            win = pyramid.blocks.read(*s.win) if pyramid is not None and pyramid.renderer is r else r.read_window(s)
+            k = self._orig_keys[t] = r.tile_key(s, win)
+        return k
+
+    def _refresh_lazy(self):
+        """Show the edited canvas as the generator's lazy ``generated (edited)`` layer.
+
+        Nothing is rendered here: the edited canvas is lazy (``recipe.apply``), the
+        content hashes of the candidate tiles (windows touching a bin any edit of this
+        session touched) are compared with the original's, tiles whose hash did not
+        change are copied from the ``generated`` (or the previous edited) pyramid, and
+        the generator's worker computes the rest where the user looks (cache first).
+        """
+        g = self._lazy_gen
+        ppb = self.px_per_bin
+        recipe = self.history.recipe
+        edited = recipe.apply(self.canvas, ppb) if recipe.edits else self.canvas
+        # bins outside the current edits' regions are original, so a tile whose window misses
+        # them has the original's hash: only these candidates need their hash compared
+        mask = recipe.edit_mask(self.canvas, ppb) if recipe.edits else np.zeros(self.canvas.n_bins, dtype=bool)
+        self._touched |= mask
+        orig_pyr = g.pyramids().get(ORIGINAL_LAYER)
+        info = {"edits": len(recipe.edits)}
+
+        def prepare(pyr):
+            r = pyr.renderer
+            changed = []
+            # windows read through the pyramids' block readers (same values as read_window, so the
+            # same keys; fast, and they warm the blocks the worker reads next)
+            for s in dirty_tiles(r, mask):
+                if r.tile_key(s, pyr.blocks.read(*s.win)) != self._orig_key_of(s, orig_pyr):
+                    changed.append((s.ty, s.tx))
+            adopted = pyr.adopt(orig_pyr, changed) if orig_pyr is not None else 0
+            info.update(pyramid=pyr, changed=changed, adopted=adopted,
+                        computed0=int(r.stats["computed"]), cached0=int(r.stats["cached"]))
+
+        self._generation += 1
+        layer = g.add_canvas_layer(edited, name=EDITED_LAYER, before_show=prepare)
+        if "pyramid" not in info:  # the generator refused (no model): nothing shown
+            raise GDTError("the generator could not show the edited layer (load a model first)")
+        self.last_recomputed = list(info["changed"])
+        self._lazy_info = info
+        self._pending = {"n": len(info["changed"]), "renderer": info["pyramid"].renderer, "edits": info["edits"]}
+        if not getattr(self, "_lazy_connected", None) is g:
+            g._bridge.updated.connect(self._lazy_status)
+            g._bridge.progress.connect(self._lazy_status)
+            self._lazy_connected = g
+        self._raise_regions_layer()
+        if layer is not None and self.viewer is not None and ORIGINAL_LAYER in self.viewer.layers and not layer.rgb:
+            o = self.viewer.layers[ORIGINAL_LAYER]
+            if getattr(self, "_lazy_new_layer", None) is not layer:
+                layer.contrast_limits = o.contrast_limits
+        self._lazy_new_layer = layer
+        self._lazy_status()
+
+    def _lazy_status(self, *_):
+        info = self._lazy_info
+        if self._lazy_gen is None or "pyramid" not in info:
+            return
+        st = info["pyramid"].renderer.stats
+        c, k = int(st["computed"]) - info["computed0"], int(st["cached"]) - info["cached0"]
+        q = "" if not self.busy else "; computing tiles in view…"
+        self.status.setText(
+            f"{info['edits']} edit(s); {len(info['changed'])} tile(s) differ from the original "
+            f"({c} computed, {k} from cache, {info['adopted']} reused){q}"
+        )
+
+    def _raise_regions_layer(self):
+        """Keep the regions layer above the generated layers (it is translucent)."""
+        if self.viewer is None or REGIONS_LAYER not in self.viewer.layers:
+            return
+        layers = self.viewer.layers
+        i = layers.index(REGIONS_LAYER)
+        if i != len(layers) - 1:
+            layers.move(i, len(layers))
+
+    @property
+    def edited_pyramid(self):
+        """The lazy edited layer's :class:`~napari_gdt.rendering.pyramid.TilePyramid` (None on the numpy path)."""
+        return self._lazy_info.get("pyramid") if self._lazy_gen is not None else None
 
     def _start_worker(self, gen, renderer, todo, windows, keys, need_original=False):
         from napari.qt.threading import create_worker
@@ -671,7 +799,10 @@ class EditingWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a worker is computing tiles."""
+        """True while a worker is computing tiles (lazy path: the generator's worker has work queued or running)."""
+        if self._lazy_gen is not None:
+            sch = self._lazy_gen.scheduler
+            return sch is not None and not sch.is_idle()
         return self._worker is not None
 
     def _show_edited(self):
@@ -692,12 +823,17 @@ class EditingWidget(QWidget):
 
     @property
     def edited_layer(self):
-        if self.viewer is None or EDITED_LAYER not in self.viewer.layers:
+        """The ``generated (edited)`` layer (lazy path with several channels: its first channel's layer)."""
+        if self.viewer is None:
             return None
-        return self.viewer.layers[EDITED_LAYER]
+        if EDITED_LAYER in self.viewer.layers:
+            return self.viewer.layers[EDITED_LAYER]
+        lz = getattr(self._lazy_gen, "_lazy", {}).get(EDITED_LAYER) if self._lazy_gen is not None else None
+        return lz.layers[0] if lz is not None and lz.layers else None
 
     @property
     def edited_pixels(self) -> np.ndarray | None:
+        """The edited image (numpy path only; the lazy path has :attr:`edited_pyramid`)."""
         return self._edited_img
 
     # ============================================================ stats

@@ -223,7 +223,7 @@ class GeneratorWidget(QWidget):
             self._caches[folder] = open_cache(folder or None)
         return self._caches[folder]
 
-    def _make_lazy(self, canvas, name):
+    def _make_lazy(self, canvas, name, probe=None):
         from ..rendering.pyramid import TilePyramid
         from ..rendering.tiles import Region, TileRenderer
 
@@ -232,7 +232,7 @@ class GeneratorWidget(QWidget):
         )
         # auto_request off: the camera (not napari's chunk-widened reads) says what is visible,
         # so zooming in drops the tiles that left the view
-        pyramid = TilePyramid(renderer, self._get_scheduler(), name=name, auto_request=False)
+        pyramid = TilePyramid(renderer, self._get_scheduler(), name=name, auto_request=False, probe=probe)
         k = pyramid.n_levels - 1
         pyramid.request_view(k, Region(0, *pyramid.level_shapes[k][:1], 0, pyramid.level_shapes[k][1]), channel="thumb")
         pyramid.update_callbacks.append(lambda kind, keys: self._bridge.updated.emit())
@@ -243,6 +243,7 @@ class GeneratorWidget(QWidget):
         old = self._lazy.pop(name, None)
         if old is not None:
             old.pyramid.close()
+            old.pyramid.update_callbacks.clear()
         if self.viewer is None:
             self._lazy[name] = _Lazy(name, renderer, pyramid, [])
             return None
@@ -257,6 +258,16 @@ class GeneratorWidget(QWidget):
                 (f"{name} [{chans[c]}]", pyramid.multiscale(c), {"colormap": cmaps[c % len(cmaps)], "blending": "additive"})
                 for c in range(C)
             ]
+        if old is not None and len(old.layers) == len(specs) and all(
+            l.name == sp[0] and l in self.viewer.layers and bool(l.rgb) == bool(sp[2].get("rgb", False)) for l, sp in zip(old.layers, specs)
+        ):
+            # same layer(s), new data: the user's contrast, colormap, visibility and order persist
+            for l, (_, data, _) in zip(old.layers, specs):
+                l.metadata = meta
+                l.data = data
+            self._lazy[name] = _Lazy(name, renderer, pyramid, list(old.layers))
+            self._request_views()
+            return old.layers[0]
         layers = []
         for lname, data, kw in specs:
             if C != 3:
@@ -290,17 +301,23 @@ class GeneratorWidget(QWidget):
         QTimer.singleShot(300, self._open_progress)  # soon after the first paint, before any pan
         return layer
 
-    def add_canvas_layer(self, canvas, name: str = EDITED):
+    def add_canvas_layer(self, canvas, name: str = EDITED, before_show=None):
         """Show ``canvas`` (e.g. an edited canvas) as another lazy layer sharing the model, seed, cache and worker.
 
         An unedited tile has the same content hash in both layers, so it is taken
         from the cache instead of being computed again. Calling it again with the
-        same ``name`` swaps the canvas in place.
+        same ``name`` swaps the canvas in place (the napari layer object is kept).
+        ``before_show(pyramid)`` is called with the new pyramid before it is shown
+        (e.g. to :meth:`~napari_gdt.rendering.pyramid.TilePyramid.adopt` unchanged tiles).
         """
         if self.bundle is None:
             self._notify_error(ValueError("load a model first"))
             return None
-        renderer, pyramid = self._make_lazy(canvas, name)
+        # the preview map is taken over from the generated layer (adopt) instead of computing probe tiles
+        probe = 0 if before_show is not None and self.pyramid is not None else None
+        renderer, pyramid = self._make_lazy(canvas, name, probe=probe)
+        if before_show is not None:
+            before_show(pyramid)
         layer = self._show(name, renderer, pyramid)
         self._update_stats()
         return layer
