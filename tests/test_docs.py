@@ -118,6 +118,13 @@ def missing_pieces(code: str) -> list[str]:
     for words in gdt_commands(code):
         if words and not words[0].startswith("-") and words[0] not in subs:
             missing.append(f"subcommand 'napari-gdt {words[0]}'")
+    demo_models = {"her2st": "her2st-he", "merfish": "merfish-dapi"}
+    for words in gdt_commands(code):
+        if words[:1] == ["demo"] and "demo" in subs:  # the demo datasets use the bundled models
+            ds = subs["demo"].parse_known_args(words[1:])[0].dataset
+            name = demo_models.get(ds)
+            if name and not (WEIGHTS_DIR / BUNDLED_MODELS[name]).exists():
+                missing.append(f"bundled model {name} for `napari-gdt demo --dataset {ds}`")
     for name, fname in BUNDLED_MODELS.items():
         if re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w.-])", code) and not (WEIGHTS_DIR / fname).exists():
             missing.append(f"bundled model {name} ({fname} not in models/weights)")
