@@ -162,6 +162,7 @@ def describe_edit(e: dict) -> str:
 
 
 def default_gene_sets_path() -> Path:
+    """Where saved gene sets live: ``$NAPARI_GDT_CONFIG/gene_sets.json`` or ``~/.config/napari-gdt/gene_sets.json``."""
     base = os.environ.get("NAPARI_GDT_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "napari-gdt")
     return Path(base) / "gene_sets.json"
 

@@ -55,10 +55,12 @@ class PatchDiscriminator(nn.Module):
 
 
 def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator: ``mean(relu(1 - real)) + mean(relu(1 + fake))``."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
 
 
 def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the generator: ``-mean(fake logits)``."""
     return -fake_logits.mean()
 
 

@@ -50,6 +50,7 @@ def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: 
 
 
 def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "spread", sections=HER2ST_TRAIN + HER2ST_VAL) -> dict:
+    """Write the her2st gene panel and one canvas per section into ``out_dir`` (see the module docstring); returns their paths."""
     from ..data import fetch_her2st
     from ..expression.spots import read_st
 
@@ -98,6 +99,7 @@ def merfish_canvas(transcripts_csv, image_shape, bin_px: int = 64, genes=None):
 
 
 def prepare_merfish(out_dir, bin_px: int = 64) -> dict:
+    """Write the MERFISH z0 canvas (``bin_px`` DAPI px per bin) into ``out_dir``; returns its path and the DAPI image path."""
     from ..data import fetch_merfish
     from .sampling import read_image
 

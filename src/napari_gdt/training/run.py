@@ -51,6 +51,7 @@ def gene_panel(canvases: list[ExpressionCanvas], genes_arg=None) -> list[str]:
 
 
 def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None, names=None):
+    """Open the canvases, pair them with their images (one per canvas, in order) on the model grid; ``val_region`` is held out of the first."""
     if len(images) != len(canvases_paths):
         raise GDTError(f"give one --image per --expression (got {len(images)} images and {len(canvases_paths)} canvases)")
     canvases = [_open_canvas(c) for c in canvases_paths]
@@ -72,6 +73,7 @@ def _versions() -> dict:
 
 
 def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um_per_px, kind, channels, tile_px, name, validation=None, data=None, val_images=None):
+    """Save the trainer's generator as a model bundle whose card records data, commands, time and validation."""
     from ..models.bundle import save_bundle
 
     from ..data import describe
@@ -113,6 +115,7 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
 
 
 def train_from_args(args, argv=None) -> int:
+    """Run ``napari-gdt train`` for parsed arguments (new run or ``--resume``); returns the exit code."""
     import torch
 
     from ..models.device import get_device

@@ -119,12 +119,24 @@ def _lazy(a):
     return a if isinstance(a, da.Array) else da.from_array(a, chunks=tuple(min(s, 1024) for s in a.shape))
 
 
+def _unit(a):
+    """Integer pixels (uint8/uint16) as float32 in [0, 1]; float data unchanged."""
+    dt = np.dtype(a.dtype)
+    if dt.kind in "ui":
+        scale = float(np.iinfo(dt).max)
+        if isinstance(a, np.ndarray):
+            return a.astype(np.float32) / scale
+        return _lazy(a).astype(np.float32) / scale
+    return a
+
+
 def lazy_difference(gen_layer, edi_layer):
     """``|edited - generated|`` (channel mean) as lazy data of the same pyramid shape."""
     out = []
     for a, b in zip(_levels(gen_layer), _levels(edi_layer)):
         if tuple(a.shape) != tuple(b.shape):
             raise GDTError(f"layers '{gen_layer.name}' {tuple(a.shape)} and '{edi_layer.name}' {tuple(b.shape)} differ in shape")
+        a, b = _unit(a), _unit(b)  # an 8-bit pyramid (the lazy layer) against float [0, 1] pixels
         if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
             out.append(difference_map(a, b) if a.ndim == 3 else np.abs(b.astype(np.float32) - a.astype(np.float32)))
         else:

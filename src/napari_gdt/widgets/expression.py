@@ -101,8 +101,10 @@ class ExpressionWidget(QWidget):
         self.bin_spin.setToolTip("Bin edge in µm")
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("output canvas .ome.zarr")
+        self.out_edit.setToolTip("Where to write the converted canvas (a folder ending in .ome.zarr)")
         self.conv_image_edit = QLineEdit()
         self.conv_image_edit.setPlaceholderText("(optional) paired image")
+        self.conv_image_edit.setToolTip("The real image measured on the same tissue; the canvas records where its bins fall on it")
         self.convert_btn = QPushButton("Convert")
         self.convert_btn.setToolTip("Convert in the background, then open the canvas")
         self.convert_btn.clicked.connect(self._convert_clicked)
@@ -155,6 +157,7 @@ class ExpressionWidget(QWidget):
         # ---- image
         self.image_edit = QLineEdit()
         self.image_edit.setPlaceholderText("real image (H&E or DAPI)")
+        self.image_edit.setToolTip("Path of the real H&E or DAPI image paired with this canvas")
         self.image_btn = QPushButton("Add image")
         self.image_btn.setToolTip("Add the paired real image, placed with the canvas affine")
         self.image_btn.clicked.connect(self._image_clicked)
