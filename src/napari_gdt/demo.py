@@ -92,10 +92,10 @@ def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = 
     edit = EditingWidget(viewer, generator=gen)
     comp = CompareWidget(viewer)
     comp.set_bundle(d.bundle)
-    viewer.window.add_dock_widget(expr, name="Expression", area="right")
+    viewer.window.add_dock_widget(expr, name="Expression canvas", area="right")
     viewer.window.add_dock_widget(gen, name="Generated tissue", area="right", tabify=True)
     viewer.window.add_dock_widget(edit, name="What-if editing", area="right", tabify=True)
-    viewer.window.add_dock_widget(comp, name="Compare & export", area="right", tabify=True)
+    viewer.window.add_dock_widget(comp, name="Compare and export", area="right", tabify=True)
     for layer in list(viewer.layers):
         if layer.name in d.genes:
             layer.visible = False
