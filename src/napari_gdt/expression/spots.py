@@ -54,6 +54,19 @@ def _nn_distance(centres: np.ndarray) -> float:
     return float(np.median(d[:, 1]))
 
 
+
+def _visium_scale(centres: np.ndarray, um_per_px, spot_diameter_px) -> tuple[float, float]:
+    """Fill in µm/px and spot diameter (px) from the Visium geometry (55 µm spots, 100 µm pitch) where not given."""
+    if um_per_px is None:
+        if spot_diameter_px is not None:
+            um_per_px = VISIUM_DIAMETER_UM / spot_diameter_px
+        else:
+            nn = _nn_distance(centres)
+            um_per_px = VISIUM_PITCH_UM / nn if np.isfinite(nn) else 1.0
+    if spot_diameter_px is None:
+        spot_diameter_px = VISIUM_DIAMETER_UM / um_per_px
+    return um_per_px, spot_diameter_px
+
 def spot_weights(
     centres_px: np.ndarray,
     n_bins: tuple[int, int],
@@ -416,14 +429,7 @@ def read_anndata(
     centres = np.stack([xy[:, 1], xy[:, 0]], axis=1)
     if spot_diameter_px is None and "spot_diameter_fullres" in sf:
         spot_diameter_px = float(sf["spot_diameter_fullres"])
-    if um_per_px is None:
-        if spot_diameter_px is not None:
-            um_per_px = VISIUM_DIAMETER_UM / spot_diameter_px
-        else:
-            nn = _nn_distance(centres)
-            um_per_px = VISIUM_PITCH_UM / nn if np.isfinite(nn) else 1.0
-    if spot_diameter_px is None:
-        spot_diameter_px = VISIUM_DIAMETER_UM / um_per_px
+    um_per_px, spot_diameter_px = _visium_scale(centres, um_per_px, spot_diameter_px)
     return spots_to_canvas(
         X,
         centres,
@@ -525,14 +531,7 @@ def read_spaceranger(
     if spot_diameter_px is None and "spot_diameter_fullres" in sf:
         spot_diameter_px = float(sf["spot_diameter_fullres"])
     centres = np.stack([pos["pxl_row_in_fullres"].to_numpy(float), pos["pxl_col_in_fullres"].to_numpy(float)], axis=1)
-    if um_per_px is None:
-        if spot_diameter_px is not None:
-            um_per_px = VISIUM_DIAMETER_UM / spot_diameter_px
-        else:
-            nn = _nn_distance(centres)
-            um_per_px = VISIUM_PITCH_UM / nn if np.isfinite(nn) else 1.0
-    if spot_diameter_px is None:
-        spot_diameter_px = VISIUM_DIAMETER_UM / um_per_px
+    um_per_px, spot_diameter_px = _visium_scale(centres, um_per_px, spot_diameter_px)
     return spots_to_canvas(
         X,
         centres,
