@@ -201,3 +201,82 @@ def test_gene_panel_accepts_long_lists_files_and_commas(tmp_path):
     f.write_text("\n".join(genes[:5]))
     assert gene_panel([c], str(f)) == genes[:5]
     assert gene_panel([c, SimpleNamespace(genes=genes[10:], meta={})]) == genes[10:]
+
+
+def test_init_from_maps_genes_by_name(pair, tmp_path):
+    """A fine-tune on a different panel: shared genes keep their weights, new genes start at zero (bundle and checkpoint)."""
+    from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.models.bundle import load_bundle, read_card
+    from napari_gdt.rendering.tiles import TileRenderer
+
+    a = tmp_path / "a.safetensors"
+    assert _train(pair, a, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--genes", "G0,G1,G2,G3") == 0
+    parent = load_bundle(a)
+    for src in (str(a), str(tmp_path / "a.ckpt" / "last.pt")):
+        b = tmp_path / f"b_{src.endswith('.pt')}.safetensors"
+        # no --arch-config: the architecture comes from the starting model; 0 steps = the mapped start itself
+        rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(b),
+                   "--init-from", src, "--genes", "G3,G5,G1,G0", "--steps", "0", "--device", "cpu", "--no-eval"])
+        assert rc == 0
+        child = load_bundle(b)
+        card = read_card(b)
+        assert card["genes"] == ["G3", "G5", "G1", "G0"]
+        info = card["provenance"]["init_from"]
+        assert info["shared"] == 3 and info["new"] == ["G5"] and info["dropped"] == ["G2"]
+        assert info["discriminator"] is src.endswith(".pt")
+        pw, cw = parent.model.embed.weight, child.model.embed.weight
+        for j, g in enumerate(["G3", "G5", "G1", "G0"]):
+            if g == "G5":
+                assert float(cw[:, j].abs().max()) == 0.0
+            else:
+                assert torch.equal(cw[:, j], pw[:, int(g[1])]) and float(child.model.gene_scale[j]) == float(parent.model.gene_scale[int(g[1])])
+        # the start renders the parent's image wherever the dropped gene G2 and the new gene G5 are silent
+        c = ExpressionCanvas.from_ome_zarr(pair / "c.ome.zarr")
+        data = np.asarray(c.data).copy()
+        data[[2, 5]] = 0
+        z = ExpressionCanvas(data, c.genes, bin_um=c.bin_um)
+        x = TileRenderer(parent, z, device="cpu").render_region()
+        y = TileRenderer(child, z, device="cpu").render_region()
+        assert np.abs(x - y).max() < 1e-5
+
+
+def test_init_from_errors(pair, tmp_path, capsys):
+    a = tmp_path / "a.safetensors"
+    assert _train(pair, a, "--steps", "1", "--no-eval") == 0
+    base = ["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "b.safetensors"),
+            "--steps", "0", "--device", "cpu", "--no-eval"]
+    rc = main(base + ["--init-from", str(a), "--arch-config", '{"emb_ch": 16, "stage_channels": [8, 8, 8], "latent_dim": 8}'])
+    assert rc == 2 and "architecture differs from this run's in emb_ch (8 vs 16)" in capsys.readouterr().err
+    rc = main(base + ["--init-from", str(tmp_path / "nope.safetensors")])
+    assert rc == 2 and "nope.safetensors" in capsys.readouterr().err
+    rc = main(base + ["--init-from", str(a), "--resume", str(tmp_path / "a.ckpt" / "last.pt")])
+    assert rc == 2 and "give --resume or --init-from, not both" in capsys.readouterr().err
+
+
+def test_her2st_panel_ranks_variable_genes_and_adds_markers(tmp_path):
+    """The demo panel: most variable (log1p cp10k) genes over the training sections, then the named markers."""
+    import pandas as pd
+
+    from napari_gdt.errors import GDTError
+    from napari_gdt.training.recipes import her2st_panel
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for s in ("A", "B", "C"):
+        n = 50
+        tab = pd.DataFrame({
+            "FLAT": np.full(n, 20),                                   # high, not variable
+            "VAR": rng.choice([1, 60], size=n),                       # very variable
+            "MID": rng.poisson(8, size=n),                            # mildly variable
+            "RARE": np.r_[np.zeros(n - 1, int), 3],                   # mean < 1: never ranked
+            "LOST": np.full(n, 5),
+        }, index=[f"{i}x{i}" for i in range(n)])
+        if s == "C":
+            tab = tab.drop(columns="LOST")                            # not measured in every section
+        p = tmp_path / f"{s}.tsv"
+        tab.to_csv(p, sep="\t")
+        paths[s] = {"counts": p}
+    assert her2st_panel(paths, n_genes=2, train=("A", "B")) == ["VAR", "MID"]
+    assert her2st_panel(paths, n_genes=2, train=("A", "B"), include=("FLAT", "VAR", "RARE")) == ["VAR", "MID", "FLAT", "RARE"]
+    with pytest.raises(GDTError, match="not measured in every section .*: LOST"):
+        her2st_panel(paths, n_genes=2, train=("A", "B"), include=("LOST",))

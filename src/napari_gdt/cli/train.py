@@ -23,6 +23,12 @@ def register(sub):
     p.add_argument("--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)")
     p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
     p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (e.g. OUT.ckpt/last.pt)")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL|CKPT",
+        help="fine-tune: start from this gdt-v1 model (bundle or bundled name; or a training checkpoint, which also brings the discriminator). "
+        "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used unless --arch-config is given",
+    )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
     p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")

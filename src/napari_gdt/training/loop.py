@@ -75,6 +75,16 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     return np.where(q > 0, q, 1.0).astype(np.float32)
 
 
+def _sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class Trainer:
     """Train a ``gdt-v1`` generator on paired sections.
 
@@ -143,6 +153,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "rng": json.dumps(self.sampler.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
+            "init_from": json.dumps(getattr(self, "init_info", None)),
         }
 
     def save_checkpoint(self, path=None) -> Path:
@@ -183,6 +194,90 @@ class Trainer:
             self.sampler.rng.bit_generator.state = json.loads(st["rng"])
         if "torch_rng" in st:
             torch.set_rng_state(st["torch_rng"])
+        if st.get("init_from"):
+            self.init_info = json.loads(st["init_from"])
+
+    def init_from(self, path) -> dict:
+        """Start from a trained model's weights (a fine-tune), matching genes by name.
+
+        ``path`` is a model bundle (``.safetensors``, or a bundled model name: the
+        generator and its EMA copy start from it; the discriminator starts fresh) or
+        a training checkpoint (``.pt``: generator, EMA generator and discriminator).
+        The architecture must match, except for the gene panel: the gene-indexed
+        tensors (the generator's input embedding and gene scales, the discriminator's
+        expression input) are copied gene by gene; genes new to this panel start with
+        zero input weights (so the start is the old model, blind to them) and the gene
+        scale computed from this run's data. Optimiser states and the step counter
+        start fresh. Returns ``{"from", "digest", "shared", "new", "dropped"}``.
+        """
+        from ..models.bundle import BundleError, load_bundle, resolve_model
+
+        p = Path(path)
+        d_state = None
+        if p.suffix == ".pt":
+            prior = Trainer.peek(p)
+            st = torch.load(p, map_location="cpu", weights_only=True)
+            old_genes, arch, g_state, ema_state = prior["genes"], prior["arch"], st["G"], st.get("G_ema", st["G"])
+            d_state = st.get("D")
+            digest = None
+            parent = {"step": prior["step"], "file_sha256": _sha256(p)}
+            cmds = p.with_name("commands.json")
+            if cmds.exists():
+                parent["commands"] = json.loads(cmds.read_text())
+        else:
+            try:
+                b = load_bundle(resolve_model(path), device="cpu")
+            except BundleError as e:
+                raise GDTError(f"--init-from: {e}") from None
+            if b.card.get("arch") != "gdt-v1":
+                raise GDTError(f"{path}: --init-from needs a gdt-v1 model (this one is {b.card.get('arch')!r})")
+            old_genes, arch, digest = list(b.genes), dict(b.card.get("config", {})), b.digest
+            g_state = ema_state = b.model.state_dict()
+            parent = {"name": b.card.get("name"), "steps": (b.card.get("provenance") or {}).get("steps"), "commands": (b.card.get("provenance") or {}).get("commands", [])}
+        mine = dict(self.G.config)
+        theirs = dict(arch)
+        diff = sorted(k for k in set(mine) | set(theirs) if k != "n_genes" and mine.get(k) != theirs.get(k))
+        if diff:
+            raise GDTError(f"{path}: architecture differs from this run's in {', '.join(f'{k} ({theirs.get(k)!r} vs {mine.get(k)!r})' for k in diff)}")
+        old_idx = {g: i for i, g in enumerate(old_genes)}
+        new_pos = [i for i, g in enumerate(self.genes) if g in old_idx]
+        src_pos = [old_idx[self.genes[i]] for i in new_pos]
+        if not new_pos:
+            raise GDTError(f"{path}: shares no gene with this run's panel")
+
+        def mapped(state: dict, own: dict, gene_keys: dict) -> dict:
+            out = {}
+            for k, v in own.items():
+                if k not in state:
+                    raise GDTError(f"{path}: lacks tensor {k!r}")
+                s = state[k]
+                if k in gene_keys:
+                    dim = gene_keys[k]
+                    t = v.detach().clone()
+                    if k.endswith("gene_scale"):
+                        pass  # this run's data scale for new genes; old genes keep theirs below
+                    else:
+                        t.zero_()
+                    idx_new = torch.tensor(new_pos)
+                    idx_old = torch.tensor(src_pos)
+                    t.index_copy_(dim, idx_new, s.index_select(dim, idx_old).to(t.dtype))
+                    out[k] = t
+                elif tuple(s.shape) != tuple(v.shape):
+                    raise GDTError(f"{path}: tensor {k!r} has shape {tuple(s.shape)}, this run needs {tuple(v.shape)}")
+                else:
+                    out[k] = s
+            return out
+
+        g_keys = {"embed.weight": 1, "gene_scale": 0}
+        with torch.no_grad():
+            self.G.load_state_dict(mapped(g_state, self.G.state_dict(), g_keys))
+            self.G_ema.load_state_dict(mapped(ema_state, self.G_ema.state_dict(), g_keys))
+            if d_state is not None and self.cfg.d_cond:
+                self.D.load_state_dict(mapped(d_state, self.D.state_dict(), {"cond.weight_orig": 1, "cond.weight_v": 0}))
+        new = [g for g in self.genes if g not in old_idx]
+        dropped = [g for g in old_genes if g not in set(self.genes)]
+        self.init_info = {"from": str(path), "digest": digest, "shared": len(new_pos), "new": new, "dropped": dropped, "discriminator": d_state is not None, "parent": parent}
+        return self.init_info
 
     @staticmethod
     def peek(path) -> dict:

@@ -10,7 +10,8 @@ her2st
     Gene panel: the ``n_genes`` (default 256) most variable genes among those
     measured in all four sections C2-C5 and expressed at >= 1 UMI per spot on
     average in C2-C4: ranked by the variance of log1p counts-per-10k over the
-    pooled C2-C4 spots. Canvases: ``mode="spread"`` (Gaussian kernel, sigma =
+    pooled C2-C4 spots, followed by ``HER2ST_MARKERS`` (HER2 amplicon, keratins,
+    stroma and immune markers) not already among them. Canvases: ``mode="spread"`` (Gaussian kernel, sigma =
     half the spot pitch) on 32 he.jpg px bins (about 23.5 µm), so with
     ``px_per_bin`` 16 the model paints at 2 he.jpg px per output px
     (about 1.47 µm/px).
@@ -28,15 +29,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MERFISH_EXTENT_UM", "her2st_panel", "merfish_canvas", "prepare_her2st", "prepare_merfish"]
+__all__ = ["HER2ST_MARKERS", "MERFISH_EXTENT_UM", "her2st_panel", "merfish_canvas", "prepare_her2st", "prepare_merfish"]
 
 HER2ST_TRAIN = ("C2", "C3", "C4")
 HER2ST_VAL = ("C5",)
 MERFISH_EXTENT_UM = {"x0": 6400.029, "x1": 6900.037, "y0": 4699.967, "y1": 5150.007}
 
 
-def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: float = 1.0) -> list[str]:
-    """Highly variable genes shared by all sections (see module docstring)."""
+# Markers a HER2+ breast-cancer what-if needs (HER2 amplicon, luminal keratins, proliferation,
+# stroma, immune, vessels). Highly expressed everywhere, several are not "variable" by the rank
+# above, so they are added to the panel by name (when measured in every section).
+HER2ST_MARKERS = (
+    "ERBB2", "GRB7", "STARD3", "PGAP3", "KRT19", "KRT18", "KRT7", "MUC1", "MKI67", "TOP2A",
+    "COL1A1", "COL1A2", "COL3A1", "VIM", "ACTA2", "MGP", "PTPRC", "PECAM1", "IGKC",
+)
+
+
+def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: float = 1.0, include=()) -> list[str]:
+    """Highly variable genes shared by all sections (see module docstring), then the ``include`` genes not among them.
+
+    An ``include`` gene missing from a section raises :class:`~napari_gdt.errors.GDTError` naming it.
+    """
     import pandas as pd
 
     tables = {s: pd.read_csv(p["counts"], sep="\t", index_col=0) for s, p in paths.items()}
@@ -46,10 +59,16 @@ def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: 
     pooled = pooled[keep]
     cp10k = pooled.div(pooled.sum(axis=1), axis=0) * 1e4
     var = np.log1p(cp10k).var(axis=0)
-    return list(var.sort_values(ascending=False).index[:n_genes])
+    genes = list(var.sort_values(ascending=False).index[:n_genes])
+    missing = [g for g in include if g not in shared]
+    if missing:
+        from ..errors import GDTError
+
+        raise GDTError(f"gene(s) to include not measured in every section ({', '.join(paths)}): {', '.join(missing)}")
+    return genes + [g for g in include if g not in set(genes)]
 
 
-def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "spread", sections=HER2ST_TRAIN + HER2ST_VAL) -> dict:
+def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "spread", sections=HER2ST_TRAIN + HER2ST_VAL, include=HER2ST_MARKERS) -> dict:
     """Write the her2st gene panel and one canvas per section into ``out_dir`` (see the module docstring); returns their paths."""
     from ..data import fetch_her2st
     from ..expression.spots import read_st
@@ -57,7 +76,7 @@ def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {s: fetch_her2st(s) for s in sections}
-    genes = her2st_panel(paths, n_genes)
+    genes = her2st_panel(paths, n_genes, include=include)
     (out / "her2st_genes.txt").write_text("\n".join(genes) + "\n")
     res = {"genes": str(out / "her2st_genes.txt")}
     for s in sections:
@@ -149,10 +168,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m napari_gdt.training.recipes")
     ap.add_argument("dataset", choices=["her2st", "merfish"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--n-genes", type=int, default=256)
+    ap.add_argument("--n-genes", type=int, default=256, help="her2st: number of highly variable genes (default 256)")
+    ap.add_argument("--no-markers", action="store_true", help="her2st: do not add HER2ST_MARKERS to the variable genes")
     a = ap.parse_args(argv)
     if a.dataset == "her2st":
-        prepare_her2st(a.out, n_genes=a.n_genes)
+        prepare_her2st(a.out, n_genes=a.n_genes, include=() if a.no_markers else HER2ST_MARKERS)
     else:
         prepare_merfish(a.out)
 

@@ -64,6 +64,27 @@ def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None
     return sections, canvases, genes
 
 
+def _init_arch(path) -> dict:
+    """The gdt-v1 architecture of the model or checkpoint ``--init-from`` names (without the panel and output size)."""
+    from .loop import Trainer
+
+    if Path(str(path)).suffix == ".pt":
+        arch = dict(Trainer.peek(path)["arch"])
+    else:
+        from ..models.bundle import BundleError, read_card
+
+        try:
+            card = read_card(path)
+        except BundleError as e:
+            raise GDTError(f"--init-from: {e}") from None
+        if card.get("arch") != "gdt-v1":
+            raise GDTError(f"{path}: --init-from needs a gdt-v1 model (this one is {card.get('arch')!r})")
+        arch = dict(card.get("config", {}))
+    arch.pop("n_genes", None)
+    arch.pop("out_channels", None)
+    return arch
+
+
 def _versions() -> dict:
     import torch
 
@@ -101,6 +122,8 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         "software": _versions(),
         "history": trainer.history[-20:],
     }
+    if getattr(trainer, "init_info", None):
+        prov["init_from"] = trainer.init_info
     return save_bundle(
         out,
         trainer.G_ema,
@@ -137,6 +160,8 @@ def train_from_args(args, argv=None) -> int:
         arch = prior["arch"]
         arch.pop("n_genes", None)
         arch.pop("out_channels", None)
+    elif getattr(args, "init_from", None) and not args.arch_config:  # fine-tune: the starting model's architecture
+        arch = _init_arch(args.init_from)
     elif args.arch_config:
         try:
             arch.update(json.loads(args.arch_config))
@@ -201,10 +226,15 @@ def train_from_args(args, argv=None) -> int:
     trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
     commands = []
     if args.resume:
+        if getattr(args, "init_from", None):
+            raise GDTError("give --resume or --init-from, not both (a resumed run already holds its starting weights)")
         trainer.load_checkpoint(args.resume)
         meta_file = Path(args.resume).with_name("commands.json")
         if meta_file.exists():
             commands = json.loads(meta_file.read_text())
+    elif getattr(args, "init_from", None):
+        info = trainer.init_from(args.init_from)
+        print(f"starting from {args.init_from}: {info['shared']} genes shared, {len(info['new'])} new ({', '.join(info['new'][:12])}{'…' if len(info['new']) > 12 else ''}), {len(info['dropped'])} dropped", file=sys.stderr)
     cmd = "napari-gdt " + shlex.join((argv or [])[1:]) if argv else "napari-gdt train"
     commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
     (ckpt_dir / "commands.json").write_text(json.dumps(commands, indent=1))
