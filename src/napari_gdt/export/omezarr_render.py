@@ -69,6 +69,7 @@ __all__ = [
     "downsample2x",
     "default_levels",
     "GDTWorkerPlugin",
+    "tune_malloc",
     "ATTR",
     "MARKER_DIR",
 ]
@@ -411,6 +412,7 @@ class GDTWorkerPlugin(_WorkerPluginBase):
         import torch
 
         start_rss_sampler()
+        _MALLOC_TUNED[0] = tune_malloc()
         if self.torch_threads:
             torch.set_num_threads(int(self.torch_threads))
         try:
@@ -421,13 +423,41 @@ class GDTWorkerPlugin(_WorkerPluginBase):
             logging.getLogger(__name__).warning("napari-gdt: could not preload the model on this worker: %s", e)
 
 
+_MALLOC_TUNED = [False]
+
+
+def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
+    """Undo dask's ``MALLOC_TRIM_THRESHOLD_=65536`` for this (worker) process (glibc only).
+
+    dask's nanny sets that variable so workers hand freed memory back to the OS. Setting
+    it also switches off glibc's adaptive mmap threshold, so every buffer over 128 KiB
+    (each feature map of a tile batch) is a fresh ``mmap`` whose pages the kernel faults
+    in and zeroes again, call after call: it halved level-0 throughput in
+    ``benchmarks/bench_export.py`` (same chunks: 14.2 s in a dask worker, 7.0 s in-process
+    and in a worker after this call). Here the thresholds are set to what glibc's
+    adaptive rule would reach (mmap 32 MiB, trim twice that), which keeps memory bounded
+    (at most ``trim_threshold`` of free heap is retained). Returns True when applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
+        return bool(libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to undo
+        return False
+
+
 def _worker_info() -> dict:
     """Per-worker facts for the summary: device, torch threads, peak RSS (bytes)."""
     import resource
 
     import torch
 
-    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "model_loads": _LOADS[0], "chunks_rendered": _TASKS[0]}
+    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "model_loads": _LOADS[0], "chunks_rendered": _TASKS[0], "malloc_tuned": _MALLOC_TUNED[0]}
     info["devices"] = sorted({str(b.device) for b in _BUNDLES.values()})
     ru = resource.getrusage(resource.RUSAGE_SELF)
     info["cpu_seconds"] = ru.ru_utime + ru.ru_stime
