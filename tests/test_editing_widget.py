@@ -244,3 +244,53 @@ def test_lazy_edit_on_a_larger_canvas_computes_only_changed_tiles_in_view(make_n
     # the view shows real edited pixels, the rest of the canvas was never computed
     assert w.edited_pyramid.is_complete(0, w.edited_pyramid._clip(0, gen._visible_region(w.edited_layer)[1]))
     assert not w.edited_pyramid.is_complete(0)
+
+
+def test_whole_canvas_edit_checks_at_most_max_ui_checks_tiles_on_the_ui_thread(session, qtbot, monkeypatch):
+    """A large edit: only MAX_UI_CHECKS tiles are hashed on the UI thread; the worker and the cache settle
+    the rest, the pixels are the same as a blocking render, and no tile is computed twice."""
+    import threading
+
+    import napari_gdt.widgets.editing as editing
+    from napari_gdt.rendering.pyramid import quantise
+    from napari_gdt.rendering.tiles import TileRenderer
+
+    viewer, gen, w, tmp_path = session
+    assert gen.wait(120)
+    original = gen.pyramid.compute_region()
+    monkeypatch.setattr(editing, "MAX_UI_CHECKS", 2)
+    keys_on_ui = []
+    key = TileRenderer.tile_key
+
+    def spy(self, *a, **k):
+        if threading.current_thread() is threading.main_thread():
+            keys_on_ui.append(1)
+        return key(self, *a, **k)
+
+    monkeypatch.setattr(TileRenderer, "tile_key", spy)
+    # an edit that changes no value (x1): 9 candidates, 2 checked and taken over on the UI thread; the
+    # worker finds the other 7 in the tile cache (same content hash): nothing is computed
+    w.history.set_region("all", {"rect": [0, 0, 384, 384]})
+    w.apply_edit({"op": "scale", "region": "all", "genes": ["EPCAM"], "factor": 1.0})
+    assert gen.wait(120)
+    assert w._lazy_info["unchecked"] == 7 and w._lazy_info["adopted"] == 2, w._lazy_info
+    st = w.edited_pyramid.renderer.stats
+    assert st["computed"] == 0 and st["cached"] == 7, st
+    assert np.array_equal(w.edited_pyramid.compute_region(), original)
+    # scale one gene over the whole canvas by 3
+    keys_on_ui.clear()
+    w.apply_edit({"op": "scale", "region": "all", "genes": ["EPCAM"], "factor": 3.0})
+    assert gen.wait(120)
+    info = w._lazy_info
+    assert info["unchecked"] == 7 and len(info["changed"]) >= 7, info
+    # 2 checked tiles, each hashed for the edited and the original canvas
+    assert len(keys_on_ui) <= 2 * 2, len(keys_on_ui)
+    assert f"{info['unchecked']} not compared with the original" in w.status.text(), w.status.text()
+    edited = w.edited_pyramid.compute_region()
+    expect = TileRenderer(w.bundle, w.history.recipe.apply(gen.canvas, 16), seed=w.seed, device="cpu", tile_px=128).render_region()
+    assert edited.shape == expect.shape and np.abs(edited.astype(int) - quantise(expect, edited.dtype).astype(int)).max() <= 1
+    st = w.edited_pyramid.renderer.stats
+    # every tile whose hash did not change (checked or not) was taken over or came from the cache
+    differ = {(ty, tx) for ty in range(3) for tx in range(3)
+              if not np.array_equal(edited[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128], original[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128])}
+    assert differ and st["computed"] - info["computed0"] == len(differ), (st, info["computed0"], differ)

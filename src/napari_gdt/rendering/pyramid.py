@@ -387,6 +387,12 @@ class TilePyramid:
             self.request_view(k, r, channel="thumb" if thumb else "view")
         return out
 
+    def has_tile(self, ty: int, tx: int) -> bool:
+        """Whether level-0 tile ``(ty, tx)`` has been computed (or taken over) and is stored."""
+        with self._lock:
+            ch = self._store.get((0, int(ty), int(tx)))
+            return ch is not None and ch.complete
+
     def is_complete(self, k: int, region: Region | None = None) -> bool:
         """Whether every pixel of ``region`` at level ``k`` is real (computed tiles, not previews)."""
         r = self._clip(k, region or Region(0, self.level_shapes[k][0], 0, self.level_shapes[k][1]))

@@ -61,6 +61,9 @@ from ..errors import GDTError
 REGIONS_LAYER = "edit regions"
 EDITED_LAYER = "generated (edited)"
 ORIGINAL_LAYER = "generated"
+# At most this many candidate tiles of an edit have their content hash compared on the UI thread
+# (about 1-3 ms each); the rest are settled by the worker and the tile cache.
+MAX_UI_CHECKS = 128
 KEY_APPLY = "Control-Shift-Enter"
 KEY_UNDO = "Control-Alt-Z"
 KEY_REDO = "Control-Alt-Shift-Z"
@@ -687,14 +690,25 @@ class EditingWidget(QWidget):
 
         def prepare(pyr):
             r = pyr.renderer
-            changed = []
-            # windows read through the pyramids' block readers (same values as read_window, so the
-            # same keys; fast, and they warm the blocks the worker reads next)
-            for s in dirty_tiles(r, mask):
-                if r.tile_key(s, pyr.blocks.read(*s.win)) != self._orig_key_of(s, orig_pyr):
+            changed, unchecked = [], []
+            # Only tiles the original pyramid holds can be taken over when their content hash is
+            # unchanged, so only those are checked here, on the UI thread, nearest the view first
+            # and at most MAX_UI_CHECKS of them (a whole-slide edit must not freeze the viewer).
+            # The other candidates go to the worker like changed tiles: one whose hash did not
+            # change comes from the tile cache there, so nothing is computed twice.
+            cands = dirty_tiles(r, mask)
+            held = [s for s in cands if orig_pyr is not None and orig_pyr.has_tile(s.ty, s.tx)]
+            held = self._nearest_view_first(held)
+            check = {(s.ty, s.tx) for s in held[:MAX_UI_CHECKS]}
+            for s in cands:
+                if (s.ty, s.tx) not in check:
+                    unchecked.append((s.ty, s.tx))
+                # windows read through the pyramids' block readers (same values as read_window, so
+                # the same keys; fast, and they warm the blocks the worker reads next)
+                elif r.tile_key(s, pyr.blocks.read(*s.win)) != self._orig_key_of(s, orig_pyr):
                     changed.append((s.ty, s.tx))
-            adopted = pyr.adopt(orig_pyr, changed) if orig_pyr is not None else 0
-            info.update(pyramid=pyr, changed=changed, adopted=adopted,
+            adopted = pyr.adopt(orig_pyr, changed + unchecked) if orig_pyr is not None else 0
+            info.update(pyramid=pyr, changed=changed + unchecked, unchecked=len(unchecked), adopted=adopted,
                         computed0=int(r.stats["computed"]), cached0=int(r.stats["cached"]))
 
         self._generation += 1
@@ -716,6 +730,19 @@ class EditingWidget(QWidget):
         self._lazy_new_layer = layer
         self._lazy_status()
 
+    def _nearest_view_first(self, specs: list) -> list:
+        """``specs`` (TileSpec) sorted by distance of their tile centre to the centre of the view."""
+        g = self._lazy_gen
+        if g is None or self.viewer is None or ORIGINAL_LAYER not in self.viewer.layers or len(specs) < 2:
+            return list(specs)
+        vis = g._visible_region(self.viewer.layers[ORIGINAL_LAYER])
+        if vis is None:
+            return list(specs)
+        k, reg = vis
+        f = 2**k
+        cy, cx = (reg.y0 + reg.y1) * f / 2, (reg.x0 + reg.x1) * f / 2
+        return sorted(specs, key=lambda s: ((s.out.y0 + s.out.y1) / 2 - cy) ** 2 + ((s.out.x0 + s.out.x1) / 2 - cx) ** 2)
+
     def _lazy_status(self, *_):
         info = self._lazy_info
         if self._lazy_gen is None or "pyramid" not in info:
@@ -723,10 +750,9 @@ class EditingWidget(QWidget):
         st = info["pyramid"].renderer.stats
         c, k = int(st["computed"]) - info["computed0"], int(st["cached"]) - info["cached0"]
         q = "" if not self.busy else "; computing tiles in view…"
-        self.status.setText(
-            f"{info['edits']} edit(s); {len(info['changed'])} tile(s) differ from the original "
-            f"({c} computed, {k} from cache, {info['adopted']} reused){q}"
-        )
+        u = info.get("unchecked", 0)
+        what = "differ from the original" if not u else f"to update ({u} not compared with the original: too many to check at once)"
+        self.status.setText(f"{info['edits']} edit(s); {len(info['changed'])} tile(s) {what} ({c} computed, {k} from cache, {info['adopted']} reused){q}")
 
     def _raise_regions_layer(self):
         """Keep the regions layer above the generated layers (it is translucent)."""
