@@ -22,6 +22,17 @@ from pathlib import Path
 
 from .errors import GDTError
 
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
 __all__ = ["ENV_VAR", "HER2ST_SECTIONS", "REGISTRY", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
 
 ENV_VAR = "NAPARI_GDT_DATA"

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import file_sha256
 from ..errors import GDTError
 
 __all__ = [
@@ -115,14 +116,6 @@ def default_levels(shape: tuple[int, int], min_px: int = 256) -> int:
 
 def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def recipe_hash(path) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import hashlib
 import json
 import pickle
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import file_sha256
 from ..errors import BundleError
 from .ist import ISTGenerator
 
@@ -57,14 +57,6 @@ LICENCE_NOTE = (
 )
 
 _MAX_LISTED = 12
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_ist_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -344,7 +336,7 @@ def import_ist_checkpoint(
         "code": CODE_URL,
         "licence": LICENCE_NOTE,
         "checkpoint": ckpt.name,
-        "checkpoint_sha256": _sha256(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt),
         "checkpoint_weights": info.get("weights_from", "g_ema"),
         "training_args": info.get("args", {}),
         "imported_by": "napari-gdt import-ist",

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import file_sha256
 from ..errors import GDTError
 from ..models.gdt import GDTGenerator
 from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, haematoxylin_loss, reconstruction_loss
@@ -73,16 +74,6 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     mx = x.max(axis=1)
     q = np.where(q > 0, q, mx)
     return np.where(q > 0, q, 1.0).astype(np.float32)
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Trainer:
@@ -220,7 +211,7 @@ class Trainer:
             old_genes, arch, g_state, ema_state = prior["genes"], prior["arch"], st["G"], st.get("G_ema", st["G"])
             d_state = st.get("D")
             digest = None
-            parent = {"step": prior["step"], "file_sha256": _sha256(p)}
+            parent = {"step": prior["step"], "file_sha256": file_sha256(p)}
             cmds = p.with_name("commands.json")
             if cmds.exists():
                 parent["commands"] = json.loads(cmds.read_text())
