@@ -127,7 +127,7 @@ def _raise_dock(viewer, widget) -> None:
         dock.raise_()
 
 
-def _pick_genes(canvas, preferred=("EPCAM", "KRT8", "Slc17a7", "Gad1", "ERBB2", "KRT19")) -> list[str]:
+def _pick_genes(canvas, preferred=("ERBB2", "COL1A1", "Slc17a7", "Gad1", "EPCAM", "KRT8")) -> list[str]:
     genes = [g for g in preferred if g in canvas.genes]
     if len(genes) < 2:  # the most abundant genes
         totals = np.asarray(canvas.data.sum(axis=(1, 2)))
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     data = np.asarray(labels.data)
     data[ys, xs] = value
     labels.data = data
-    edit_genes = [g for g in ("EPCAM", "KRT8", "CD24", "ERBB2", "KRT19") if g in canvas.genes][:3] or genes
+    edit_genes = [g for g in ("ERBB2", "GRB7", "KRT19", "EPCAM", "KRT8", "CD24") if g in canvas.genes][:4] or genes
     ed.op_combo.setCurrentText("scale")
     ed.genes_edit.setText(", ".join(edit_genes))
     ed.value_spin.setValue(3.0)
