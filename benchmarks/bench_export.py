@@ -7,6 +7,8 @@ Renders a synthetic slide with a small untrained generator through
   (memory must not grow with the slide: it is bounded by the chunks in flight);
 * export throughput (level 0, Mpx/s) next to the bare batched model forward
   (``TileRenderer.forward`` on the same tiles, no I/O) in this process;
+* the same 1-worker render with dask's ``MALLOC_TRIM_THRESHOLD_`` left in force
+  (``NAPARI_GDT_MALLOC_TUNE=0``), to show what :func:`tune_malloc` buys;
 * the speed-up from 1 to 2 workers at one size, and how many level-0 values
   differ between the two (torch CPU kernels may differ in the last float bit
   with the thread count; see docs/cluster.md).
@@ -117,6 +119,10 @@ def run_one(spec: dict) -> dict:
     from napari_gdt.export.omezarr_render import peak_rss_sampled, render_to_omezarr, start_rss_sampler
 
     start_rss_sampler()
+    if spec.get("no_malloc_tune"):  # the contrast: dask's MALLOC_TRIM_THRESHOLD_ left in force in the workers
+        import dask
+
+        dask.config.set({"distributed.nanny.environ.NAPARI_GDT_MALLOC_TUNE": "0"})
     s = render_to_omezarr(
         spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device="cpu",
         workers=spec["workers"], progress=False, overwrite=True, batch_size=spec["batch"],
@@ -159,6 +165,7 @@ def main(argv=None):
     p.add_argument("--chunk-px", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--no-speedup", action="store_true", help="skip the 1-worker run")
+    p.add_argument("--no-malloc-contrast", action="store_true", help="skip the 1-worker run without napari-gdt's malloc tuning")
     p.add_argument("--in-process", action="store_true", help="also render the speed-up size in-process (no cluster)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
     p.add_argument("--_one", help=argparse.SUPPRESS)
@@ -224,6 +231,12 @@ def main(argv=None):
                     tile_px=a.tile_px, chunk_px=a.chunk_px, workers=1, batch=a.batch)
         results[(size, 1)] = s1 = spawn(spec)
         row(s1, "1 worker")
+        if not a.no_malloc_contrast:
+            spec0 = dict(spec, out=str(work / f"out_{size}_1_dask_malloc.ome.zarr"), no_malloc_tune=True)
+            s0 = spawn(spec0)
+            row(s0, "1 w, no tune")
+            print(f"{'':>14}   (the same 1-worker render with dask's MALLOC_TRIM_THRESHOLD_=65536 left in force: "
+                  f"level 0 {s0['timings']['level0'] / s1['timings']['level0']:.2f}x the time of the tuned worker)")
         if a.in_process:
             spec = dict(spec, out=str(work / f"out_{size}_inproc.ome.zarr"), workers=None)
             row(spawn(spec), "in-process")

@@ -429,9 +429,10 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) 
     ``benchmarks/bench_export.py`` (same chunks: 14.2 s in a dask worker, 7.0 s in-process
     and in a worker after this call). Here the thresholds are set to what glibc's
     adaptive rule would reach (mmap 32 MiB, trim twice that), which keeps memory bounded
-    (at most ``trim_threshold`` of free heap is retained). Returns True when applied.
+    (at most ``trim_threshold`` of free heap is retained). Returns True when applied;
+    ``NAPARI_GDT_MALLOC_TUNE=0`` in the worker's environment leaves dask's setting alone.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("NAPARI_GDT_MALLOC_TUNE", "1") == "0":
         return False
     import ctypes
 
