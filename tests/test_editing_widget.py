@@ -294,3 +294,40 @@ def test_whole_canvas_edit_checks_at_most_max_ui_checks_tiles_on_the_ui_thread(s
     differ = {(ty, tx) for ty in range(3) for tx in range(3)
               if not np.array_equal(edited[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128], original[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128])}
     assert differ and st["computed"] - info["computed0"] == len(differ), (st, info["computed0"], differ)
+
+
+def test_comparison_difference_panel_follows_lazy_tiles(session, qtbot):
+    """The difference panel of two lazy layers is read afresh as tiles arrive: after a new edit, the
+    panel shows the new |edited - generated| without the user moving the camera."""
+    from napari_gdt.widgets.compare import DIFF_NAME, CompareWidget, DifferenceLevel
+
+    viewer, gen, w, tmp_path = session
+    assert gen.wait(120)
+    original = gen.pyramid.compute_region()
+    w.history.set_region("box", {"rect": [0, 0, 128, 128]})
+    w.apply_edit({"op": "scale", "region": "box", "genes": "all", "factor": 4.0})
+    assert gen.wait(120)
+    cw = CompareWidget(viewer)
+    qtbot.addWidget(cw)
+    cw.set_sources(real="", generated="generated", edited="generated (edited)")
+    panels = cw.enter_comparison()
+    assert DIFF_NAME in panels
+    d = viewer.layers[DIFF_NAME]
+    assert isinstance(d.data[0], DifferenceLevel)
+
+    def expected():
+        e = w.edited_pyramid.compute_region()
+        return np.abs(e.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
+
+    np.testing.assert_allclose(np.asarray(d.data[0]), expected(), atol=1e-6)
+    # a second edit elsewhere: the edited pyramid receives new tiles; the panel is refreshed by itself
+    n0 = cw.diff_refreshes
+    w.history.set_region("box2", {"rect": [256, 256, 384, 384]})
+    w.apply_edit({"op": "knockout", "region": "box2", "genes": "all"})
+    assert gen.wait(120)
+    qtbot.waitUntil(lambda: cw.diff_refreshes > n0, timeout=10_000)
+    diff_now = np.asarray(d.data[0])
+    np.testing.assert_allclose(diff_now, expected(), atol=1e-6)
+    assert diff_now[256:, 256:].max() > 0 and diff_now[:128, :128].max() > 0
+    cw.exit_comparison()
+    assert not cw._diff_timer.isActive()

@@ -298,6 +298,8 @@ class TilePyramid:
         self._strips: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._store: OrderedDict[tuple[int, int, int], _Chunk] = OrderedDict()
         self._nbytes = 0
+        #: bumped whenever stored pixels change (tiles, previews, adoption): views may re-read
+        self.revision = 0
         self._lock = threading.RLock()
         self._compute_lock = threading.Lock()
         self._last: dict[str, tuple] = {}
@@ -644,6 +646,7 @@ class TilePyramid:
         return ch
 
     def _put(self, key, ch: _Chunk) -> None:
+        self.revision += 1
         old = self._store.pop(key, None)
         if old is not None:
             self._nbytes -= old.nbytes

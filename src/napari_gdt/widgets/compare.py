@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -130,10 +130,84 @@ def _unit(a):
     return a
 
 
+class DifferenceLevel:
+    """``|b - a|`` (channel mean, in output units 0-1) of two tile-pyramid levels, read on demand.
+
+    A numpy-like array (``shape``, ``dtype``, ``chunks``, ``__getitem__``) like
+    :class:`~napari_gdt.rendering.pyramid.PyramidLevel`: each read reads the same
+    window of both levels (stored tiles, previews where a tile is not computed yet,
+    and a request for the missing tiles), so re-reading after tiles arrive shows the
+    real difference; nothing is cached here.
+    """
+
+    def __init__(self, a_layer, b_layer, level: int = 0):
+        self.a_layer, self.b_layer, self.level = a_layer, b_layer, int(level)
+        a = self.a
+        self.shape = tuple(int(n) for n in a.shape[:2])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        self.chunks = tuple(getattr(a, "chunks", (256, 256)))[:2]
+        self.chunksize = self.chunks
+
+    # the layers' current data: an edited layer keeps its napari layer but swaps its pyramid on Apply/Undo
+    @property
+    def a(self):
+        return _levels(self.a_layer)[self.level]
+
+    @property
+    def b(self):
+        return _levels(self.b_layer)[self.level]
+
+    @property
+    def pyramids(self) -> tuple:
+        return tuple(getattr(x, "pyramid", None) for x in (self.a, self.b))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[...]
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = [j for j, k in enumerate(key) if k is Ellipsis][0]
+            key = key[:i] + (slice(None),) * (2 - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (2 - len(key))
+        if len(key) > 2:
+            raise IndexError("too many indices for a 2-d difference level")
+        xa, xb = _unit(np.asarray(self.a[key])), _unit(np.asarray(self.b[key]))
+        d = np.abs(xb.astype(np.float32) - xa.astype(np.float32))
+        nd = sum(not isinstance(k, (int, np.integer)) for k in key)
+        return d.mean(axis=-1) if d.ndim > nd else d
+
+
 def lazy_difference(gen_layer, edi_layer):
-    """``|edited - generated|`` (channel mean) as lazy data of the same pyramid shape."""
+    """``|edited - generated|`` (channel mean) as lazy data of the same pyramid shape.
+
+    Two lazy generated layers (tile pyramids) give :class:`DifferenceLevel` levels, read
+    afresh at every read (the comparison view re-reads them as tiles arrive); other
+    array-likes give dask arrays.
+    """
+    la, lb = _levels(gen_layer), _levels(edi_layer)
+    if all(getattr(x, "pyramid", None) is not None for x in la + lb):
+        for a, b in zip(la, lb):
+            if tuple(a.shape) != tuple(b.shape):
+                raise GDTError(f"layers '{gen_layer.name}' {tuple(a.shape)} and '{edi_layer.name}' {tuple(b.shape)} differ in shape")
+        out = [DifferenceLevel(gen_layer, edi_layer, k) for k in range(len(la))]
+        return out if len(out) > 1 else out[0]
     out = []
-    for a, b in zip(_levels(gen_layer), _levels(edi_layer)):
+    for a, b in zip(la, lb):
         if tuple(a.shape) != tuple(b.shape):
             raise GDTError(f"layers '{gen_layer.name}' {tuple(a.shape)} and '{edi_layer.name}' {tuple(b.shape)} differ in shape")
         a, b = _unit(a), _unit(b)  # an 8-bit pyramid (the lazy layer) against float [0, 1] pixels
@@ -175,6 +249,10 @@ class CompareWidget(QWidget):
         self._saved = None  # single-view state while the comparison view is on
         self._swipe = None  # (top layer, bottom layer, mode)
         self.bundle = None
+        self._diff_timer = QTimer(self)  # re-reads a lazy difference panel as tiles arrive
+        self._diff_timer.setInterval(300)
+        self._diff_timer.timeout.connect(self._poll_difference)
+        self.diff_refreshes = 0
 
         # --- sources
         self.real_combo, self.gen_combo, self.edit_combo = QComboBox(), QComboBox(), QComboBox()
@@ -446,6 +524,7 @@ class CompareWidget(QWidget):
             d = self.viewer.add_image(diff, name=DIFF_NAME, colormap="magma", multiscale=isinstance(diff, list), **_copy_transform(gen))
             added.append(d)
             panels.append(d)
+            self._watch_difference(d, diff)
         genes = self.gene_layers
         if genes:
             e = self.viewer.add_image(lazy_composite(genes), name=EXPR_NAME, rgb=True, **_copy_transform(genes[0]))
@@ -469,11 +548,36 @@ class CompareWidget(QWidget):
         self.status.setText("comparison: " + ", ".join(self._saved["panels"]))
         return self._saved["panels"]
 
+    def _watch_difference(self, layer, diff) -> None:
+        """Re-read the difference panel while either lazy layer receives tiles (polled, 3 Hz)."""
+        level = (diff if isinstance(diff, list) else [diff])[0]
+        if not isinstance(level, DifferenceLevel):
+            return
+        self._diff_watch = (layer, level, self._diff_state(level))
+        self._diff_timer.start()
+
+    @staticmethod
+    def _diff_state(level) -> tuple:
+        return tuple((id(p), p.revision) for p in level.pyramids if p is not None)
+
+    def _poll_difference(self) -> None:
+        w = getattr(self, "_diff_watch", None)
+        if w is None or not self.comparing:
+            self._diff_timer.stop()
+            return
+        layer, level, seen = w
+        now = self._diff_state(level)
+        if now != seen:
+            self._diff_watch = (layer, level, now)
+            self.diff_refreshes += 1
+            layer.refresh()
+
     def exit_comparison(self) -> None:
         """Back to the single view: layer order, visibility and grid as they were."""
         if not self.comparing or self.viewer is None:
             return
         s, self._saved = self._saved, None
+        self._diff_timer.stop()
         layers = self.viewer.layers
         for l in s["added"]:
             if l in layers:
