@@ -331,3 +331,39 @@ def test_comparison_difference_panel_follows_lazy_tiles(session, qtbot):
     assert diff_now[256:, 256:].max() > 0 and diff_now[:128, :128].max() > 0
     cw.exit_comparison()
     assert not cw._diff_timer.isActive()
+
+
+def test_import_geojson_regions_into_the_regions_layer(session, tmp_path):
+    """QuPath annotations (image px) become painted regions, autosaved, usable in edits."""
+    viewer, gen, w, _ = session
+    A = np.asarray(gen.canvas.affine, float)
+
+    def ring(i0, j0, i1, j1):  # image-px [x, y] ring on the borders of bins i0..i1-1, j0..j1-1
+        pts = [(i0, j0), (i0, j1), (i1, j1), (i1, j0), (i0, j0)]
+        return [[float((A @ [i, j, 1])[1]), float((A @ [i, j, 1])[0])] for i, j in pts]
+
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(2, 2, 6, 7)]},
+         "properties": {"classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(10, 10, 14, 20)]},
+         "properties": {"classification": {"name": "Stroma"}}},
+    ]}
+    p = tmp_path / "qupath.geojson"
+    p.write_text(json.dumps(doc))
+    names = w.import_geojson(p)
+    assert names == ["Tumor", "Stroma"]
+    layer = w.labels_layer
+    vt, vs = (w.history.recipe.regions[n].spec["value"] for n in names)
+    assert vt != vs
+    assert np.array_equal(np.argwhere(layer.data == vt).min(0), [2, 2]) and np.array_equal(np.argwhere(layer.data == vt).max(0), [5, 6])
+    assert (layer.data == vs).sum() == 4 * 10
+    assert "imported 2 region(s)" in w.status.text()
+    saved = json.loads((tmp_path / "session.json").read_text())
+    assert set(saved["regions"]) == {"Tumor", "Stroma"}
+    # the region is usable in an edit: the mean doubles exactly there
+    w.apply_edit({"op": "scale", "region": "Stroma", "genes": ["EPCAM"], "factor": 2.0})
+    before, after = w.last_stats["EPCAM"]
+    assert before > 0 and after == pytest.approx(2 * before)
+    # importing again keeps the old names and says which painted regions lost their bins (one label image)
+    assert w.import_geojson(p) == ["Tumor_2", "Stroma_2"]
+    assert "bins taken over from Tumor (20), Stroma (40)" in w.status.text(), w.status.text()

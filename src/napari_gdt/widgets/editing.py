@@ -152,6 +152,10 @@ class EditingWidget(QWidget):
         self.shapes_btn = QPushButton("Region from shapes")
         self.shapes_btn.setToolTip("One region per shape of the chosen Shapes layer (its selected shapes, or all)")
         self.shapes_btn.clicked.connect(lambda: self._guard(self.region_from_shapes))
+        self.geojson_btn = QPushButton("Import GeoJSON…")
+        self.geojson_btn.setToolTip("Regions from annotations drawn on the real image (QuPath: Export objects as GeoJSON); "
+                                    "one region per classification, painted into the regions layer")
+        self.geojson_btn.clicked.connect(self._geojson_dialog)
         self.regions_list = QListWidget()
         self.regions_list.setToolTip("Regions of the recipe")
         self.regions_list.setMaximumHeight(90)
@@ -170,6 +174,7 @@ class EditingWidget(QWidget):
         shp.addWidget(self.shapes_combo)
         shp.addWidget(self.shapes_btn)
         rl.addRow("Shapes", shp)
+        rl.addRow(self.geojson_btn)
         rl.addRow(self.regions_list)
 
         # --- edit
@@ -492,6 +497,49 @@ class EditingWidget(QWidget):
             names.append(n)
         self.region_combo.setCurrentText(names[0])
         return names
+
+    def import_geojson(self, path) -> list[str]:
+        """Regions from GeoJSON annotations of the paired real image (e.g. a QuPath export).
+
+        One painted region per classification (or name), in the regions layer, so they can be
+        refined with the brush; see :mod:`napari_gdt.editing.geojson`. Returns the region names.
+        """
+        from ..editing.geojson import read_geojson_regions
+
+        self._need_session()
+        masks = read_geojson_regions(path, self.canvas.affine, self.canvas.n_bins, self.px_per_bin)
+        layer = self._ensure_regions_layer()
+        names, taken = [], {}
+        by_value = {r.spec["value"]: k for k, r in self.history.recipe.regions.items() if r.kind == "labels"}
+        for name, m in masks.items():
+            n, i = name, 2
+            while n in self.history.recipe.regions:
+                n, i = f"{name}_{i}", i + 1
+            value = self.new_painted_region(n)
+            arr = self.history.recipe.regions[n].array
+            # painted regions share one label image: say which earlier regions lose bins to this one
+            prev, cnt = np.unique(arr[m & (arr != 0)], return_counts=True)
+            for v, c in zip(prev.tolist(), cnt.tolist()):
+                if v in by_value:
+                    taken[by_value[v]] = taken.get(by_value[v], 0) + int(c)
+            arr[m] = value
+            by_value[value] = n
+            names.append(n)
+        if layer is not None:
+            layer.refresh()
+            layer.mode = "pan_zoom"
+        self.history._changed()  # autosave the painted labels
+        self.region_combo.setCurrentText(names[0])
+        msg = f"imported {len(names)} region(s) from {Path(path).name}: {', '.join(names)}"
+        if taken:
+            msg += "; bins taken over from " + ", ".join(f"{k} ({c})" for k, c in taken.items())
+        self.status.setText(msg)
+        return names
+
+    def _geojson_dialog(self):  # pragma: no cover - needs a user
+        path, _ = QFileDialog.getOpenFileName(self, "Import annotations", "", "GeoJSON (*.geojson *.json)")
+        if path:
+            self._guard(lambda: self.import_geojson(path))
 
     # ============================================================ gene sets
     def _refresh_gene_sets(self):
