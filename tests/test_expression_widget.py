@@ -130,3 +130,33 @@ def test_convert_through_widget(make_napari_viewer, qtbot, tmp_path):
     assert w.canvas.genes == ["A", "B"] and w.canvas.total() == 500
     layers = w.show_genes(["B"])
     assert layers[0].name == "B"
+
+
+def test_whole_slide_tiff_opens_as_a_lazy_pyramid(make_napari_viewer, qtbot, canvas_on_disk, tmp_path):
+    """A pyramidal multi-channel OME-TIFF (like Xenium's morphology image) is added lazily, level by level."""
+    import dask.array as da
+    import tifffile
+
+    from napari_gdt.widgets.compare import sample_layer
+    from napari_gdt.rendering.tiles import Region
+    from napari_gdt.widgets.expression import ExpressionWidget
+
+    out, _, _ = canvas_on_disk
+    viewer = make_napari_viewer()
+    w = ExpressionWidget(viewer)
+    qtbot.addWidget(w)
+    w.open_canvas(str(out))
+    H, W = 384, 512
+    data = np.random.default_rng(0).integers(0, 60000, (2, H, W), dtype=np.uint16)
+    p = tmp_path / "morphology_focus.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        tw.write(data, subifds=1, metadata={"axes": "CYX"}, tile=(128, 128))
+        tw.write(data[:, ::2, ::2], subfiletype=1, tile=(128, 128))
+    layer = w.add_image(str(p))
+    assert layer.name == "morphology_focus" and layer.multiscale and not layer.rgb
+    assert [tuple(d.shape) for d in layer.data] == [(H, W), (H // 2, W // 2)]
+    assert all(isinstance(d, da.Array) for d in layer.data)  # nothing decoded up front
+    np.testing.assert_array_equal(np.asarray(layer.data[0][100:140, 200:260]), data[0, 100:140, 200:260])  # channel 0 (DAPI)
+    # the comparison helpers read it like any layer
+    s = sample_layer(layer, Region(0, 64, 0, 64), 1.0)
+    assert s.shape == (64, 64) and np.isfinite(s).all()

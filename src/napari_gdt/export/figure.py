@@ -278,34 +278,14 @@ def expression_composite(counts: np.ndarray, colours: Sequence[tuple[float, floa
 
 
 def open_real_image(path):
-    """Open a real image for windowed reads: TIFF/OME-TIFF lazily (zarr), others via Pillow.
+    """Open a real image for windowed reads: TIFF-based slides lazily (by tile), others whole.
 
-    Returns an array-like ``(H, W[, C])`` supporting slicing.
+    Returns an array-like ``(H, W[, C])`` supporting slicing: level 0 of
+    :func:`napari_gdt.expression.images.open_image_levels` (channel 0 of a multi-channel TIFF).
     """
-    p = Path(path)
-    if not p.exists():
-        raise GDTError(f"{p}: no such image file")
-    suffix = p.suffix.lower()
-    if suffix in (".tif", ".tiff", ".svs"):
-        import tifffile
-        import zarr
+    from ..expression.images import open_image_levels
 
-        try:
-            store = tifffile.imread(str(p), aszarr=True, level=0)
-            z = zarr.open(store, mode="r")
-            if hasattr(z, "shape"):
-                return z
-            return z["0"]
-        except (OSError, ValueError, KeyError, tifffile.TiffFileError) as e:
-            raise GDTError(f"{p}: unreadable TIFF image ({e})") from None
-    try:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 1_000_000_000)
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "RGB") else im)
-    except OSError as e:
-        raise GDTError(f"{p}: unreadable image ({e})") from None
+    return open_image_levels(path, max_coarsest=1 << 62)[0]
 
 
 # --------------------------------------------------------------------------- layout

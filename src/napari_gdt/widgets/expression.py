@@ -312,25 +312,23 @@ class ExpressionWidget(QWidget):
         if self.canvas is None:
             raise CanvasError("open an expression canvas first")
         if isinstance(image, (str, Path)):
+            from ..expression.images import open_image_levels
+
             p = Path(image)
             if not p.exists():
                 raise CanvasError(f"{p}: no such image file")
-            if p.suffix.lower() in (".tif", ".tiff"):
-                import tifffile
-
-                data = tifffile.imread(p)
-            else:
-                from skimage.io import imread
-
-                data = imread(p)
-            name = name or p.stem
+            levels = open_image_levels(p)  # whole-slide TIFFs: lazy pyramid levels, read by tile
+            name = name or (p.stem[:-4] if p.stem.lower().endswith(".ome") else p.stem)
         else:
-            data = np.asarray(image)
+            levels = [np.asarray(image)]
             name = name or "real image"
-        rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+        data = levels if len(levels) > 1 else levels[0]
+        rgb = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
         if self.image_layer is not None and self.image_layer in self.viewer.layers:
             self.viewer.layers.remove(self.image_layer)
-        self.image_layer = self.viewer.add_image(data, name=name, rgb=rgb, affine=self.image_affine(), metadata={"napari_gdt_real_image": True})
+        self.image_layer = self.viewer.add_image(
+            data, name=name, rgb=rgb, multiscale=len(levels) > 1, affine=self.image_affine(), metadata={"napari_gdt_real_image": True}
+        )
         self.viewer.layers.move(self.viewer.layers.index(self.image_layer), 0)
         return self.image_layer
 
