@@ -29,6 +29,12 @@ def register(sub):
         help="fine-tune: start from this gdt-v1 model (bundle or bundled name; or a training checkpoint, which also brings the discriminator). "
         "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used unless --arch-config is given",
     )
+    p.add_argument(
+        "--train-only-new-genes",
+        action="store_true",
+        help="with --init-from: keep every generator weight of the starting model and learn only the input weights of the "
+        "genes it lacks (the discriminator trains as usual)",
+    )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
     p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")

@@ -53,6 +53,7 @@ class TrainConfig:
     ckpt_every: int = 200
     log_every: int = 20
     d_cond: bool = True
+    train_only_new_genes: bool = False  # with init_from: only the new genes' input weights of the generator learn
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
 
@@ -123,6 +124,7 @@ class Trainer:
         self.geo = self.G.geometry
         self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
         self.val_sampler = PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0) if self.val_sections else None
+        self._new_cols = None  # (1, G, 1, 1) mask of trainable embedding columns (train_only_new_genes)
         self.step = 0
         self.elapsed_s = 0.0
         self.history: list[dict] = []
@@ -187,6 +189,9 @@ class Trainer:
             torch.set_rng_state(st["torch_rng"])
         if st.get("init_from"):
             self.init_info = json.loads(st["init_from"])
+        if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
+            new = set(self.init_info.get("new", []))
+            self._new_cols = torch.tensor([1.0 if g in new else 0.0 for g in self.genes], device=self.device).view(1, -1, 1, 1)
 
     def init_from(self, path) -> dict:
         """Start from a trained model's weights (a fine-tune), matching genes by name.
@@ -260,6 +265,12 @@ class Trainer:
             return out
 
         g_keys = {"embed.weight": 1, "gene_scale": 0}
+        if self.cfg.train_only_new_genes:
+            # the frozen weights must be the starting model's as shipped (its EMA), not the raw generator's
+            g_state = ema_state
+            mask = torch.ones(1, len(self.genes), 1, 1, device=self.device)
+            mask[:, new_pos] = 0.0
+            self._new_cols = mask
         with torch.no_grad():
             self.G.load_state_dict(mapped(g_state, self.G.state_dict(), g_keys))
             self.G_ema.load_state_dict(mapped(ema_state, self.G_ema.state_dict(), g_keys))
@@ -319,6 +330,13 @@ class Trainer:
             g_loss = g_loss + cfg.lambda_hem * hem
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
+        if self._new_cols is not None:  # fine-tune of the new genes only: every other generator weight stays
+            for n, p in G.named_parameters():
+                if p.grad is not None:
+                    if n == "embed.weight":
+                        p.grad.mul_(self._new_cols)
+                    else:
+                        p.grad.zero_()
         if cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad)
         self.opt_g.step()

@@ -210,11 +210,12 @@ def train_from_args(args, argv=None) -> int:
         beta1=float(getattr(args, "beta1", 0.0)),
         clip_grad=float(getattr(args, "clip_grad", 0.0)),
         time_limit_min=float(args.time_limit),
+        train_only_new_genes=bool(getattr(args, "train_only_new_genes", False)),
         arch=arch,
     )
     if prior is not None:  # keep the run's loss settings; only the length/time may change
         pc = prior["cfg"]
-        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad"):
+        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad", "train_only_new_genes"):
             if k in pc:
                 setattr(cfg, k, pc[k])
         # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
@@ -225,6 +226,8 @@ def train_from_args(args, argv=None) -> int:
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
     trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
     commands = []
+    if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
+        raise GDTError("--train-only-new-genes needs --init-from (the model whose weights stay)")
     if args.resume:
         if getattr(args, "init_from", None):
             raise GDTError("give --resume or --init-from, not both (a resumed run already holds its starting weights)")
@@ -234,6 +237,8 @@ def train_from_args(args, argv=None) -> int:
             commands = json.loads(meta_file.read_text())
     elif getattr(args, "init_from", None):
         info = trainer.init_from(args.init_from)
+        if cfg.train_only_new_genes and not info["new"]:
+            raise GDTError("--train-only-new-genes: the panel has no gene that the starting model lacks")
         print(f"starting from {args.init_from}: {info['shared']} genes shared, {len(info['new'])} new ({', '.join(info['new'][:12])}{'…' if len(info['new']) > 12 else ''}), {len(info['dropped'])} dropped", file=sys.stderr)
     cmd = "napari-gdt " + shlex.join((argv or [])[1:]) if argv else "napari-gdt train"
     commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
