@@ -349,7 +349,7 @@ class EditingWidget(QWidget):
         if self._autosave_arg:
             return Path(self._autosave_arg)
         src = self.canvas.meta.get("path") if self.canvas is not None else None
-        if src and os.access(Path(src).parent, os.W_OK):
+        if src and Path(src).exists() and os.access(Path(src).parent, os.W_OK):  # a real file, not an in-memory name
             return Path(str(src).rstrip("/") + ".edits.autosave.json")
         return Path(tempfile.gettempdir()) / "napari-gdt" / f"session-{os.getpid()}.edits.json"
 
