@@ -367,3 +367,25 @@ def test_import_geojson_regions_into_the_regions_layer(session, tmp_path):
     # importing again keeps the old names and says which painted regions lost their bins (one label image)
     assert w.import_geojson(p) == ["Tumor_2", "Stroma_2"]
     assert "bins taken over from Tumor (20), Stroma (40)" in w.status.text(), w.status.text()
+
+
+def test_default_autosave_is_never_beside_an_in_memory_canvas(make_napari_viewer, small_bundle, qtbot, tmp_path, monkeypatch):
+    """A demo canvas has a display name, not a file: its autosave goes to the temp folder, not the working directory."""
+    import tempfile
+
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.widgets.editing import EditingWidget
+
+    monkeypatch.chdir(tmp_path)
+    c = synthetic_canvas((16, 16), seed=1)
+    c.meta["path"] = "her2st demo canvas"
+    w = EditingWidget(make_napari_viewer(), gene_sets=tmp_path / "g.json")
+    qtbot.addWidget(w)
+    w.set_session(small_bundle, c)
+    p = w._default_autosave()
+    assert str(p).startswith(tempfile.gettempdir()) and not list(tmp_path.glob("*autosave*"))
+    c2 = synthetic_canvas((16, 16), seed=1)
+    c2.meta["path"] = str(tmp_path / "c.ome.zarr")
+    (tmp_path / "c.ome.zarr").mkdir()
+    w.set_session(small_bundle, c2)
+    assert w._default_autosave() == tmp_path / "c.ome.zarr.edits.autosave.json"
