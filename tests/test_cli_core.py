@@ -61,3 +61,19 @@ def test_errors_exit_2_one_line(files, tmp_path):
     assert r.returncode == 2 and "lies outside the canvas" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _run("render", "--model", str(m), "--expression", str(tmp_path / "nocanvas.ome.zarr"), "--out", str(tmp_path / "o.png"))
     assert r.returncode == 2 and "nocanvas.ome.zarr: no such expression canvas" in r.stderr
+
+
+def test_info_text_summarises_the_bundled_card(capsys):
+    """The human-readable card names the data files and gives the validation metrics in one line each."""
+    from napari_gdt.models.bundle import BUNDLED_MODELS, WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / BUNDLED_MODELS["her2st-he"]).exists():
+        pytest.skip("bundled model her2st-he not in this build")
+    assert main(["info", "her2st-he"]) == 0
+    out = capsys.readouterr().out
+    assert "data.images: her2st/C2/he.jpg, her2st/C3/he.jpg, her2st/C4/he.jpg" in out
+    assert "data.validation: her2st/C5/he.jpg" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("morphometrics[C5/he.jpg]"))
+    assert "density 0.987" in line and "area fraction 0.967" in line and "better than baseline: all" in line
+    assert "19 new (ERBB2, GRB7" in out
+    assert all(len(x) <= 520 for x in out.splitlines())  # no wall of JSON
