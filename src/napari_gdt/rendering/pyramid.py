@@ -55,7 +55,7 @@ import numpy as np
 from .scheduler import Job, TileScheduler
 from .tiles import Region, TileRenderer, TileSpec
 
-__all__ = ["PreviewMap", "PyramidLevel", "TilePyramid", "quantise"]
+__all__ = ["LazyArray", "PreviewMap", "PyramidLevel", "TilePyramid", "quantise"]
 
 
 def quantise(x: np.ndarray, dtype=np.uint8) -> np.ndarray:
@@ -811,7 +811,38 @@ class TilePyramid:
             self.scheduler.close()
 
 
-class PyramidLevel:
+class LazyArray:
+    """Base of read-on-demand numpy-like arrays: subclasses set ``shape``, ``dtype``, ``ndim`` and ``__getitem__``."""
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[...]
+        return a if dtype is None else a.astype(dtype)
+
+    def _full_key(self, key) -> tuple:
+        """``key`` as a tuple of ``ndim`` indices (Ellipsis expanded, missing ones ``slice(None)``)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = [j for j, k in enumerate(key) if k is Ellipsis][0]
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-d {type(self).__name__}")
+        return key
+
+
+class PyramidLevel(LazyArray):
     """One level as a numpy-like array (``shape``, ``dtype``, ``ndim``, ``__getitem__``, ``__array__``).
 
     ``channel`` selects one output channel (shape ``(H, W)``) for non-RGB output.
@@ -827,14 +858,6 @@ class PyramidLevel:
         self.ndim = len(self.shape)
 
     @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    @property
     def chunksize(self) -> tuple[int, ...]:
         T = self.pyramid.T
         return (T, T) if self.channel is not None else (T, T, self.pyramid.C)
@@ -844,25 +867,11 @@ class PyramidLevel:
         """Regular chunk shape (zarr style): napari widens its reads to whole tiles."""
         return self.chunksize
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __repr__(self) -> str:
         return f"PyramidLevel(level={self.level}, shape={self.shape}, dtype={self.dtype})"
 
-    def __array__(self, dtype=None, copy=None):
-        a = self[...]
-        return a if dtype is None else a.astype(dtype)
-
     def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = [j for j, k in enumerate(key) if k is Ellipsis][0]
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) > self.ndim:
-            raise IndexError(f"too many indices for a {self.ndim}-d level")
+        key = self._full_key(key)
         box, post = [], []
         for dim, k in enumerate(key[:2]):
             n = self.shape[dim]

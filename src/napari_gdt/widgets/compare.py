@@ -50,6 +50,7 @@ from ..export.figure import (
     resample_to_grid,
     to_display,
 )
+from ..rendering.pyramid import LazyArray
 from ..rendering.tiles import Region
 
 NONE = "(none)"
@@ -130,7 +131,7 @@ def _unit(a):
     return a
 
 
-class DifferenceLevel:
+class DifferenceLevel(LazyArray):
     """``|b - a|`` (channel mean, in output units 0-1) of two tile-pyramid levels, read on demand.
 
     A numpy-like array (``shape``, ``dtype``, ``chunks``, ``__getitem__``) like
@@ -162,30 +163,8 @@ class DifferenceLevel:
     def pyramids(self) -> tuple:
         return tuple(getattr(x, "pyramid", None) for x in (self.a, self.b))
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * 4
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype=None, copy=None):
-        a = self[...]
-        return a if dtype is None else a.astype(dtype)
-
     def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = [j for j, k in enumerate(key) if k is Ellipsis][0]
-            key = key[:i] + (slice(None),) * (2 - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (2 - len(key))
-        if len(key) > 2:
-            raise IndexError("too many indices for a 2-d difference level")
+        key = self._full_key(key)
         xa, xb = _unit(np.asarray(self.a[key])), _unit(np.asarray(self.b[key]))
         d = np.abs(xb.astype(np.float32) - xa.astype(np.float32))
         nd = sum(not isinstance(k, (int, np.integer)) for k in key)
