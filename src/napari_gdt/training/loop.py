@@ -190,8 +190,12 @@ class Trainer:
         if st.get("init_from"):
             self.init_info = json.loads(st["init_from"])
         if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
-            new = set(self.init_info.get("new", []))
-            self._new_cols = torch.tensor([1.0 if g in new else 0.0 for g in self.genes], device=self.device).view(1, -1, 1, 1)
+            self._new_cols = self._columns_of(self.init_info.get("new", []))
+
+    def _columns_of(self, genes) -> torch.Tensor:
+        """(1, G, 1, 1) mask: 1 for the panel columns of ``genes``, 0 elsewhere."""
+        chosen = set(genes)
+        return torch.tensor([1.0 if g in chosen else 0.0 for g in self.genes], device=self.device).view(1, -1, 1, 1)
 
     def init_from(self, path) -> dict:
         """Start from a trained model's weights (a fine-tune), matching genes by name.
@@ -211,12 +215,18 @@ class Trainer:
         p = Path(path)
         d_state = None
         if p.suffix == ".pt":
-            prior = Trainer.peek(p)
-            st = torch.load(p, map_location="cpu", weights_only=True)
-            old_genes, arch, g_state, ema_state = prior["genes"], prior["arch"], st["G"], st.get("G_ema", st["G"])
+            if not p.exists():
+                raise GDTError(f"{p}: no such checkpoint")
+            try:
+                st = torch.load(p, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+            if not all(k in st for k in ("genes", "arch", "G")):
+                raise GDTError(f"{p}: checkpoint lacks field 'genes', 'arch' or 'G'")
+            old_genes, arch, g_state, ema_state = list(st["genes"]), dict(st["arch"]), st["G"], st.get("G_ema", st["G"])
             d_state = st.get("D")
             digest = None
-            parent = {"step": prior["step"], "file_sha256": file_sha256(p)}
+            parent = {"step": int(st.get("step", 0)), "file_sha256": file_sha256(p)}
             cmds = p.with_name("commands.json")
             if cmds.exists():
                 parent["commands"] = json.loads(cmds.read_text())
@@ -236,9 +246,10 @@ class Trainer:
         if diff:
             raise GDTError(f"{path}: architecture differs from this run's in {', '.join(f'{k} ({theirs.get(k)!r} vs {mine.get(k)!r})' for k in diff)}")
         old_idx = {g: i for i, g in enumerate(old_genes)}
-        new_pos = [i for i, g in enumerate(self.genes) if g in old_idx]
-        src_pos = [old_idx[self.genes[i]] for i in new_pos]
-        if not new_pos:
+        shared_pos = [i for i, g in enumerate(self.genes) if g in old_idx]  # their columns in this panel ...
+        src_pos = [old_idx[self.genes[i]] for i in shared_pos]  # ... and in the starting model's
+        new = [g for g in self.genes if g not in old_idx]
+        if not shared_pos:
             raise GDTError(f"{path}: shares no gene with this run's panel")
 
         def mapped(state: dict, own: dict, gene_keys: dict) -> dict:
@@ -250,13 +261,9 @@ class Trainer:
                 if k in gene_keys:
                     dim = gene_keys[k]
                     t = v.detach().clone()
-                    if k.endswith("gene_scale"):
-                        pass  # this run's data scale for new genes; old genes keep theirs below
-                    else:
+                    if not k.endswith("gene_scale"):  # new genes: zero weights (gene scale: this run's data)
                         t.zero_()
-                    idx_new = torch.tensor(new_pos)
-                    idx_old = torch.tensor(src_pos)
-                    t.index_copy_(dim, idx_new, s.index_select(dim, idx_old).to(t.dtype))
+                    t.index_copy_(dim, torch.tensor(shared_pos), s.index_select(dim, torch.tensor(src_pos)).to(t.dtype))
                     out[k] = t
                 elif tuple(s.shape) != tuple(v.shape):
                     raise GDTError(f"{path}: tensor {k!r} has shape {tuple(s.shape)}, this run needs {tuple(v.shape)}")
@@ -268,17 +275,14 @@ class Trainer:
         if self.cfg.train_only_new_genes:
             # the frozen weights must be the starting model's as shipped (its EMA), not the raw generator's
             g_state = ema_state
-            mask = torch.ones(1, len(self.genes), 1, 1, device=self.device)
-            mask[:, new_pos] = 0.0
-            self._new_cols = mask
+            self._new_cols = self._columns_of(new)
         with torch.no_grad():
             self.G.load_state_dict(mapped(g_state, self.G.state_dict(), g_keys))
             self.G_ema.load_state_dict(mapped(ema_state, self.G_ema.state_dict(), g_keys))
             if d_state is not None and self.cfg.d_cond:
                 self.D.load_state_dict(mapped(d_state, self.D.state_dict(), {"cond.weight_orig": 1, "cond.weight_v": 0}))
-        new = [g for g in self.genes if g not in old_idx]
         dropped = [g for g in old_genes if g not in set(self.genes)]
-        self.init_info = {"from": str(path), "digest": digest, "shared": len(new_pos), "new": new, "dropped": dropped, "discriminator": d_state is not None, "parent": parent}
+        self.init_info = {"from": str(path), "digest": digest, "shared": len(shared_pos), "new": new, "dropped": dropped, "discriminator": d_state is not None, "parent": parent}
         return self.init_info
 
     @staticmethod
