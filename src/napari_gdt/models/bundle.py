@@ -37,13 +37,7 @@ from .registry import build
 
 __all__ = ["GeneratorBundle", "save_bundle", "load_bundle", "bundle_from_model", "resolve_model", "read_card", "BUNDLED_MODELS", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "napari-gdt-bundle"
-FORMAT_VERSION = 1
-META_KEY = "napari_gdt"
-REQUIRED = ("arch", "config", "genes", "px_per_bin", "um_per_px", "output", "tile_px", "halo_px")
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED_MODELS = {"her2st-he": "her2st-he.safetensors", "merfish-dapi": "merfish-dapi.safetensors"}
+from .card import BUNDLED_MODELS, FORMAT, FORMAT_VERSION, META_KEY, REQUIRED, WEIGHTS_DIR, read_card, resolve_model  # noqa: F401  (torch-free card reading)
 
 
 @dataclass
@@ -154,47 +148,6 @@ def save_bundle(
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={META_KEY: json.dumps(card)})
-    return card
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """Map a bundled model name (``her2st-he``, ``merfish-dapi``) or a path to a file path."""
-    s = str(name_or_path)
-    if s in BUNDLED_MODELS:
-        p = WEIGHTS_DIR / BUNDLED_MODELS[s]
-        if not p.exists():
-            raise BundleError(f"{s}: the bundled demo model file {p} is not installed with this package")
-        return p
-    return Path(s)
-
-
-def read_card(path: str | Path) -> dict:
-    """Read only the model card of a bundle (no tensors)."""
-    from safetensors import safe_open
-
-    p = resolve_model(path)
-    if not p.exists():
-        raise BundleError(f"{p}: no such model file")
-    if p.is_dir():
-        raise BundleError(f"{p}: is a folder, not a model bundle (.safetensors)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise BundleError(f"{p}: not a model bundle (unreadable or truncated safetensors file: {e})") from None
-    if META_KEY not in meta:
-        raise BundleError(f"{p}: not a napari-gdt bundle (safetensors metadata has no '{META_KEY}' card)")
-    try:
-        card = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{p}: model card is not valid JSON ({e})") from None
-    if card.get("format") != FORMAT:
-        raise BundleError(f"{p}: field 'format' is {card.get('format')!r}, expected {FORMAT!r}")
-    if int(card.get("format_version", -1)) > FORMAT_VERSION:
-        raise BundleError(f"{p}: field 'format_version' {card.get('format_version')} is newer than this napari-gdt supports ({FORMAT_VERSION})")
-    for k in REQUIRED:
-        if k not in card:
-            raise BundleError(f"{p}: model card lacks field {k!r}")
     return card
 
 

@@ -1,0 +1,222 @@
+"""The model card of a bundle, read and cleaned without torch.
+
+A bundle is a ``.safetensors`` file: an 8-byte little-endian header length, a
+JSON header (tensor names, dtypes, shapes, byte offsets and a ``__metadata__``
+dict of strings) and the raw tensor bytes. The card is the JSON string under
+the metadata key ``napari_gdt``. Reading it needs only :mod:`json`, so
+``napari-gdt info`` starts in a fraction of a second.
+
+:func:`clean_card` makes a card fit to share: every absolute path (data files,
+canvases, checkpoints, paths inside recorded commands) becomes the file's public
+sample-data name (``her2st/C2/he.jpg``) or its bare file name, and long floats
+in provenance and validation are rounded. :func:`rewrite_card` writes a bundle
+with a new card and byte-identical tensors (``scripts/clean_card.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+from ..errors import BundleError
+
+__all__ = [
+    "META_KEY",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "REQUIRED",
+    "BUNDLED_MODELS",
+    "WEIGHTS_DIR",
+    "resolve_model",
+    "read_header",
+    "read_card",
+    "file_digest",
+    "clean_card",
+    "clean_path",
+    "rewrite_card",
+]
+
+FORMAT = "napari-gdt-bundle"
+FORMAT_VERSION = 1
+META_KEY = "napari_gdt"
+REQUIRED = ("arch", "config", "genes", "px_per_bin", "um_per_px", "output", "tile_px", "halo_px")
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUNDLED_MODELS = {"her2st-he": "her2st-he.safetensors", "merfish-dapi": "merfish-dapi.safetensors"}
+
+_MAX_HEADER = 100_000_000
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """Map a bundled model name (``her2st-he``, ``merfish-dapi``) or a path to a file path."""
+    s = str(name_or_path)
+    if s in BUNDLED_MODELS:
+        p = WEIGHTS_DIR / BUNDLED_MODELS[s]
+        if not p.exists():
+            raise BundleError(f"{s}: the bundled demo model file {p} is not installed with this package")
+        return p
+    return Path(s)
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The safetensors JSON header of ``path`` and the byte offset where tensor data start."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise BundleError(f"{p}: not a model bundle (file too short for a safetensors header)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER:
+                raise BundleError(f"{p}: not a model bundle (header length {n} is implausible)")
+            text = f.read(n)
+    except OSError as e:
+        raise BundleError(f"{p}: cannot be read ({e.strerror})") from None
+    if len(text) < n:
+        raise BundleError(f"{p}: not a model bundle (unreadable or truncated safetensors header)")
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{p}: not a model bundle (safetensors header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise BundleError(f"{p}: not a model bundle (safetensors header is not a JSON object)")
+    return header, 8 + n
+
+
+def read_card(path: str | Path) -> dict:
+    """Read only the model card of a bundle (no tensors, no torch)."""
+    p = resolve_model(path)
+    if not p.exists():
+        raise BundleError(f"{p}: no such model file")
+    if p.is_dir():
+        raise BundleError(f"{p}: is a folder, not a model bundle (.safetensors)")
+    header, start = read_header(p)
+    ends = [v.get("data_offsets", [0, 0])[1] for v in _tensor_entries(header).values() if isinstance(v, dict)]
+    if ends and start + max(ends) > p.stat().st_size:
+        raise BundleError(f"{p}: not a model bundle (unreadable or truncated safetensors file: tensor data end past the end of the file)")
+    meta = header.get("__metadata__") or {}
+    if META_KEY not in meta:
+        raise BundleError(f"{p}: not a napari-gdt bundle (safetensors metadata has no '{META_KEY}' card)")
+    try:
+        card = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{p}: model card is not valid JSON ({e})") from None
+    if card.get("format") != FORMAT:
+        raise BundleError(f"{p}: field 'format' is {card.get('format')!r}, expected {FORMAT!r}")
+    if int(card.get("format_version", -1)) > FORMAT_VERSION:
+        raise BundleError(f"{p}: field 'format_version' {card.get('format_version')} is newer than this napari-gdt supports ({FORMAT_VERSION})")
+    for k in REQUIRED:
+        if k not in card:
+            raise BundleError(f"{p}: model card lacks field {k!r}")
+    return card
+
+
+def _tensor_entries(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def file_digest(path: str | Path, card: dict | None = None) -> str:
+    """The bundle digest that :func:`~napari_gdt.models.bundle.load_bundle` computes, from the raw
+    file bytes (no torch): sha256 of the identity fields of the card, then each tensor's name and bytes."""
+    p = resolve_model(path)
+    card = card if card is not None else read_card(p)
+    header, start = read_header(p)
+    entries = _tensor_entries(header)
+    size = p.stat().st_size
+    h = hashlib.sha256(json.dumps({k: card[k] for k in ("arch", "config", "genes", "px_per_bin")}, sort_keys=True).encode())
+    with open(p, "rb") as f:
+        for k in sorted(entries):
+            a, b = entries[k]["data_offsets"]
+            if start + b > size:
+                raise BundleError(f"{p}: tensor {k!r} runs past the end of the file (truncated file?)")
+            f.seek(start + a)
+            h.update(k.encode())
+            h.update(f.read(b - a))
+    return h.hexdigest()
+
+
+# --- cleaning -------------------------------------------------------------------------------------
+
+# An absolute path inside a string: at the start or after a space, '=', quote or bracket.
+_ABS = re.compile(r"""(?:^|(?<=[\s='"(\[]))(?:/|~/|[A-Za-z]:[\\/])[^\s'",;)\]]+""")
+_GENERIC = {"last.pt", "best.pt", "checkpoint.pt", "model.pt"}
+
+
+def clean_path(path: str) -> str:
+    """A path as it may appear in a shared card: the public sample-data name when it is one of the
+    registered demo files (``her2st/C2/he.jpg``), else the bare file name (with its folder for a
+    generic name such as ``her2st-he.ckpt/last.pt``)."""
+    from ..data import describe
+
+    d = describe(path)
+    if "source" in d:
+        return str(d["file"])  # a registered sample-data file
+    parts = re.split(r"[\\/]+", str(path).rstrip("/\\"))
+    base = parts[-1] if parts else str(path)
+    if (base in _GENERIC or re.fullmatch(r"(step_?)?\d+\.pt", base)) and len(parts) > 1:
+        return f"{parts[-2]}/{base}"
+    return base
+
+
+def _clean_string(s: str) -> str:
+    return _ABS.sub(lambda m: clean_path(m.group(0)), s)
+
+
+def _round(x: float, sig: int) -> float:
+    if x == 0 or x != x or x in (float("inf"), float("-inf")):
+        return x
+    return float(f"{x:.{sig}g}")
+
+
+def _walk(v, sig: int | None):
+    if isinstance(v, dict):
+        return {k: _walk(vv, sig) for k, vv in v.items()}
+    if isinstance(v, list):
+        return [_walk(vv, sig) for vv in v]
+    if isinstance(v, str):
+        return _clean_string(v)
+    if isinstance(v, float) and sig is not None:
+        return _round(v, sig)
+    return v
+
+
+def clean_card(card: dict, sig: int = 4) -> dict:
+    """A copy of ``card`` with no absolute paths anywhere and floats in ``provenance`` and
+    ``validation`` rounded to ``sig`` significant digits. The fields that define the model
+    (arch, config, genes, px_per_bin, um_per_px, output, tile/halo) are kept as they are."""
+    out = _walk(card, None)  # strings everywhere; numbers untouched
+    for k in ("provenance", "validation"):
+        if k in out:
+            out[k] = _walk(out[k], sig)
+    prov = out.get("provenance")
+    if isinstance(prov, dict) and isinstance(prov.get("data"), dict):
+        for c in prov["data"].get("canvases") or []:
+            if isinstance(c, dict) and isinstance(c.get("path"), str) and c["path"]:
+                c["path"] = clean_path(c["path"])
+    return out
+
+
+def rewrite_card(src: str | Path, card: dict, dst: str | Path | None = None) -> Path:
+    """Write bundle ``src`` with ``card`` as its model card to ``dst`` (default: ``src``, replaced
+    atomically). Tensor names, shapes, offsets and bytes are copied unchanged."""
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src
+    header, start = read_header(src)
+    meta = dict(header.get("__metadata__") or {})
+    meta[META_KEY] = json.dumps(card)
+    new = {"__metadata__": meta, **_tensor_entries(header)}
+    text = json.dumps(new, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    tmp = dst.with_name(dst.name + ".tmp-card")
+    with open(src, "rb") as f, open(tmp, "wb") as g:
+        g.write(struct.pack("<Q", len(text)))
+        g.write(text)
+        f.seek(start)
+        while chunk := f.read(1 << 20):
+            g.write(chunk)
+    os.replace(tmp, dst)
+    return dst
