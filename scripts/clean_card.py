@@ -5,7 +5,8 @@
 
 Absolute paths (data files, canvases, checkpoints, paths inside recorded commands) become public
 sample-data names (``her2st/C2/he.jpg``) or bare file names; floats in provenance and validation are
-rounded to 4 significant digits. The script checks that every tensor's bytes and the bundle digest
+rounded to 4 significant digits. ``--canvas-bin-px N`` records the image px per bin of spot-data
+training canvases when the card lacks it (``convert --model`` uses it). The script checks that every tensor's bytes and the bundle digest
 (the tile-cache key) are unchanged, and prints one line per file.
 """
 
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, help="write here instead of in place (one input only)")
+    ap.add_argument("--canvas-bin-px", type=float, default=None,
+                    help="record this many image px per bin for training canvases whose entry lacks it "
+                         "(spot-data models; her2st-he was trained on 32 he.jpg px per bin)")
     args = ap.parse_args(argv)
     if args.out and len(args.bundles) != 1:
         ap.error("--out takes exactly one input bundle")
@@ -46,7 +50,7 @@ def main(argv=None) -> int:
         before = _tensor_bytes(src)
         digest = file_digest(src)
         card = read_card(src)
-        new = clean_card(card)
+        new = clean_card(card, canvas_bin_px=args.canvas_bin_px)
         rewrite_card(src, new, dst)
         if _tensor_bytes(dst) != before or file_digest(dst) != digest:
             print(f"{dst}: tensors changed while rewriting the card", file=sys.stderr)

@@ -38,6 +38,7 @@ __all__ = [
     "clean_card",
     "clean_path",
     "rewrite_card",
+    "expected_input",
 ]
 
 FORMAT = "napari-gdt-bundle"
@@ -139,6 +140,23 @@ def file_digest(path: str | Path, card: dict | None = None) -> str:
     return h.hexdigest()
 
 
+def expected_input(card: dict) -> dict:
+    """What the model expects of a canvas, from its card: ``bin_um`` (output px per bin x µm per px),
+    ``bin_px`` (image px per bin of the spot canvases it was trained on, when all agree and the card
+    records it, else None), ``spot_mode`` ("spread"/"footprint" when all training canvases agree,
+    else None) and ``genes``."""
+    data = (card.get("provenance") or {}).get("data") or {}
+    canv = [c for c in (data.get("canvases") or []) if isinstance(c, dict)] if isinstance(data, dict) else []
+    modes = {c.get("mode") for c in canv}
+    bin_pxs = {float(c["bin_px"]) if c.get("bin_px") else None for c in canv}
+    return {
+        "bin_um": float(card["px_per_bin"]) * float(card["um_per_px"]),
+        "bin_px": bin_pxs.pop() if len(bin_pxs) == 1 and None not in bin_pxs else None,
+        "spot_mode": modes.pop() if len(modes) == 1 and None not in modes else None,
+        "genes": list(card["genes"]),
+    }
+
+
 # --- cleaning -------------------------------------------------------------------------------------
 
 # An absolute path inside a string: at the start or after a space, '=', quote or bracket.
@@ -184,10 +202,14 @@ def _walk(v, sig: int | None):
     return v
 
 
-def clean_card(card: dict, sig: int = 4) -> dict:
+def clean_card(card: dict, sig: int = 4, canvas_bin_px: float | None = None) -> dict:
     """A copy of ``card`` with no absolute paths anywhere and floats in ``provenance`` and
     ``validation`` rounded to ``sig`` significant digits. The fields that define the model
-    (arch, config, genes, px_per_bin, um_per_px, output, tile/halo) are kept as they are."""
+    (arch, config, genes, px_per_bin, um_per_px, output, tile/halo) are kept as they are.
+
+    ``canvas_bin_px`` records the image px per bin of the training canvases where the card lacks it
+    (cards written before ``write_bundle`` stored it; ``convert --model`` then lays spot data on the
+    same grid)."""
     out = _walk(card, None)  # strings everywhere; numbers untouched
     for k in ("provenance", "validation"):
         if k in out:
@@ -197,6 +219,8 @@ def clean_card(card: dict, sig: int = 4) -> dict:
         for c in prov["data"].get("canvases") or []:
             if isinstance(c, dict) and isinstance(c.get("path"), str) and c["path"]:
                 c["path"] = clean_path(c["path"])
+            if isinstance(c, dict) and canvas_bin_px and not c.get("bin_px"):
+                c["bin_px"] = float(canvas_bin_px)
     return out
 
 

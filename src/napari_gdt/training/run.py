@@ -108,7 +108,11 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         "data": data
         or {
             "images": [describe(p) for p in images],
-            "canvases": [{"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)} for c in canvases],
+            "canvases": [
+                {"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)}
+                | ({"bin_px": float(c.meta["bin_px"])} if c.meta.get("bin_px") else {})  # spot canvases: image px per bin
+                for c in canvases
+            ],
             "validation": [describe(p) for p in (val_images or [])],
         },
         "commands": commands,
