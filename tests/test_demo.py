@@ -151,3 +151,34 @@ def test_demo_offline_message(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_GDT_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(GDTError, match="NAPARI_GDT_DATA"):
         data.fetch_her2st("C5")
+
+
+def test_demo_opens_on_generated_tissue_fitted_to_the_tissue(qtbot):
+    """The window opens on the Generated tissue tab, the camera on the tissue; the export size boxes are readable."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_gdt.demo import _camera, build_demo_viewer
+
+    viewer, w = build_demo_viewer("synthetic", show=True)
+    try:
+        for _ in range(20):
+            QApplication.processEvents()
+        assert not w["dock"].visibleRegion().isEmpty()  # the raised tab
+        comp_dock = w["compare"].parent()
+        while comp_dock is not None and not hasattr(comp_dock, "setFloating"):
+            comp_dock = comp_dock.parent()
+        assert comp_dock is not None and comp_dock.visibleRegion().isEmpty()  # a hidden tab behind it
+        y0, y1, x0, x1 = w["tissue_box"]
+        cam = _camera(viewer)
+        assert abs(cam.center[-2] - (y0 + y1) / 2) < 1 and abs(cam.center[-1] - (x0 + x1) / 2) < 1
+        ch, cw = viewer.window._qt_viewer.canvas.size
+        assert cam.zoom == pytest.approx(0.94 * min(ch / (y1 - y0), cw / (x1 - x0)), rel=0.02)
+        comp_dock.raise_()
+        for _ in range(20):
+            QApplication.processEvents()
+        for s in (w["compare"].shot_w, w["compare"].shot_h):  # the whole special text fits ("canvas" showed as "nvas")
+            room = s.lineEdit().width()
+            need = max(s.fontMetrics().horizontalAdvance(t) for t in (s.specialValueText(), "16384"))
+            assert s.specialValueText() == "auto" and room >= need, (room, need)
+    finally:
+        viewer.close()
