@@ -1,10 +1,11 @@
-"""Regenerate the small pictures of the her2st tutorial (docs/images/tutorial-her2st-*.png).
+"""Regenerate the small pictures of the her2st and MERFISH tutorials (docs/images/tutorial-*.png).
 
     NAPARI_GDT_DATA=/path/to/data python docs/make_tutorial_pictures.py [--work /tmp/tut]
 
 Runs steps 2-4 of docs/tutorials/her2st-what-if.md (convert, recipe, render before and after) in
 ``--work`` and writes ``tutorial-her2st-render.png``: generated.png and edited.png side by side,
-256 px each. Only generated pixels: no real image is copied into the docs.
+256 px each; and steps 1-2 of merfish-dapi.md, writing ``tutorial-merfish-render.png`` (the
+generated DAPI crop at 256 px). Only generated pixels: no real image is copied into the docs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def main(argv=None) -> int:
     gap = np.full((256, 8, 3), 255, np.uint8)
     out = Path(a.out) / "tutorial-her2st-render.png"
     imsave(out, np.concatenate([thumb(work / "generated.png"), gap, thumb(work / "edited.png")], axis=1), check_contrast=False)
+    print(f"wrote {out}")
+
+    m = Path(os.environ["NAPARI_GDT_DATA"]) / "merfish_mouse_brain"
+    brain = work / "brain.ome.zarr"
+    if not brain.exists():
+        assert cli(["convert", str(m / "transcripts_z0.csv.gz"), "--format", "merfish", "--model", "merfish-dapi",
+                    "--image", str(m / "dapi_z0.jpg"), "--image-extent-um", "6400.029,6900.037,4699.967,5150.007",
+                    "--out", str(brain)]) == 0
+    assert cli(["render", "--model", "merfish-dapi", "--expression", str(brain), "--region", "0:512,0:512",
+                "--cache", str(work / "tiles"), "--out", str(work / "dapi-generated.png")]) == 0
+    g = imread(work / "dapi-generated.png")
+    out = Path(a.out) / "tutorial-merfish-render.png"
+    imsave(out, (resize(g, (256, 256), anti_aliasing=True, preserve_range=True)).astype(np.uint8), check_contrast=False)
     print(f"wrote {out}")
     return 0
 
