@@ -12,7 +12,9 @@ for a in "$@"; do
 done
 # Real data: ../shared/data beside the checkout unless NAPARI_GDT_DATA is set (as scripts/test.sh does).
 if [ -z "${NAPARI_GDT_DATA:-}" ] && [ -d ../shared/data ]; then export NAPARI_GDT_DATA="$(cd ../shared/data && pwd)"; fi
-online() { timeout 5 bash -c 'exec 3<>/dev/tcp/raw.githubusercontent.com/443' >/dev/null 2>&1; }
+online() {  # NAPARI_GDT_OFFLINE=1: never try the network
+  [ "${NAPARI_GDT_OFFLINE:-0}" = "0" ] && timeout 5 bash -c 'exec 3<>/dev/tcp/raw.githubusercontent.com/443' >/dev/null 2>&1
+}
 if [ "$DATASET" = "synthetic" ]; then
   echo "data: none needed (synthetic canvas, untrained generator)"
 elif [ -n "${NAPARI_GDT_DATA:-}" ]; then

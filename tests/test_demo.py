@@ -182,3 +182,28 @@ def test_demo_opens_on_generated_tissue_fitted_to_the_tissue(qtbot):
             assert s.specialValueText() == "auto" and room >= need, (room, need)
     finally:
         viewer.close()
+
+
+def test_demo_sh_offline_fails_in_seconds_before_installing(tmp_path):
+    """scripts/demo.sh with no data folder and no network: one short line, before the long install."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "clone"
+    (repo / "scripts").mkdir(parents=True)
+    for f in ("demo.sh", "install.sh"):
+        shutil.copy(root / "scripts" / f, repo / "scripts" / f)
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_GDT_DATA"}
+    env["NAPARI_GDT_OFFLINE"] = "1"
+    t0 = time.perf_counter()
+    r = subprocess.run(["bash", str(repo / "scripts" / "demo.sh")], capture_output=True, text=True, env=env, timeout=60)
+    took = time.perf_counter() - t0
+    assert r.returncode == 1 and took < 30, (r.returncode, took, r.stderr)
+    assert not (repo / ".venv").exists() and "installing" not in r.stdout  # failed before the install
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) < 200, r.stderr
+    assert "NAPARI_GDT_DATA" in lines[0] and "--dataset synthetic" in lines[0]
