@@ -93,3 +93,28 @@ def test_info_is_fast():
 
 def test_info_digest_matches_full_load():
     assert file_digest("her2st-he") == load_bundle("her2st-he").digest
+
+
+def test_write_bundle_names_files_not_build_paths(tmp_path):
+    """A freshly trained card: data files by public name or bare file name, spot canvases with their image px per bin."""
+    from types import SimpleNamespace
+
+    from napari_gdt.models.gdt import GDTGenerator
+    from napari_gdt.training.run import write_bundle
+
+    model = GDTGenerator(n_genes=2, out_channels=3, emb_ch=8, stage_channels=(8, 8), latent_dim=8)
+    trainer = SimpleNamespace(G_ema=model, genes=["A", "B"], step=3, elapsed_s=1.5, device="cpu",
+                              history=[{"step": 3, "val_rec_l1": 0.123456789}], init_info=None)
+    canvas = SimpleNamespace(bin_um=23.577788082959284, meta={"path": "/build/runs/data/her2st_C2.ome.zarr", "mode": "spread", "bin_px": 32.0,
+                                                              "files": ["/build/shared/data/her2st/C2/counts.tsv.gz"]})
+    cmd = "napari-gdt train --image /build/shared/data/her2st/C2/he.jpg --expression /build/runs/data/her2st_C2.ome.zarr --out /build/m.safetensors"
+    out = tmp_path / "m.safetensors"
+    write_bundle(trainer, out, [canvas], ["/build/shared/data/her2st/C2/he.jpg"], "{}", [{"command": cmd}], 1.47, "he", ["R", "G", "B"], 64, "m")
+    card = read_card(out)
+    text = json.dumps(card)
+    assert "/build" not in text, text
+    p = card["provenance"]
+    assert p["command"] == "napari-gdt train --image her2st/C2/he.jpg --expression her2st_C2.ome.zarr --out m.safetensors"
+    c = p["data"]["canvases"][0]
+    assert c["path"] == "her2st_C2.ome.zarr" and c["bin_px"] == 32.0 and c["bin_um"] == 23.58
+    assert p["data"]["images"][0]["file"] == "her2st/C2/he.jpg" and card["validation"]["held_out_patches"]["val_rec_l1"] == 0.1235
