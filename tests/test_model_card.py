@@ -73,7 +73,7 @@ def test_rewrite_card_keeps_tensors(tmp_path):
 def test_info_does_not_import_torch():
     code = ("import sys; from napari_gdt.cli import main; rc = main(['info', 'her2st-he']); "
             "print('TORCH' if 'torch' in sys.modules else 'NOTORCH'); sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("NOTORCH"), "napari-gdt info imported torch"
     assert "Spearman ρ over 181 spot footprints" in r.stdout and "rank agreement" in r.stdout
@@ -85,7 +85,7 @@ def test_info_is_fast():
     best = 1e9
     for _ in range(3):  # best of three: the suite may run beside other work
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120, check=False)
         best = min(best, time.perf_counter() - t0)
         assert r.returncode == 0, r.stderr
     assert best < 1.0, f"napari-gdt info took {best:.2f} s (budget 0.5 s on an idle machine; 1 s here)"

@@ -33,7 +33,7 @@ def file_sha256(path) -> str:
             h.update(block)
     return h.hexdigest()
 
-__all__ = ["ENV_VAR", "OFFLINE_ENV_VAR", "OfflineError", "HER2ST_SECTIONS", "REGISTRY", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
+__all__ = ["ENV_VAR", "HER2ST_SECTIONS", "OFFLINE_ENV_VAR", "REGISTRY", "OfflineError", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
 
 ENV_VAR = "NAPARI_GDT_DATA"
 CACHE_ENV_VAR = "NAPARI_GDT_CACHE"

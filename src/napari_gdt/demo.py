@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import GDTError
 
-__all__ = ["DemoData", "load_demo_data", "build_demo_viewer", "open_demo", "DATASETS", "tissue_mask", "tissue_box", "filled_view", "detail_view", "parse_size"]
+__all__ = ["DATASETS", "DemoData", "build_demo_viewer", "detail_view", "filled_view", "load_demo_data", "open_demo", "parse_size", "tissue_box", "tissue_mask"]
 
 DATASETS = ("her2st", "merfish", "synthetic")
 
@@ -115,7 +115,7 @@ def filled_view(canvas, px_per_bin: int, aspect: float, fill: float = 0.92) -> t
     tot = np.asarray(getattr(tot, "compute", lambda: tot)(), dtype=float)
     best = None
     for h in range(H, 1, -1):
-        w = int(round(h * aspect))
+        w = round(h * aspect)
         if w < 2 or w > W:
             continue
         cov = _window_sums(m, h, w) / (h * w)

@@ -149,7 +149,7 @@ def run(args):
 
 def _model_defaults(args, inputs, opts):
     """Genes, bin size and spot mode from the model card (``--model``) where the user gave none."""
-    from ..expression.readers import TRANSCRIPT_FORMATS, detect_format
+    from ..expression.readers import detect_format
     from ..models.card import expected_input, read_card
 
     expect = expected_input(read_card(args.model))

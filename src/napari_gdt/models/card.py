@@ -25,20 +25,20 @@ from pathlib import Path
 from ..errors import BundleError
 
 __all__ = [
-    "META_KEY",
+    "BUNDLED_MODELS",
     "FORMAT",
     "FORMAT_VERSION",
+    "META_KEY",
     "REQUIRED",
-    "BUNDLED_MODELS",
     "WEIGHTS_DIR",
-    "resolve_model",
-    "read_header",
-    "read_card",
-    "file_digest",
     "clean_card",
     "clean_path",
-    "rewrite_card",
     "expected_input",
+    "file_digest",
+    "read_card",
+    "read_header",
+    "resolve_model",
+    "rewrite_card",
 ]
 
 FORMAT = "napari-gdt-bundle"
@@ -185,7 +185,9 @@ def _clean_string(s: str) -> str:
 
 
 def _round(x: float, sig: int) -> float:
-    if x == 0 or x != x or x in (float("inf"), float("-inf")):
+    import math
+
+    if x == 0 or not math.isfinite(x):
         return x
     return float(f"{x:.{sig}g}")
 
