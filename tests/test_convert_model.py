@@ -74,3 +74,29 @@ def test_convert_with_model_alone_matches_the_tutorial(data_dir, tmp_path, capsy
     assert ca.genes == cb.genes and ca.shape == cb.shape and ca.bin_um == cb.bin_um
     np.testing.assert_array_equal(ca.affine, cb.affine)
     np.testing.assert_array_equal(np.asarray(ca.data), np.asarray(cb.data))
+
+
+def test_spot_data_follow_the_card_bin_px_and_mode(tmp_path, capsys):
+    """A model trained on spot canvases: convert --model lays the bins in its image px and uses its spot mode;
+    an unmeasured panel gene is named, with the --zero-fill hint."""
+    import gzip
+
+    spots = tmp_path / "spots.tsv"
+    spots.write_text("x\ty\tpixel_x\tpixel_y\tselected\n1\t1\t100\t100\t1\n2\t1\t300\t100\t1\n")
+    counts = tmp_path / "counts.tsv.gz"
+    with gzip.open(counts, "wt") as f:
+        f.write("\tA\tB\n1x1\t5\t1\n2x1\t3\t0\n")
+    b = untrained_bundle(["A", "C"], stage_channels=(8, 8, 8, 8), emb_ch=8)
+    c = b.card
+    mp = tmp_path / "m.safetensors"
+    save_bundle(mp, b.model, c["genes"], c["um_per_px"], c["output"], tile_px=c["tile_px"], px_per_bin=c["px_per_bin"],
+                provenance={"data": {"canvases": [{"path": "a.ome.zarr", "bin_um": 20.0, "mode": "footprint", "bin_px": 20.0}]}})
+    args = ["convert", str(counts), str(spots), "--format", "st", "--model", str(mp), "--out", str(tmp_path / "c.ome.zarr")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "bin 20 image px, spot mode footprint" in err
+    assert "1 of the 2 genes that model" in err and ": C." in err and "--zero-fill" in err
+    with pytest.warns(UserWarning, match="zero-filling 1 gene"):
+        assert main([*args, "--zero-fill"]) == 0
+    canvas = ExpressionCanvas.from_ome_zarr(tmp_path / "c.ome.zarr")
+    assert canvas.genes == ["A", "C"] and canvas.meta.get("mode") == "footprint" and float(canvas.affine[0, 0]) == 20.0
