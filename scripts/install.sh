@@ -19,7 +19,9 @@ fi
 PY="${PYTHON:-python3}"
 STAMP=".venv/.napari-gdt-install"
 WANT="$(cat pyproject.toml | sha256sum | cut -c1-16) ${EXTRAS}"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x .venv/bin/napari-gdt ]; then
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# dev includes everything demo needs
+if [ -x .venv/bin/napari-gdt ] && { [ "$HAVE" = "$WANT" ] || { [ "$EXTRAS" = "demo" ] && [ "$HAVE" = "${WANT% *} dev" ]; }; }; then
   echo "installing: .venv is up to date (napari-gdt[${EXTRAS}]); skipped"
   exit 0
 fi
