@@ -162,7 +162,7 @@ def print_sweep(res: dict, log=print) -> None:
     log(f"  {'batch':>5} {'precision':>9} {'ch_last':>7} {'compiled':>8} | {'tiles/s':>9} {'Mpx/s':>8} | {'peak mem':>10} | {'max |diff| vs fp32':>18}")
     for x in res["rows"]:
         mark = "  <- chosen" if x is res["best"] else ""
-        log(f"  {x['batch']:>5} {x['precision']:>9} {str(x['channels_last']):>7} {str(x['compiled']):>8} | {x['tiles_s']:>9.1f} {x['mpx_s']:>8.2f} | "
+        log(f"  {x['batch']:>5} {x['precision']:>9} {x['channels_last']!s:>7} {x['compiled']!s:>8} | {x['tiles_s']:>9.1f} {x['mpx_s']:>8.2f} | "
             f"{fmt_bytes(x['peak']):>10} | {x['diff']:>18.2e}{mark}")
     log(f"  chosen: the fastest mode with max |diff| <= 1/255 ({PIXEL_TOL:.4f})")
 

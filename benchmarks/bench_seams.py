@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _device import add_device_args, device_of, fmt_bytes, peak_memory  # noqa: E402
+from _device import add_device_args, device_of, fmt_bytes, peak_memory
 
 from napari_gdt.rendering.naive import naive_padded_render
 from napari_gdt.rendering.tiles import Region, TileRenderer

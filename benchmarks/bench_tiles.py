@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _device import add_device_args, apply_best, device_of, fmt_bytes, peak_memory, print_sweep, sweep, sweep_wanted  # noqa: E402
-from napari_gdt.models.device import reset_peak_memory, synchronize  # noqa: E402
+from _device import add_device_args, apply_best, device_of, fmt_bytes, peak_memory, print_sweep, sweep, sweep_wanted
+
+from napari_gdt.models.device import reset_peak_memory, synchronize
 
 
 def main(argv=None):

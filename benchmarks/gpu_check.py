@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,10 +40,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
-from _device import PIXEL_TOL, apply_best, fmt_bytes, peak_memory, print_sweep, rate, sweep  # noqa: E402
+import torch
+from _device import PIXEL_TOL, apply_best, fmt_bytes, peak_memory, print_sweep, rate, sweep
 
-from napari_gdt.models.device import describe, get_device, reset_peak_memory, synchronize  # noqa: E402
+from napari_gdt.models.device import describe, get_device, reset_peak_memory, synchronize
 
 SIZES = {
     #            equality px, seams px / small tile, speed tiles, lazy canvas px / seconds, export px, ist widths
@@ -392,11 +391,11 @@ def main(argv=None) -> int:
             print(f"  ({name}: {dt:.1f} s)", flush=True)
 
     for name, p in paths.items():
-        section("equality", lambda: check_equality(tab, name, p, dev, size))
+        section("equality", lambda name=name, p=p: check_equality(tab, name, p, dev, size))
     section("seams", lambda: check_seams(tab, "her2st-he", paths["her2st-he"], dev, size))
     modes = {}
     for name, p in paths.items():
-        modes[name] = section("speed", lambda: check_speed(tab, name, p, dev, size, a.compile and name == "her2st-he", dev.type != "cpu"))
+        modes[name] = section("speed", lambda name=name, p=p: check_speed(tab, name, p, dev, size, a.compile and name == "her2st-he", dev.type != "cpu"))
     he_mode = (modes.get("her2st-he") or {}).get("mode", (8, "fp32", False))
     section("lazy", lambda: check_lazy(tab, paths["her2st-he"], dev, size, he_mode))
     section("export", lambda: check_export(tab, paths["her2st-he"], dev, size, work, he_mode[0]))
