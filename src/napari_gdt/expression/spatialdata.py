@@ -34,7 +34,8 @@ are taken to be in µm after their transformation (``um_per_unit`` scales
 otherwise). For spots, µm per image pixel comes from ``um_per_px`` when
 given, else from the table's Space Ranger scale factors
 (``microns_per_pixel``, or ``spot_diameter_fullres`` with Visium's 55 µm
-spots), else the coordinate system is taken to be in µm.
+spots), else from a Visium HD bin name (``square_008um``: the bin edge is
+8 µm), else the coordinate system is taken to be in µm.
 
 Needs the optional ``spatialdata`` package (``pip install 'napari-gdt[spatialdata]'``).
 """
@@ -42,6 +43,7 @@ Needs the optional ``spatialdata`` package (``pip install 'napari-gdt[spatialdat
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,7 @@ __all__ = [
 ELEMENT_ATTR = "napari_gdt"
 DEFAULT_BIN_UM = 10.0
 VISIUM_DIAMETER_UM = 55.0
+_HD_NAME = re.compile(r"square_(\d{3})um")
 _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
@@ -492,6 +495,11 @@ def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per
         elif "spot_diameter_fullres" in sf:
             um_per_px = VISIUM_DIAMETER_UM / (float(sf["spot_diameter_fullres"]) * lin)
             how = "the table's spot_diameter_fullres (55 µm Visium spots)"
+        elif (hd := _HD_NAME.search(f"{pk.table} {pk.shapes}")) is not None:
+            # Visium HD bins from spatialdata-io: the bin edge is bin_size µm
+            edge = float(np.median(np.sqrt(geo.geometry.area.to_numpy(float)))) if "Point" not in gtypes else float(np.median(diam))
+            um_per_px = float(hd.group(1)) / (edge * lin)
+            how = f"Visium HD bins of {int(hd.group(1))} µm (element name) over their edge"
         else:
             um_per_px = float(np.sqrt(abs(np.linalg.det(np.linalg.inv(cs_to_img)[:2, :2]))))
             how = f"coordinate system '{pk.coordinate_system}' taken as µm"
