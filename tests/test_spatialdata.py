@@ -12,17 +12,17 @@ import pytest
 
 sd = pytest.importorskip("spatialdata", reason="the optional 'spatialdata' package is not installed")
 
-import anndata as ad  # noqa: E402
-from spatialdata import SpatialData  # noqa: E402
-from spatialdata.models import Image2DModel, PointsModel, ShapesModel, TableModel  # noqa: E402
-from spatialdata.transformations import Affine, Identity, Scale, get_transformation  # noqa: E402
+import anndata as ad
+from spatialdata import SpatialData
+from spatialdata.models import Image2DModel, PointsModel, ShapesModel, TableModel
+from spatialdata.transformations import Affine, Identity, Scale, get_transformation
 
-from napari_gdt.cli import main  # noqa: E402
-from napari_gdt.errors import GDTError, ReaderError  # noqa: E402
-from napari_gdt.expression.canvas import ExpressionCanvas  # noqa: E402
-from napari_gdt.expression.readers import detect_format, read_any  # noqa: E402
-from napari_gdt.expression.spatialdata import generated_to_image_matrix, read_spatialdata, write_into_spatialdata  # noqa: E402
-from napari_gdt.expression.spots import spots_to_canvas  # noqa: E402
+from napari_gdt.cli import main
+from napari_gdt.errors import GDTError, ReaderError
+from napari_gdt.expression.canvas import ExpressionCanvas
+from napari_gdt.expression.readers import detect_format, read_any
+from napari_gdt.expression.spatialdata import generated_to_image_matrix, read_spatialdata, write_into_spatialdata
+from napari_gdt.expression.spots import spots_to_canvas
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -267,7 +267,7 @@ def test_write_into_store_aligned_and_nothing_else_changed(written_store, small_
 
 
 def test_write_twice_needs_overwrite(written_store, small_bundle):
-    store, canvas, s, _ = written_store
+    store, canvas, _, _ = written_store
     gen = np.zeros((canvas.n_bins[0] * small_bundle.px_per_bin, canvas.n_bins[1] * small_bundle.px_per_bin, 3), np.float32)
     with pytest.raises(GDTError, match=r"gdt_generated already exist; pass --overwrite"):
         write_into_spatialdata(store, canvas, small_bundle.px_per_bin, gen)

@@ -55,12 +55,12 @@ from ..errors import GDTError, ReaderError
 __all__ = [
     "ELEMENT_ATTR",
     "Picked",
+    "generated_to_image_matrix",
     "is_spatialdata_store",
     "open_store",
     "pick_elements",
     "read_spatialdata",
     "write_into_spatialdata",
-    "generated_to_image_matrix",
 ]
 
 ELEMENT_ATTR = "napari_gdt"
@@ -73,7 +73,7 @@ _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 # --------------------------------------------------------------------------- store
 def _require(what: str = "SpatialData stores"):
     try:
-        import spatialdata  # noqa: F401
+        import spatialdata
     except ImportError:
         raise ReaderError(f"reading and writing {what} needs the optional 'spatialdata' package: pip install 'napari-gdt[spatialdata]'") from None
     return spatialdata

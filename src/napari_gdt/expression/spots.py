@@ -492,9 +492,7 @@ def read_spaceranger(
     matrix are kept. ``spot_diameter_fullres`` from ``scalefactors_json.json``
     gives the footprint (Visium spots are 55 µm wide).
     """
-    import h5py
     import pandas as pd
-    from scipy import sparse
 
     outs = Path(outs_dir)
     if not outs.is_dir():
