@@ -350,3 +350,21 @@ def test_her2st_c5_spatialdata_equals_st_reader(data_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(c.data), np.asarray(ref.data), rtol=1e-5, atol=1e-5)
     assert c.bin_um == pytest.approx(ref.bin_um, rel=1e-9)
     print(f"her2st C5: totals {c.meta['total_counts']:.0f} vs {ref.meta['total_counts']:.0f}; max |affine diff| {np.abs(c.affine - ref.affine).max():.2e}")
+
+
+# --------------------------------------------------------------------------- napari reader and the Expression widget
+def test_napari_reader_and_expression_widget_take_a_store(points_store, make_napari_viewer, tmp_path):
+    from napari_gdt._reader import get_reader, read_spatial_layers
+    from napari_gdt.widgets.expression import ExpressionWidget
+
+    path, df = points_store
+    assert get_reader(str(path)) is read_spatial_layers
+    layers = get_reader(str(path))(str(path))
+    names = [meta["name"] for _, meta, _ in layers]
+    assert len(names) == 3 and set(names) <= {"Gab", "Gcd", "Gef", "NegControl_1"}  # the top three genes
+    viewer = make_napari_viewer()
+    w = ExpressionWidget(viewer)
+    assert w.format_combo.findText("spatialdata") >= 0 and w.format_combo.findText("visium_hd") >= 0
+    w.convert(str(path), str(tmp_path / "w.ome.zarr"), fmt="auto", bin_um=5.0, blocking=True)
+    assert w.canvas is not None and w.canvas.meta["spatialdata"]["points"] == "transcripts"
+    assert w.canvas.total() == pytest.approx(len(df))
