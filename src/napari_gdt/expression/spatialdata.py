@@ -345,7 +345,7 @@ def read_spatialdata(
     mode: str = "footprint",
     spot_diameter_px: float | None = None,
     sigma_px: float | None = None,
-    drop_prefixes=(),
+    drop_prefixes=None,
     chunks=None,
     progress=None,
     sdata=None,
@@ -373,6 +373,9 @@ def read_spatialdata(
         Gene column of the points (default: the element's ``feature_key``).
     layer : str, optional
         Table layer holding raw counts (default ``X``).
+    drop_prefixes : sequence of str, optional
+        Points: genes dropped by name prefix (default: the control probes of
+        Xenium, MERSCOPE and CosMx, e.g. ``NegControl``, ``Blank-``, ``NegPrb``).
     mode, spot_diameter_px, sigma_px
         Spot placement, as :func:`~napari_gdt.expression.spots.spots_to_canvas`.
     """
@@ -438,6 +441,10 @@ def _read_points(sdata, pk, store, cs_to_img, bin_um, bin_px, um_per_px, um_per_
             bin_um = float(bin_px) * upp
         else:
             bin_um = DEFAULT_BIN_UM
+    if drop_prefixes is None:
+        from .transcripts import SCHEMAS
+
+        drop_prefixes = tuple(dict.fromkeys(p for sch in SCHEMAS.values() for p in sch.drop_prefixes))
     src = _PointsBatches(ddf, gcol, to_um_xy, label)
     canvas = read_transcripts_table(
         label, x_col="x", y_col="y", gene_col="gene", units="um", bin_um=float(bin_um), genes=genes, zero_fill=zero_fill,
