@@ -38,7 +38,7 @@ def render_into_spatialdata(
     from ..expression.spatialdata import _require, open_store, write_into_spatialdata
     from ..rendering.tiles import TileRenderer
 
-    _require()
+    _require(str(store))
     open_store(store)  # fail before rendering when the store is not one
     ppb = bundle.px_per_bin
     kw = dict(seed=seed, tile_px=tile_px, device=device, batch_size=batch_size, cache=cache, zero_fill=zero_fill)

@@ -71,11 +71,11 @@ _SWAP = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 # --------------------------------------------------------------------------- store
-def _require(what: str = "SpatialData stores"):
+def _require(where: str = "SpatialData"):
     try:
         import spatialdata
     except ImportError:
-        raise ReaderError(f"reading and writing {what} needs the optional 'spatialdata' package: pip install 'napari-gdt[spatialdata]'") from None
+        raise ReaderError(f"{where}: reading and writing SpatialData stores needs the optional 'spatialdata' package: pip install 'napari-gdt[spatialdata]'") from None
     return spatialdata
 
 
@@ -99,8 +99,8 @@ def is_spatialdata_store(path) -> bool:
 
 def open_store(path):
     """``spatialdata.read_zarr(path)``; a :class:`ReaderError` naming the store when it cannot be read."""
-    sd = _require()
     p = Path(path)
+    sd = _require(str(p))
     if not p.exists():
         raise ReaderError(f"{p}: no such SpatialData store")
     try:
@@ -383,7 +383,7 @@ def read_spatialdata(
     if sdata is None:
         sdata = open_store(path)
     else:
-        _require()
+        _require(store)
     for nm, v in (("--bin-um", bin_um), ("--bin-px", bin_px), ("--um-per-px", um_per_px), ("--um-per-unit", um_per_unit)):
         if v is not None and not (float(v) > 0):
             raise ReaderError(f"{store}: {nm} must be > 0, got {v}")
@@ -618,7 +618,7 @@ def write_into_spatialdata(
     -------
     dict with ``elements`` (name -> kind), ``coordinate_systems`` and ``matrix`` (generated px -> image px, y/x).
     """
-    _require()
+    _require(str(store))
     import zarr
     from spatialdata.models import Image2DModel, Labels2DModel
 
