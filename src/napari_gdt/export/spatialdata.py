@@ -41,7 +41,7 @@ def render_into_spatialdata(
     _require(str(store))
     open_store(store)  # fail before rendering when the store is not one
     ppb = bundle.px_per_bin
-    kw = dict(seed=seed, tile_px=tile_px, device=device, batch_size=batch_size, cache=cache, zero_fill=zero_fill)
+    kw = {"seed": seed, "tile_px": tile_px, "device": device, "batch_size": batch_size, "cache": cache, "zero_fill": zero_fill}
     base = TileRenderer(bundle, canvas, **kw)
     region = base.check_region(region)
     generated = base.render_region(region, progress=progress)
