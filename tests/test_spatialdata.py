@@ -370,3 +370,35 @@ def test_napari_reader_and_expression_widget_take_a_store(points_store, make_nap
     w.convert(str(path), str(tmp_path / "w.ome.zarr"), fmt="auto", bin_um=5.0, blocking=True)
     assert w.canvas is not None and w.canvas.meta["spatialdata"]["points"] == "transcripts"
     assert w.canvas.total() == pytest.approx(int((df["gene"] != "NegControl_1").sum()))
+
+
+def test_compare_widget_writes_the_view_into_the_store(spots_store, small_bundle, make_napari_viewer, qtbot, tmp_path):
+    import shutil
+
+    from napari_gdt.expression.spatialdata import _image_array
+    from napari_gdt.rendering.tiles import Region
+    from napari_gdt.widgets.compare import CompareWidget
+    from napari_gdt.widgets.generator import GeneratorWidget
+
+    store = tmp_path / "w.zarr"
+    shutil.copytree(spots_store[0], store)
+    canvas = read_spatialdata(store, bin_um=8.0, genes=small_bundle.genes)
+    viewer = make_napari_viewer()
+    g = GeneratorWidget(viewer)
+    qtbot.addWidget(g)
+    g.set_bundle(small_bundle)
+    g.set_canvas(canvas)
+    layer = g.generate()
+    assert g.wait(120)
+    w = CompareWidget(viewer)
+    qtbot.addWidget(w)
+    w.set_sources(generated=layer.name)
+    s = w.export_into_spatialdata(store, region=Region(16, 80, 32, 128))
+    assert s["elements"] == {"gdt_generated": "generated"} and s["image_element"] == "he"
+    got = np.asarray(_image_array(sd.read_zarr(store).images["gdt_generated"])).transpose(1, 2, 0)
+    shown = np.asarray(layer.data[0][16:80, 32:128])
+    assert got.shape == shown.shape == (64, 96, 3)
+    assert np.abs(got.astype(int) - shown.astype(int)).max() <= 1  # the pixels the viewer shows
+    np.testing.assert_allclose(s["matrix"] @ [0, 0, 1], canvas.affine @ [16 / small_bundle.px_per_bin, 32 / small_bundle.px_per_bin, 1])
+    with pytest.raises(GDTError, match="pass --overwrite"):
+        w.export_into_spatialdata(store, region=Region(16, 80, 32, 128))
