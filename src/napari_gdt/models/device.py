@@ -97,6 +97,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Reset the framework's peak-memory counter of ``device`` (CUDA only; a no-op elsewhere)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -130,6 +131,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def empty_cache(device: torch.device) -> None:
+    """Return the framework's cached, unused device memory to the driver (CUDA, MPS; a no-op on the CPU)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
