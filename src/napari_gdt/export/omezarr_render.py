@@ -668,9 +668,9 @@ def _prepare(out: Path, job: RenderJob, bundle, ngff: str, levels: int, settings
                         diff = [f for f in b if json.dumps(a.get(f), sort_keys=True) != json.dumps(b.get(f), sort_keys=True)]
                         if diff:
                             field, a, b = f"{k}.{diff[0]}", a.get(diff[0]), b.get(diff[0])
-                    what = "content" if field.endswith(("sha256", "digest")) else "value"
+                    what = f"the {k}'s content changed: " if field.endswith(("sha256", "digest")) else ""
                     raise GDTError(
-                        f"{out}: exists and was rendered with a different {field!r} (the input's {what} changed: {json.dumps(a)} != {json.dumps(b)}); "
+                        f"{out}: exists and was rendered with a different {field!r} ({what}{json.dumps(a)} != {json.dumps(b)}); "
                         "pass --overwrite to start again or choose another output"
                     )
             return True
