@@ -466,7 +466,7 @@ class BinAccumulator:
         shape = (len(channel_codes), ymax - ymin + 1, xmax - xmin + 1)
         from ..safeio import check_grid
 
-        check_grid(shape, self.source, hint=f"check the coordinates and units of the transcripts (they span {shape[1]:,} x {shape[2]:,} bins of {self.bin_um:g} µm) or use a larger --bin-um")
+        check_grid(shape, self.source, hint=f"check the coordinates and units of the transcripts (bins of {self.bin_um:g} µm) or use a larger --bin-um")
         return SparseCounts(self.runs, channel_codes, (by0, bx0), shape)
 
 

@@ -355,7 +355,7 @@ class EditingWidget(QWidget):
 
     def _canvas_file(self) -> str | None:
         src = self.canvas.meta.get("path") if self.canvas is not None else None
-        return str(src) if src and Path(src).exists() else None  # a real file, not an in-memory name
+        return str(src) if src else None  # a file, or an in-memory canvas's name (its autosaves go to the temp folder)
 
     # ============================================================ autosave (logic in editing.autosave)
     def _watch_strokes(self, layer) -> None:
