@@ -14,19 +14,27 @@ import warnings
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from napari_gdt.errors import GDTError  # noqa: E402
+from napari_gdt.errors import GDTError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 # JSON-like values, biased toward the shapes of recipes and cards
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.sampled_from(["all", "scale", "set", "add", "knockout", "transfer", "eigen", "r", "EPCAM", " ", ""]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["all", "scale", "set", "add", "knockout", "transfer", "eigen", "r", "EPCAM", " ", ""]),
 )
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _one_line(e: Exception) -> None:
@@ -36,12 +44,34 @@ def _one_line(e: Exception) -> None:
 
 
 # --------------------------------------------------------------------------- recipes
-EDIT_KEYS = ["op", "region", "genes", "factor", "value", "others", "strength", "coef", "k", "basis", "from", "to", "source", "reference"]
+EDIT_KEYS = [
+    "op",
+    "region",
+    "genes",
+    "factor",
+    "value",
+    "others",
+    "strength",
+    "coef",
+    "k",
+    "basis",
+    "from",
+    "to",
+    "source",
+    "reference",
+]
 edits = st.dictionaries(st.sampled_from(EDIT_KEYS), json_values, max_size=6)
 recipes = st.fixed_dictionaries(
     {"version": st.sampled_from([1, 1, 1, 2, "1", None])},
     optional={
-        "regions": st.one_of(st.dictionaries(st.sampled_from(["r", "s"]), st.one_of(json_values, st.fixed_dictionaries({"rect": st.lists(json_values, max_size=5)})), max_size=2), json_values),
+        "regions": st.one_of(
+            st.dictionaries(
+                st.sampled_from(["r", "s"]),
+                st.one_of(json_values, st.fixed_dictionaries({"rect": st.lists(json_values, max_size=5)})),
+                max_size=2,
+            ),
+            json_values,
+        ),
         "edits": st.one_of(st.lists(edits, max_size=3), json_values),
     },
 )
@@ -75,9 +105,26 @@ def test_recipe_files_raise_only_our_errors(tmp_path_factory, data):
 # --------------------------------------------------------------------------- model cards
 def _base_card():
     return {
-        "format": "napari-gdt-bundle", "format_version": 1, "name": "t", "arch": "gdt-v1",
-        "config": {"n_genes": 2, "out_channels": 3, "emb_ch": 8, "n_bin_convs": 1, "stage_channels": [8, 8], "convs_per_stage": 1, "latent_dim": 8, "log1p": True},
-        "genes": ["A", "B"], "px_per_bin": 4, "um_per_px": 1.0, "output": {"kind": "he", "channels": ["R", "G", "B"]}, "tile_px": 32, "halo_px": 8,
+        "format": "napari-gdt-bundle",
+        "format_version": 1,
+        "name": "t",
+        "arch": "gdt-v1",
+        "config": {
+            "n_genes": 2,
+            "out_channels": 3,
+            "emb_ch": 8,
+            "n_bin_convs": 1,
+            "stage_channels": [8, 8],
+            "convs_per_stage": 1,
+            "latent_dim": 8,
+            "log1p": True,
+        },
+        "genes": ["A", "B"],
+        "px_per_bin": 4,
+        "um_per_px": 1.0,
+        "output": {"kind": "he", "channels": ["R", "G", "B"]},
+        "tile_px": 32,
+        "halo_px": 8,
     }
 
 
@@ -85,7 +132,12 @@ CARD_KEYS = list(_base_card())
 cards = st.one_of(
     json_values,
     st.builds(lambda base, k, v: {**base, k: v}, st.just(_base_card()), st.sampled_from(CARD_KEYS), json_values),
-    st.builds(lambda base, k, v: {**base, "config": {**base["config"], k: v}}, st.just(_base_card()), st.sampled_from(list(_base_card()["config"]) + ["extra"]), json_values),
+    st.builds(
+        lambda base, k, v: {**base, "config": {**base["config"], k: v}},
+        st.just(_base_card()),
+        st.sampled_from(list(_base_card()["config"]) + ["extra"]),
+        json_values,
+    ),
 )
 
 
@@ -119,9 +171,17 @@ def test_bundles_with_fuzzed_cards_load_or_fail_on_one_line(tmp_path_factory, ca
 
 
 # --------------------------------------------------------------------------- readers
-cells = st.one_of(st.integers(-(10**6), 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(alphabet="AB ,\"\n\x00é-", max_size=4))
+cells = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(alphabet='AB ,"\n\x00é-', max_size=4),
+)
 rows = st.lists(st.tuples(cells, cells, cells), min_size=0, max_size=6)
-tables = st.builds(lambda header, body: (header + "\n" + "\n".join(",".join(r) for r in body)).encode(), st.sampled_from(["x,y,gene", "x,y", "gene,x,y", "", "x;y;gene"]), rows)
+tables = st.builds(
+    lambda header, body: (header + "\n" + "\n".join(",".join(r) for r in body)).encode(),
+    st.sampled_from(["x,y,gene", "x,y", "gene,x,y", "", "x;y;gene"]),
+    rows,
+)
 
 
 @FAST
@@ -131,7 +191,9 @@ def test_transcript_reader_raises_only_our_errors(tmp_path_factory, data, gz, fm
 
     d = tmp_path_factory.mktemp("t")
     p = d / ("t.csv.gz" if gz else "t.csv")
-    p.write_bytes(gzip.compress(data)[: max(10, len(data) // 2)] if gz and data[:1] == b"x" else (gzip.compress(data) if gz else data))
+    p.write_bytes(
+        gzip.compress(data)[: max(10, len(data) // 2)] if gz and data[:1] == b"x" else (gzip.compress(data) if gz else data)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -140,11 +202,23 @@ def test_transcript_reader_raises_only_our_errors(tmp_path_factory, data, gz, fm
             _one_line(e)
 
 
-spot_rows = st.lists(st.tuples(st.integers(-3, 30), st.integers(-3, 30), st.floats(-1e6, 1e6) | st.just(float("nan")), st.floats(-1e6, 1e6) | st.just(float("nan"))), max_size=5)
+spot_rows = st.lists(
+    st.tuples(
+        st.integers(-3, 30),
+        st.integers(-3, 30),
+        st.floats(-1e6, 1e6) | st.just(float("nan")),
+        st.floats(-1e6, 1e6) | st.just(float("nan")),
+    ),
+    max_size=5,
+)
 
 
 @FAST
-@given(spot_rows, st.lists(st.tuples(st.text(alphabet="0123x", min_size=1, max_size=4), cells, cells), max_size=5), st.floats(0.001, 1e4) | st.just(float("nan")))
+@given(
+    spot_rows,
+    st.lists(st.tuples(st.text(alphabet="0123x", min_size=1, max_size=4), cells, cells), max_size=5),
+    st.floats(0.001, 1e4) | st.just(float("nan")),
+)
 def test_st_reader_raises_only_our_errors(tmp_path_factory, spots, counts, bin_px):
     from napari_gdt.expression.readers import read_any
 
@@ -163,7 +237,10 @@ def test_st_reader_raises_only_our_errors(tmp_path_factory, spots, counts, bin_p
 
 # --------------------------------------------------------------------------- the CLI end to end
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(tables | st.binary(max_size=80), st.sampled_from([[], ["--bin-um", "0.5"], ["--chunks", "1,1,1"], ["--genes", "A, ,B"], ["--fov", "1,x"]]))
+@given(
+    tables | st.binary(max_size=80),
+    st.sampled_from([[], ["--bin-um", "0.5"], ["--chunks", "1,1,1"], ["--genes", "A, ,B"], ["--fov", "1,x"]]),
+)
 def test_cli_convert_never_prints_a_traceback(tmp_path_factory, capsys, data, opts):
     from napari_gdt.cli import main
 

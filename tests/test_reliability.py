@@ -71,7 +71,13 @@ def cli_subprocess(*args, timeout=10.0, env=None):
         """
     )
     hwm = Path(tempfile.mkdtemp()) / "hwm"
-    e = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1", MPLBACKEND="Agg", GDT_TEST_HWM=str(hwm))
+    e = dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+        GDT_TEST_HWM=str(hwm),
+    )
     e.update(env or {})
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
@@ -232,7 +238,9 @@ def test_import_ist_and_train_refuse_a_file_we_did_not_write(files, tmp_path, ca
     genes.write_text("A\nB\n")
     rc, err, _ = cli(capsys, "import-ist", tmp_path / "x.pt", "--genes", genes, "--out", user)
     one_line_error(rc, err, "notes.safetensors: exists and is not a napari-gdt model bundle")
-    rc, err, _ = cli(capsys, "train", "--image", tmp_path / "i.png", "--expression", files["canvas"], "--out", user, "--steps", "1")
+    rc, err, _ = cli(
+        capsys, "train", "--image", tmp_path / "i.png", "--expression", files["canvas"], "--out", user, "--steps", "1"
+    )
     one_line_error(rc, err, "notes.safetensors: exists and is not a napari-gdt model bundle")
     assert user.read_bytes() == b"my own file"
 
@@ -295,7 +303,10 @@ def test_binary_gene_file(files, tmp_path, capsys):
         ({"op": "scale", "region": "r", "genes": "all", "factor": 1e300}, "'factor' is 1e+300, above the sane maximum"),
         ({"op": "add", "region": "r", "genes": "all", "value": -1e30}, "'value' is -1e+30, outside the sane range"),
         ({"op": "scale", "region": "r", "genes": [" "], "factor": 2}, "'genes'"),
-        ({"op": "eigen", "region": "r", "source": "r", "genes": "all", "coef": 0.5, "k": 100000}, "'k' is 100000 but the eigen basis has only 24 gene(s)"),
+        (
+            {"op": "eigen", "region": "r", "source": "r", "genes": "all", "coef": 0.5, "k": 100000},
+            "'k' is 100000 but the eigen basis has only 24 gene(s)",
+        ),
     ],
 )
 def test_bad_recipe_numbers(files, tmp_path, capsys, edit, needle):
@@ -321,7 +332,10 @@ def test_recipe_nested_200k_brackets(files, tmp_path, capsys):
 )
 def test_card_unreadable(files, tmp_path, capsys, raw, needle):
     m = _rewrite_bundle(files["model"], tmp_path / "bad.safetensors", raw_meta=raw)
-    for cmd in (["info", m], _render(files, tmp_path / "o.png")[:1] + ["--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png"]):
+    for cmd in (
+        ["info", m],
+        _render(files, tmp_path / "o.png")[:1] + ["--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png"],
+    ):
         rc, err, _ = cli(capsys, *cmd)
         one_line_error(rc, err, "bad.safetensors", needle)
 
@@ -345,7 +359,9 @@ def test_card_wrong_types_and_bounds(files, tmp_path, capsys, change, needle):
     m = _rewrite_bundle(files["model"], tmp_path / "bad.safetensors", card_fn=change)
     rc, err, _ = cli(capsys, "info", m)
     one_line_error(rc, err, "bad.safetensors", needle)
-    rc, err, _ = cli(capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
+    rc, err, _ = cli(
+        capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu"
+    )
     one_line_error(rc, err, "bad.safetensors", needle)
 
 
@@ -400,7 +416,15 @@ def test_hang_one_transcript_far_away(tmp_path):
     r = cli_subprocess("convert", t, "--format", "csv", "--out", tmp_path / "o.ome.zarr")
     _assert_refused_fast_and_small(*r, "far.csv", "1,001 x 2,000,001 bins", "NAPARI_GDT_MAX_BINS")
     # the user can raise the limit (here only to see the next check, the values' limit, refuse)
-    r2 = cli_subprocess("convert", t, "--format", "csv", "--out", tmp_path / "o.ome.zarr", env={"NAPARI_GDT_MAX_BINS": "1e10", "NAPARI_GDT_MAX_CELLS": "1e6"})
+    r2 = cli_subprocess(
+        "convert",
+        t,
+        "--format",
+        "csv",
+        "--out",
+        tmp_path / "o.ome.zarr",
+        env={"NAPARI_GDT_MAX_BINS": "1e10", "NAPARI_GDT_MAX_CELLS": "1e6"},
+    )
     _assert_refused_fast_and_small(*r2, "NAPARI_GDT_MAX_CELLS")
 
 
@@ -412,23 +436,44 @@ def test_hang_tiny_bins(files, tmp_path):
 
 
 def test_card_config_not_matching_tensors_refused_before_building(files, tmp_path, capsys):
-    m = _rewrite_bundle(files["model"], tmp_path / "w.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=16)))
-    rc, err, _ = cli(capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
+    m = _rewrite_bundle(
+        files["model"], tmp_path / "w.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=16))
+    )
+    rc, err, _ = cli(
+        capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu"
+    )
     one_line_error(rc, err, "w.safetensors", "wrong shapes")
 
 
 def test_blowup_card_emb_ch(files, tmp_path):
-    m = _rewrite_bundle(files["model"], tmp_path / "big.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=12000)))
+    m = _rewrite_bundle(
+        files["model"], tmp_path / "big.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=12000))
+    )
     r = cli_subprocess("render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
-    _assert_refused_fast_and_small(*r, "big.safetensors", "NAPARI_GDT_MAX_MODEL_BYTES")  # its 5 GB conv passes the absolute limit first
-    m2 = _rewrite_bundle(files["model"], tmp_path / "huge.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=200000)))
+    _assert_refused_fast_and_small(
+        *r, "big.safetensors", "NAPARI_GDT_MAX_MODEL_BYTES"
+    )  # its 5 GB conv passes the absolute limit first
+    m2 = _rewrite_bundle(
+        files["model"], tmp_path / "huge.safetensors", card_fn=lambda c: dict(c, config=dict(c["config"], emb_ch=200000))
+    )
     r = cli_subprocess("render", "--model", m2, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
     _assert_refused_fast_and_small(*r, "huge.safetensors", "describes a model larger than the file's tensors")
 
 
 def test_model_size_limit_is_an_env_var(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NAPARI_GDT_MAX_MODEL_BYTES", "1000")
-    rc, err, _ = cli(capsys, "render", "--model", files["model"], "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
+    rc, err, _ = cli(
+        capsys,
+        "render",
+        "--model",
+        files["model"],
+        "--expression",
+        files["canvas"],
+        "--out",
+        tmp_path / "o.png",
+        "--device",
+        "cpu",
+    )
     one_line_error(rc, err, "m.safetensors", "above the limit of 1,000", "NAPARI_GDT_MAX_MODEL_BYTES")
 
 
@@ -450,9 +495,21 @@ def _spaceranger(tmp_path, n=12, g=5):
         fe = grp.create_group("features")
         fe["name"] = np.array([f"G{i}".encode() for i in range(g)])
         fe["feature_type"] = np.array([b"Gene Expression"] * g)
-    rows = [{"barcode": b, "in_tissue": 1, "array_row": i // 4, "array_col": i % 4, "pxl_row_in_fullres": 100.0 + 150 * (i // 4), "pxl_col_in_fullres": 100.0 + 150 * (i % 4)} for i, b in enumerate(bcs)]
+    rows = [
+        {
+            "barcode": b,
+            "in_tissue": 1,
+            "array_row": i // 4,
+            "array_col": i % 4,
+            "pxl_row_in_fullres": 100.0 + 150 * (i // 4),
+            "pxl_col_in_fullres": 100.0 + 150 * (i % 4),
+        }
+        for i, b in enumerate(bcs)
+    ]
     pd.DataFrame(rows).to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
-    (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps({"spot_diameter_fullres": 90.0, "tissue_hires_scalef": 0.2}))
+    (outs / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({"spot_diameter_fullres": 90.0, "tissue_hires_scalef": 0.2})
+    )
     return tmp_path
 
 
@@ -467,7 +524,9 @@ def test_blowup_st_spots_huge_diameter(tmp_path):
     spots.write_text("x\ty\tpixel_x\tpixel_y\n1\t1\t100\t100\n2\t1\t300\t100\n")
     counts = tmp_path / "counts.tsv"
     counts.write_text("\tA\tB\n1x1\t5\t1\n2x1\t3\t0\n")
-    r = cli_subprocess("convert", counts, spots, "--format", "st", "--bin-px", "1", "--spot-diameter-px", "1e6", "--out", tmp_path / "o.ome.zarr")
+    r = cli_subprocess(
+        "convert", counts, spots, "--format", "st", "--bin-px", "1", "--spot-diameter-px", "1e6", "--out", tmp_path / "o.ome.zarr"
+    )
     _assert_refused_fast_and_small(*r, "counts.tsv")
 
 
@@ -477,7 +536,16 @@ def test_blowup_import_ist_big_checkpoint_wrong_gene_count(tmp_path):
 
     from napari_gdt.models.ist import ISTGenerator
 
-    cfg = dict(n_genes=4, out_channels=1, latent_dim=8, n_mlp=1, base_channels=8, stage_channels=[8, 8], drive_hidden=8, n_drive=1)
+    cfg = {
+        "n_genes": 4,
+        "out_channels": 1,
+        "latent_dim": 8,
+        "n_mlp": 1,
+        "base_channels": 8,
+        "stage_channels": [8, 8],
+        "drive_hidden": 8,
+        "n_drive": 1,
+    }
     try:
         g = ISTGenerator(**cfg)
     except TypeError:
@@ -516,8 +584,12 @@ def test_tensor_dtype_refused(files, tmp_path, capsys, dtype):
     import torch
 
     name = "to_img.weight"
-    m = _rewrite_bundle(files["model"], tmp_path / "d.safetensors", tensor_fn=lambda t: dict(t, **{name: t[name].to(getattr(torch, dtype))}))
-    rc, err, _ = cli(capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu")
+    m = _rewrite_bundle(
+        files["model"], tmp_path / "d.safetensors", tensor_fn=lambda t: dict(t, **{name: t[name].to(getattr(torch, dtype))})
+    )
+    rc, err, _ = cli(
+        capsys, "render", "--model", m, "--expression", files["canvas"], "--out", tmp_path / "o.png", "--device", "cpu"
+    )
     one_line_error(rc, err, "d.safetensors", f"tensor '{name}' has dtype", "expected F32")
 
 
@@ -545,7 +617,9 @@ def test_image_and_canvas_not_overlapping_warn(tmp_path, capsys):
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(img)
     t = tmp_path / "t.csv"
     t.write_text("x,y,gene\n-157300,-157300,A\n-157000,-157100,B\n")
-    rc, err, _ = cli(capsys, "convert", t, "--format", "csv", "--out", tmp_path / "o.ome.zarr", "--image", img, "--image-um-per-px", "1")
+    rc, err, _ = cli(
+        capsys, "convert", t, "--format", "csv", "--out", tmp_path / "o.ome.zarr", "--image", img, "--image-um-per-px", "1"
+    )
     assert rc == 0, err
     assert len(err.splitlines()) == 1 and "he.png: the canvas lies wholly outside the image" in err
 
@@ -568,5 +642,5 @@ def test_subprocess_helper_sees_tracebacks(tmp_path):
         """
     )
     e = dict(os.environ, PYTHONPATH=SRC)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=60, check=False)
     assert r.returncode == 1 and "internal error: ZeroDivisionError" in r.stderr and "Traceback" not in r.stderr

@@ -26,15 +26,15 @@ from pathlib import Path
 from .errors import GDTError
 
 __all__ = [
+    "LIMITS",
     "OUR_ATTR",
-    "is_our_output",
-    "check_output",
-    "check_not_input",
     "atomic_dir",
     "atomic_file",
-    "limit",
     "check_grid",
-    "LIMITS",
+    "check_not_input",
+    "check_output",
+    "is_our_output",
+    "limit",
 ]
 
 OUR_ATTR = "napari_gdt"  # the key of our metadata in zarr attrs and safetensors headers
@@ -65,7 +65,9 @@ def _over(name: str, value: float, what: str) -> None:
     env, _, unit = LIMITS[name]
     lim = limit(name)
     if value > lim:
-        raise GDTError(f"{what} would need {value:,.0f} {unit}, above the limit of {lim:,.0f} (raise it with {env}=N if this is intended)")
+        raise GDTError(
+            f"{what} would need {value:,.0f} {unit}, above the limit of {lim:,.0f} (raise it with {env}=N if this is intended)"
+        )
 
 
 def check_grid(shape: Iterable[int], source: str, hint: str = "check the units and the bin size (--bin-um / --bin-px)") -> None:
@@ -133,14 +135,16 @@ def is_our_output(path: str | Path) -> bool:
                 tag = tf.pages[0].tags.get("Software")
                 return tag is not None and PNG_MARK in str(tag.value)
         if name.endswith(".pdf"):
-            data = p.read_bytes()[-(1 << 20):] if p.stat().st_size < (64 << 20) else b""
+            data = p.read_bytes()[-(1 << 20) :] if p.stat().st_size < (64 << 20) else b""
             return b"napari-gdt" in data
     except Exception:  # noqa: BLE001 - unreadable means "not ours"
         return False
     return False
 
 
-def check_output(path: str | Path, overwrite: bool = False, what: str = "output", ours: Callable[[Path], bool] | None = None) -> Path:
+def check_output(
+    path: str | Path, overwrite: bool = False, what: str = "output", ours: Callable[[Path], bool] | None = None
+) -> Path:
     """Check that ``path`` may be (re)written; returns it.
 
     Refused when a parent is a file, when ``path`` is a file where a folder is expected or the
@@ -156,7 +160,9 @@ def check_output(path: str | Path, overwrite: bool = False, what: str = "output"
         mine = (ours or is_our_output)(p)
         if not mine and not overwrite:
             kind = "folder" if p.is_dir() else "file"
-            raise GDTError(f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass --overwrite to replace it")
+            raise GDTError(
+                f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass --overwrite to replace it"
+            )
     return p
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["AUTOSAVE_TAG", "new_autosave_path", "list_autosaves", "latest_autosave", "StrokeAutosaver"]
+__all__ = ["AUTOSAVE_TAG", "StrokeAutosaver", "latest_autosave", "list_autosaves", "new_autosave_path"]
 
 AUTOSAVE_TAG = ".edits.autosave-"
 
