@@ -43,7 +43,7 @@ PNG_MARK = "napari-gdt"  # PNG tEXt "Software" / TIFF software tag written by ou
 # name -> (environment variable, default, unit shown in messages)
 LIMITS = {
     "bins": ("NAPARI_GDT_MAX_BINS", 1e8, "bins (y x x)"),
-    "cells": ("NAPARI_GDT_MAX_CELLS", 5e9, "values (genes x y x x)"),
+    "cells": ("NAPARI_GDT_MAX_CELLS", 1e11, "values (genes x y x x)"),
     "model_bytes": ("NAPARI_GDT_MAX_MODEL_BYTES", 4e9, "bytes of model weights"),
     "file_bytes": ("NAPARI_GDT_MAX_CHECKPOINT_BYTES", 8e9, "bytes of checkpoint"),
 }
