@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"napari-gdt {cmd}: interrupted", file=sys.stderr)
             return 130
-        except Exception as e:  # noqa: BLE001 - never a traceback without --debug
+        except Exception as e:  # never a traceback without --debug
             if args.debug:
                 raise
             print(f"napari-gdt {cmd}: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)", file=sys.stderr)

@@ -92,7 +92,6 @@ def summary_line(canvas, out, seconds: float | None = None) -> str:
 
 def run(args):
     from ..expression.readers import read_any
-
     from ..safeio import check_not_input, check_output
 
     out = Path(args.out)

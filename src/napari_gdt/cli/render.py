@@ -52,7 +52,6 @@ def build_renderer(args, bundle, canvas):
 def run(args):
     from ..errors import GDTError
     from ..rendering.tiles import parse_region
-
     from ..safeio import check_not_input
     from ._common import check_image_out
 

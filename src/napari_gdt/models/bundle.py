@@ -326,7 +326,7 @@ def _header_tensors(p: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
     out = {}
     with safe_open(str(p), framework="pt") as f:
-        for k in f.keys():
+        for k in list(f.keys()):  # a safetensors handle, not a dict
             sl = f.get_slice(k)
             out[k] = (tuple(sl.get_shape()), sl.get_dtype())
     return out

@@ -294,9 +294,8 @@ def import_ist_checkpoint(
         The model card written into the bundle.
     """
     from .. import __version__
-    from .bundle import load_bundle, save_bundle
-
     from ..safeio import check_not_input, check_output
+    from .bundle import load_bundle, save_bundle
 
     ckpt = Path(ckpt)
     source = str(ckpt)

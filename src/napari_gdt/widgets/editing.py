@@ -384,7 +384,7 @@ class EditingWidget(QWidget):
                     actions=[("Restore", lambda *_: self._guard(lambda: self.restore_autosave(prev)))],
                 )
             )
-        except Exception:  # noqa: BLE001 - no notification manager (headless)
+        except Exception:  # noqa: BLE001, S110 - no notification manager (headless)
             pass
 
     def restore_autosave(self, path=None):
