@@ -396,7 +396,7 @@ def _build_checked(p: Path, card: dict):
     header = _header_tensors(p)
     held = sum(math.prod(shape) * _ST_BYTES.get(dt, 8) for shape, dt in header.values())
     check_model_bytes(held, str(p))
-    with _AllocationGuard(budget=1.25 * held + (16 << 20), source=str(p), held=held):
+    with _AllocationGuard(budget=1.25 * held + (128 << 20), source=str(p), held=held):  # slack for buffers an architecture builds but does not save
         model = build(card["arch"], card["config"], source=str(p))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(header))
