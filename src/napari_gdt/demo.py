@@ -309,17 +309,24 @@ def open_demo(
     timeout: float = 300.0,
     detail: str | None = None,
     size: tuple[int, int] = (900, 1200),
+    restore: bool = False,
 ) -> int:
     """Open the demo (``napari.run``), or save screenshots once the tiles in view are generated.
 
     ``screenshot``: a view that generated tissue fills (the largest frame of the ``size`` (h, w)
     aspect that is >= 92 % tissue); ``detail``: a zoomed view of dense tissue where nuclei are
     visible (about 0.75 µm per screen pixel). Shots are ``size`` whatever the docks take on screen.
+    ``restore``: load the latest autosaved editing session of the demo canvas (an error if none).
     """
     import napari
 
     # A shown window is needed for a non-black screenshot (works under Xvfb).
     viewer, w = build_demo_viewer(dataset, show=True)
+    if restore:
+        edit = w["editing"]
+        edit._sync_from_generator()
+        path = edit.restore_autosave()
+        print(f"restored the editing session {path}")
     if screenshot or detail:
         d = w["data"]
         ppb = d.bundle.px_per_bin

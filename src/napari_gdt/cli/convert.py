@@ -19,18 +19,34 @@ def _floats(text: str, n: int, option: str) -> list[float]:
     return vals
 
 
+def _positive(text, option: str, kind=float, allow_zero: bool = False):
+    if text is None:
+        return None
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise ReaderError(f"option {option}: expected a number, got {text!r}") from None
+    import math
+
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ReaderError(f"option {option}: must be {'>= 0' if allow_zero else '> 0'}, got {text!r}")
+    return v
+
+
 def register(sub):
     p = sub.add_parser(
         "convert",
         help="convert real spatial data into an expression canvas (OME-Zarr)",
         description=(
-            "Read Xenium, MERFISH, CosMx, a generic transcript table, AnnData/Visium or legacy ST spots and "
+            "Read Xenium, MERFISH, CosMx, a generic transcript table, AnnData/Visium, Visium HD, legacy ST spots or a "
+            "SpatialData store and "
             "write an expression canvas: OME-Zarr, axes c,y,x, one channel per gene (omero labels = genes)."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s) or folder (legacy ST: counts tsv and spot file)")
-    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (overwritten)")
-    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|st|anndata|csv|canvas (default auto: detect)")
+    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (a canvas of ours is replaced; anything else is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
+    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|visium_hd|st|anndata|csv|spatialdata|canvas (default auto: detect)")
     p.add_argument("--bin-um", type=float, default=None, help="bin edge in µm (transcripts default 10)")
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
     p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
@@ -56,7 +72,14 @@ def register(sub):
     s.add_argument("--spot-mode", default=None, choices=["footprint", "spread"], help="footprint: counts over each spot's disc; spread: a continuous field")
     s.add_argument("--spot-diameter-px", type=float, default=None, help="spot diameter in image px (default from the data)")
     s.add_argument("--sigma-px", type=float, default=None, help="spread mode: Gaussian width in image px")
-    s.add_argument("--layer", default=None, help="AnnData layer to read (default X)")
+    s.add_argument("--layer", default=None, help="AnnData / SpatialData table layer to read (default X)")
+    s.add_argument("--hd-bin-um", type=int, default=None, help="Visium HD: which binned_outputs/square_NNNum to read (2, 8 or 16; default 8)")
+    d = p.add_argument_group("SpatialData stores (.zarr)")
+    d.add_argument("--points", default=None, metavar="NAME", help="points element of transcripts (default: picked, and said)")
+    d.add_argument("--table", default=None, metavar="NAME", help="table annotating a shapes element of spots or bins (default: picked)")
+    d.add_argument("--image-element", default=None, metavar="NAME", help="image element of the real image (default: the largest in a shared coordinate system)")
+    d.add_argument("--coordinate-system", default=None, metavar="NAME", help="coordinate system relating them (default: global, else the first shared)")
+    d.add_argument("--um-per-unit", type=float, default=None, help="points: µm per coordinate-system unit (default 1: the coordinate system is in µm)")
     p.add_argument("--chunks", default=None, metavar="G,Y,X", help="chunking of the written canvas (default 32,256,256)")
     p.set_defaults(func=run)
 
@@ -79,10 +102,15 @@ def summary_line(canvas, out, seconds: float | None = None) -> str:
 
 def run(args):
     from ..expression.readers import read_any
+    from ..safeio import check_not_input, check_output
 
     out = Path(args.out)
     if not out.name.lower().endswith((".zarr",)):
         raise GDTError(f"{out}: the output canvas must be an OME-Zarr folder ending in .ome.zarr")
+    check_not_input(out, list(args.inputs) + [args.image, args.image_transform, args.genes if args.genes and Path(args.genes).exists() else None])
+    check_output(out, overwrite=args.overwrite, what="canvas")
+    for opt in ("image_um_per_px", "spot_diameter_px", "sigma_px"):
+        _positive(getattr(args, opt), "--" + opt.replace("_", "-"))
     opts = {}
     if args.image_extent_um:
         opts["image_extent_um"] = _floats(args.image_extent_um, 4, "--image-extent-um")
@@ -95,14 +123,20 @@ def run(args):
     if args.coords:
         opts["coords"] = args.coords
     if args.fov:
-        opts["fov"] = [int(f) for f in str(args.fov).split(",")]
+        try:
+            opts["fov"] = [int(f) for f in str(args.fov).split(",")]
+        except ValueError:
+            raise ReaderError(f"option --fov: expected comma-separated integers, got {args.fov!r}") from None
     if args.spot_mode:
         opts["mode"] = args.spot_mode
-    for k in ("spot_diameter_px", "sigma_px", "layer"):
+    for k in ("spot_diameter_px", "sigma_px", "layer", "hd_bin_um", "points", "table", "image_element", "coordinate_system", "um_per_unit"):
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     if args.chunks:
-        opts["chunks"] = tuple(int(v) for v in _floats(args.chunks, 3, "--chunks"))
+        vals = _floats(args.chunks, 3, "--chunks")
+        if not all(v >= 1 and v == int(v) and v < 2**31 for v in vals):
+            raise ReaderError(f"option --chunks: expected 3 positive integers G,Y,X, got {args.chunks!r}")
+        opts["chunks"] = tuple(int(v) for v in vals)
 
     bar = None
     if sys.stderr.isatty():
@@ -139,8 +173,21 @@ def run(args):
         ) from None
     if bar is not None:
         bar.close()
+    picked = list(canvas.meta.get("picked") or [])
+    sdm = canvas.meta.get("spatialdata")
+    if sdm:
+        what = f"points '{sdm['points']}'" if sdm["kind"] == "points" else f"table '{sdm['table']}' on shapes '{sdm['shapes']}'"
+        img = f"image '{sdm['image']}'" if sdm.get("image") else "no image"
+        print(f"{sdm['store']}: read {what}, {img}, coordinate system '{sdm['coordinate_system']}'")
+        picked += list(sdm.get("picked") or [])
+    for note in picked:
+        print(f"  {note}")
     chunks = opts.get("chunks")
-    canvas.to_ome_zarr(out, chunks=chunks)
+    from ..safeio import atomic_dir, check_grid
+
+    check_grid(canvas.shape, str(out))
+    with atomic_dir(out) as tmp:  # the old canvas stays until the new one is complete
+        canvas.to_ome_zarr(tmp, chunks=chunks)
     print(summary_line(canvas, out, time.perf_counter() - t0))
     if expect is not None:
         _check_bin(canvas, expect, args.model)
@@ -176,7 +223,7 @@ def _model_defaults(args, inputs, opts):
     if not args.genes:
         taken.append(f"panel of {len(genes)} genes")
     if taken:
-        print(f"model {args.model}: using its {', '.join(taken)} (from the model card)", file=sys.stderr)
+        print(f"model {args.model}: using its {', '.join(taken)} (from the model card)")
     return genes, bin_um, bin_px, expect
 
 
@@ -185,10 +232,13 @@ def _check_bin(canvas, expect, model) -> None:
     want, got = expect["bin_um"], float(canvas.bin_um)
     rel = got / want - 1.0
     if abs(rel) > 0.01:
-        print(
-            f"warning: bins of {got:.2f} µm differ from model {model}'s {want:.2f} µm by {rel * 100:+.1f}% "
+        import warnings
+
+        # the CLI prints our warnings as one line: "napari-gdt convert: warning: bins of ..."
+        warnings.warn(
+            f"bins of {got:.2f} µm differ from model {model}'s {want:.2f} µm by {rel * 100:+.1f}% "
             f"(more than 1%): the generator will paint tissue at the wrong scale; convert with --bin-um {want:.2f}",
-            file=sys.stderr,
+            stacklevel=2,
         )
     else:
-        print(f"bins of {got:.2f} µm match model {model}'s {want:.2f} µm to {abs(rel) * 100:.1f}%", file=sys.stderr)
+        print(f"bins of {got:.2f} µm match model {model}'s {want:.2f} µm to {abs(rel) * 100:.1f}%")

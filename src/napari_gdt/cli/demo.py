@@ -19,6 +19,7 @@ def register(sub):
                    help="size of the screenshots in pixels, whatever the docks take on screen (default 1200x900)")
     p.add_argument("--screenshot-timeout", type=float, default=300.0, metavar="S",
                    help="wait at most S seconds for the tiles in view (default 300); then save with a message")
+    p.add_argument("--restore", action="store_true", help="restore the latest autosaved editing session of the demo canvas")
     p.set_defaults(func=run)
 
 
@@ -26,4 +27,5 @@ def run(args):
     from ..demo import open_demo, parse_size
 
     size = parse_size(args.screenshot_size)
-    return open_demo(args.dataset, screenshot=args.screenshot, detail=args.screenshot_detail, size=size, timeout=args.screenshot_timeout)
+    return open_demo(args.dataset, screenshot=args.screenshot, detail=args.screenshot_detail, size=size,
+                     timeout=args.screenshot_timeout, restore=getattr(args, "restore", False))

@@ -108,7 +108,7 @@ def run(args):
     from ..models.card import file_digest, read_card, resolve_model
 
     path = resolve_model(args.model)
-    card = read_card(path)
+    card = read_card(path, arch_hook=False)  # the generic checks; the architecture's own need torch
     card = dict(card, digest=file_digest(path, card))
     print(json.dumps(card) if args.json else format_card(card))
     return 0

@@ -22,6 +22,7 @@ def register(sub):
     p.add_argument("--val-image", action="append", metavar="IMG", help="held-out validation image (repeat per section)")
     p.add_argument("--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)")
     p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (e.g. OUT.ckpt/last.pt)")
     p.add_argument(
         "--init-from",
@@ -36,6 +37,8 @@ def register(sub):
         "genes it lacks (the discriminator trains as usual)",
     )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
+    p.add_argument("--amp", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="mixed precision of the training step (default auto: bf16 autocast on a CUDA GPU that supports it, else fp32)")
     p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
     p.add_argument("--patch-bins", type=int, default=10, help="input window edge in bins (default 10)")

@@ -10,6 +10,8 @@ csv        any CSV / CSV.gz / Parquet transcript table (``x_col, y_col, gene_col
 anndata    AnnData ``.h5ad`` with ``obsm['spatial']`` (spots, e.g. Visium)
 visium     a Space Ranger ``outs/`` folder (or an ``.h5ad``)
 st         legacy ST: a counts tsv plus a spot file with pixel coordinates
+visium_hd  Space Ranger 3 Visium HD: ``outs/``, ``binned_outputs/`` or one ``square_NNNum`` folder
+spatialdata a SpatialData ``.zarr`` store: points, or a table on shapes, plus an image
 canvas     a napari-gdt OME-Zarr canvas
 ========== ==========================================================================
 
@@ -24,16 +26,21 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ReaderError
+import numpy as np
+
+from ..errors import GDTError, ReaderError
 from .canvas import ExpressionCanvas
 from .transcripts import COSMX_UM_PER_PX, DEFAULT_BIN_UM, SCHEMAS, _parse_genes, table_columns
 
 __all__ = ["FORMATS", "detect_format", "parse_gene_list", "read_any"]
 
-FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "st", "anndata", "csv", "canvas")
+FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "visium_hd", "st", "anndata", "csv", "spatialdata", "canvas")
 TRANSCRIPT_FORMATS = ("xenium", "merfish", "cosmx", "csv")
-SPOT_FORMATS = ("visium", "st", "anndata")
-_ALIASES = {"parquet": "csv", "table": "csv", "ome-zarr": "canvas", "zarr": "canvas", "h5ad": "anndata", "spaceranger": "visium", "vizgen": "merfish"}
+SPOT_FORMATS = ("visium", "visium_hd", "st", "anndata")
+_ALIASES = {
+    "parquet": "csv", "table": "csv", "ome-zarr": "canvas", "zarr": "canvas", "h5ad": "anndata", "spaceranger": "visium",
+    "vizgen": "merfish", "visium-hd": "visium_hd", "visiumhd": "visium_hd", "sdata": "spatialdata",
+}
 
 parse_gene_list = _parse_genes
 
@@ -85,6 +92,10 @@ def detect_format(path) -> str:
 
         if is_canvas(p):
             return "canvas"
+        from .spatialdata import is_spatialdata_store
+
+        if is_spatialdata_store(p):
+            return "spatialdata"
         if name.endswith(".zarr"):
             raise ReaderError(f"{p}: a zarr folder that is not a napari-gdt canvas (no 'napari_gdt' attributes)")
         if any((p / n).is_file() for n in ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv")):
@@ -93,6 +104,10 @@ def detect_format(path) -> str:
             return "merfish"
         if any(p.glob("*tx_file*.csv*")):
             return "cosmx"
+        from .spots import find_visium_hd_bins
+
+        if find_visium_hd_bins(p) is not None:
+            return "visium_hd"
         if (p / "filtered_feature_bc_matrix.h5").is_file() or (p / "outs" / "filtered_feature_bc_matrix.h5").is_file() or (p / "spatial").is_dir():
             return "visium"
         tsvs = [q.name.lower() for q in p.iterdir() if q.name.lower().endswith((".tsv", ".tsv.gz"))]
@@ -159,7 +174,72 @@ def _split_st(paths: list[Path]) -> tuple[Path, Path]:
     return counts[0], spots[0]
 
 
-def read_any(
+def read_any(path, format: str = "auto", bin_um: float | None = None, **kw) -> ExpressionCanvas:
+    """Read ``path`` (file, folder or list of files) into an :class:`ExpressionCanvas`.
+
+    See :func:`_read_any` for the parameters. A file that cannot be decoded (a truncated gzip, a
+    binary file where text is expected, a malformed table) raises :class:`ReaderError` naming
+    it; the grid is checked against the size limits (:mod:`napari_gdt.safeio`) and a warning is
+    given when the paired image and the canvas do not overlap.
+    """
+    import zlib
+
+    try:
+        canvas = _read_any(path, format, bin_um, **kw)
+    except (ReaderError, GDTError):
+        raise
+    except RecursionError:
+        raise ReaderError(f"{_src(path)}: input nested too deeply to read") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        raise ReaderError(f"{getattr(e, 'filename', None) or _src(path)}: {e.strerror or e}") from None
+    except (EOFError, zlib.error, UnicodeDecodeError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        what = "truncated or corrupt compressed file" if isinstance(e, (EOFError, zlib.error)) or "gzip" in msg.lower() else (
+            "not a text file" if isinstance(e, UnicodeDecodeError) else "unreadable input")
+        raise ReaderError(f"{_src(path)}: {what} ({type(e).__name__}: {msg})") from None
+    from ..safeio import check_grid
+
+    check_grid(canvas.shape, _src(path))
+    _warn_no_overlap(canvas, kw.get("image"))
+    return canvas
+
+
+def _src(path) -> str:
+    try:
+        return ", ".join(map(str, _as_paths(path)))
+    except Exception:  # noqa: BLE001
+        return str(path)
+
+
+def _warn_no_overlap(canvas: ExpressionCanvas, image) -> None:
+    """Warn when the canvas, placed by its affine, does not overlap the paired image."""
+    if image is None:
+        return
+    try:
+        from .spots import _image_shape
+
+        shape = _image_shape(image)
+    except Exception:  # noqa: BLE001 - the reader already read (or refused) the image
+        return
+    if shape is None:
+        return
+    H, W = canvas.n_bins
+    A = np.asarray(canvas.affine, dtype=float)
+    corners = np.array([[0, 0, 1], [H, 0, 1], [0, W, 1], [H, W, 1]], dtype=float) @ A.T
+    y0, y1 = corners[:, 0].min(), corners[:, 0].max()
+    x0, x1 = corners[:, 1].min(), corners[:, 1].max()
+    ih, iw = shape
+    if not np.all(np.isfinite(corners)) or y1 <= 0 or x1 <= 0 or y0 >= ih or x0 >= iw:
+        import warnings
+
+        warnings.warn(
+            f"{image}: the canvas lies wholly outside the image (canvas at image px y {y0:.0f}..{y1:.0f}, x {x0:.0f}..{x1:.0f}; "
+            f"image {ih} x {iw} px); check the registration (--image-transform, --image-um-per-px, --image-extent-um)",
+            stacklevel=3,
+        )
+
+
+def _read_any(
     path,
     format: str = "auto",
     bin_um: float | None = None,
@@ -175,7 +255,7 @@ def read_any(
     units: str = "um",
     **opts,
 ) -> ExpressionCanvas:
-    """Read ``path`` (file, folder or list of files) into an :class:`ExpressionCanvas`.
+    """The readers behind :func:`read_any`.
 
     Parameters
     ----------
@@ -219,6 +299,18 @@ def read_any(
         if not p.exists():
             raise ReaderError(f"{p}: no such file or folder")
 
+    if fmt == "spatialdata":
+        from .spatialdata import read_spatialdata
+
+        if len(paths) != 1:
+            raise ReaderError(f"{src}: read one SpatialData store at a time")
+        sd_keys = ("points", "table", "image_element", "coordinate_system", "um_per_unit", "gene_col", "layer", "mode",
+                   "spot_diameter_px", "sigma_px", "chunks", "progress", "drop_prefixes")
+        return read_spatialdata(
+            paths[0], bin_um=bin_um, bin_px=bin_px, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill,
+            **{k: v for k, v in opts.items() if k in sd_keys and v is not None},
+        )
+
     if fmt == "canvas":
         canvas = ExpressionCanvas.from_ome_zarr(paths[0])
         g = _parse_genes(genes)
@@ -251,6 +343,13 @@ def read_any(
 
     # spot formats: bins are laid in image pixels
     spots = _spots_module()
+    if fmt == "visium_hd":
+        g = _parse_genes(genes)
+        canvas = _call_with_accepted(
+            spots.read_visium_hd, paths[0], bin_px=bin_px, bin_um=bin_um, um_per_px=um_per_px, image=image,
+            genes=None if zero_fill else g, **opts,
+        )
+        return canvas.align(g, zero_fill=True, where=src) if (g and zero_fill) else canvas
     if bin_px is None:
         if bin_um is None or um_per_px is None:
             raise ReaderError(f"{src}: spot formats lay bins in image pixels: give --bin-px (or --bin-um with --um-per-px)")

@@ -192,7 +192,7 @@ def _read_matrix(path) -> np.ndarray:
         raise ReaderError(f"{p}: no such transform file")
     try:
         m = np.loadtxt(p, delimiter=None if p.suffix.lower() != ".csv" or "," not in p.read_text() else ",")
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise ReaderError(f"{p}: not a 3x3 matrix of numbers ({e})") from None
     m = np.atleast_2d(m)
     if m.shape == (2, 3):
@@ -226,8 +226,14 @@ def image_registration(
     """
     if transform is not None:
         m = _read_matrix(transform) if isinstance(transform, (str, Path)) else np.asarray(transform, dtype=float)
+        name = str(transform) if isinstance(transform, (str, Path)) else "image transform"
         if m.shape != (3, 3):
-            raise ReaderError(f"image transform must be 3x3, got shape {m.shape}")
+            raise ReaderError(f"{name}: image transform must be 3x3, got shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise ReaderError(f"{name}: image transform has NaN or infinite entries")
+        det = float(np.linalg.det(m[:2, :2]))
+        if not np.isfinite(det) or abs(det) < 1e-12 * max(1.0, float(np.abs(m[:2, :2]).max()) ** 2):
+            raise ReaderError(f"{name}: image transform is singular (its 2x2 part has determinant {det:g}); it cannot map µm to pixels")
         return _SWAP @ m @ _SWAP
     if extent_um is not None:
         if len(extent_um) != 4:
@@ -458,6 +464,9 @@ class BinAccumulator:
             xmin, xmax = min(xmin, int(bx.min())), max(xmax, int(bx.max()))
         by0, bx0 = ymin - _OFF, xmin - _OFF
         shape = (len(channel_codes), ymax - ymin + 1, xmax - xmin + 1)
+        from ..safeio import check_grid
+
+        check_grid(shape, self.source, hint=f"check the coordinates and units of the transcripts (bins of {self.bin_um:g} µm) or use a larger --bin-um")
         return SparseCounts(self.runs, channel_codes, (by0, bx0), shape)
 
 
@@ -609,7 +618,11 @@ def _parse_genes(genes) -> list[str] | None:
     p = Path(s)
     if p.is_file():
         out = []
-        for line in p.read_text().splitlines():
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise ReaderError(f"{p}: gene list file is not a text file (one gene name per line)") from None
+        for line in text.splitlines():
             line = line.strip().split(",")[0].split("\t")[0].strip()
             if line and not line.startswith("#") and line.lower() not in ("gene", "genes", "name"):
                 out.append(line)
@@ -633,11 +646,16 @@ def rasterize_transcripts(
     batch_rows: int = 1_000_000,
     buffer_keys: int = 8_000_000,
     progress: Callable | None = None,
+    batches=None,
 ) -> tuple[SparseCounts, list[str], dict]:
     """Stream a transcript table into :class:`SparseCounts`.
 
     Returns ``(counts, genes, info)`` where ``genes`` names the channels and
-    ``info`` holds the row statistics and grid origin.
+    ``info`` holds the row statistics and grid origin. ``batches`` replaces
+    the file: an object with ``columns`` (list of str) and
+    ``iter_batches(columns, batch_rows, progress)`` yielding pyarrow
+    RecordBatches (x, y as numbers, the gene column as strings or a
+    dictionary); ``path`` then only names the source in messages.
     """
     path = Path(path)
     fmt = schema.name
@@ -651,7 +669,7 @@ def rasterize_transcripts(
         if not um_per_px > 0:
             raise ReaderError(f"{path}: µm per pixel must be > 0 (option --um-per-px), got {um_per_px}")
     scale = float(um_per_px) if schema.units == "px" else 1.0
-    columns = table_columns(path)
+    columns = table_columns(path) if batches is None else list(batches.columns)
     needed = [schema.x, schema.y, schema.gene, schema.qv, *schema.extra]
     _check_columns(path, columns, needed, fmt)
     read_cols = [c for c in dict.fromkeys(needed) if c]
@@ -667,7 +685,12 @@ def rasterize_transcripts(
     acc = BinAccumulator(bin_um, origin_um, buffer_keys=buffer_keys, source=str(path))
     gidx = GeneIndex(schema.drop_prefixes, panel)
     st = _Stats()
-    for batch in _iter_batches(path, read_cols, float_cols, schema.gene, batch_rows, progress):
+    stream = (
+        _iter_batches(path, read_cols, float_cols, schema.gene, batch_rows, progress)
+        if batches is None
+        else batches.iter_batches(read_cols, batch_rows, progress)
+    )
+    for batch in stream:
         n = batch.num_rows
         if n == 0:
             continue
@@ -687,12 +710,12 @@ def rasterize_transcripts(
             names, idx = _gene_dictionary(batch.column(batch.schema.get_field_index(schema.gene)), path, schema.gene)
         except ReaderError as e:
             raise ReaderError(str(e).replace("{row0}", str(row0))) from None
-        empty = [i for i, v in enumerate(names) if v is None or v == ""]
+        empty = [i for i, v in enumerate(names) if v is None or str(v).strip() == ""]
         if empty:
             bad_rows = np.isin(idx, empty)
             if bad_rows.any():
                 i = int(np.flatnonzero(bad_rows)[0])
-                raise ReaderError(f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (first at data row {row0 + i})")
+                raise ReaderError(f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at data row {row0 + i})")
         lut, ctrl = gidx.lut(names)
         per_value = np.bincount(idx, minlength=len(names))
         st.controls += int(per_value[ctrl].sum())
@@ -790,6 +813,7 @@ def read_transcripts_table(
     chunks=None,
     batch_rows: int = 1_000_000,
     progress: Callable | None = None,
+    _batches=None,
     _schema: TranscriptSchema | None = None,
     _row_filter: Callable | None = None,
     _fmt: str = "csv",
@@ -843,7 +867,7 @@ def read_transcripts_table(
             )
     counts, channel_genes, info = rasterize_transcripts(
         path, schema, bin_um, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill, origin_um=origin_um,
-        registration=registration, row_filter=_row_filter, batch_rows=batch_rows, progress=progress,
+        registration=registration, row_filter=_row_filter, batch_rows=batch_rows, progress=progress, batches=_batches,
     )
     b = float(bin_um)
     oy, ox = info["origin_um"]

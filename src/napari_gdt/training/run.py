@@ -162,6 +162,10 @@ def train_from_args(args, argv=None) -> int:
     if out.suffix != ".safetensors":
         raise GDTError(f"{out}: --out must end in .safetensors")
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out.with_suffix(".ckpt")
+    from ..safeio import check_not_input, check_output
+
+    check_not_input(out, list(args.expression or []) + list(args.image or []) + [getattr(args, "init_from", None)])
+    check_output(out, overwrite=getattr(args, "overwrite", False), what="model bundle")
     arch = dict(DEFAULT_ARCH)
     prior = None
     if args.resume:
@@ -233,7 +237,7 @@ def train_from_args(args, argv=None) -> int:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
-    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
+    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto"))
     commands = []
     if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
         raise GDTError("--train-only-new-genes needs --init-from (the model whose weights stay)")
@@ -264,7 +268,7 @@ def train_from_args(args, argv=None) -> int:
     def snapshot(tr):
         write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, val_images=args.val_image)
 
-    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device}", file=sys.stderr)
+    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device} (amp {trainer.amp})", file=sys.stderr)
     trainer.run(on_checkpoint=snapshot)
     validation = {"held_out_patches": trainer.history[-1]} if trainer.history else {}
     if not args.no_eval and trainer.step >= cfg.steps:

@@ -29,8 +29,6 @@ Control-Alt-Shift-Z redoes the last edit.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..editing.autosave import StrokeAutosaver, latest_autosave, new_autosave_path
 from ..editing.history import EditHistory, GeneSets, parse_gene_list
 from ..editing.recipe import OPS, dirty_tiles
 from ..editing.regions import shape_to_region
@@ -122,6 +121,8 @@ class EditingWidget(QWidget):
         self.last_recomputed: list = []
         self._autosave_arg = autosave
         self.history = EditHistory(on_change=self._history_changed)
+        self.strokes = StrokeAutosaver(self._save_strokes, delay=0.5, lock=self.history.lock)  # every stroke saved within ~0.5 s
+        self.restore_candidate: Path | None = None  # an earlier run's autosave of this canvas, offered on open
         self.gene_sets = GeneSets(gene_sets)
         self._build_ui()
         if self.viewer is not None:
@@ -344,14 +345,56 @@ class EditingWidget(QWidget):
             self.history.autosave_path = self._default_autosave()
         self._ensure_regions_layer()
         self._history_changed()
+        self._offer_restore()
 
     def _default_autosave(self) -> Path:
+        """This run's own autosave: beside a canvas file (when writable), else in the temp folder."""
         if self._autosave_arg:
             return Path(self._autosave_arg)
+        return new_autosave_path(self._canvas_file())
+
+    def _canvas_file(self) -> str | None:
         src = self.canvas.meta.get("path") if self.canvas is not None else None
-        if src and Path(src).exists() and os.access(Path(src).parent, os.W_OK):  # a real file, not an in-memory name
-            return Path(str(src).rstrip("/") + ".edits.autosave.json")
-        return Path(tempfile.gettempdir()) / "napari-gdt" / f"session-{os.getpid()}.edits.json"
+        return str(src) if src else None  # a file, or an in-memory canvas's name (its autosaves go to the temp folder)
+
+    # ============================================================ autosave (logic in editing.autosave)
+    def _watch_strokes(self, layer) -> None:
+        if layer is not None and not getattr(layer, "_gdt_autosave", False):
+            layer.events.paint.connect(self.strokes.touch)
+            layer._gdt_autosave = True
+
+    def _save_strokes(self) -> None:
+        layer = self.labels_layer
+        labels = (self._labels_file(), layer.data) if layer is not None and layer.data.any() else None
+        self.history.save_autosave(labels=labels)
+
+    def _offer_restore(self) -> None:
+        """Offer the latest earlier autosave of this canvas (a notification with a Restore button)."""
+        prev = latest_autosave(self._canvas_file(), exclude=self.history.autosave_path) if self._canvas_file() else None
+        self.restore_candidate = prev
+        if prev is None:
+            return
+        try:
+            from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+            notification_manager.dispatch(
+                Notification(
+                    f"An autosaved editing session of this canvas exists ({prev.name}).",
+                    severity=NotificationSeverity.INFO,
+                    actions=[("Restore", lambda *_: self._guard(lambda: self.restore_autosave(prev)))],
+                )
+            )
+        except Exception:  # noqa: BLE001, S110 - no notification manager (headless)
+            pass
+
+    def restore_autosave(self, path=None):
+        """Load an autosave (default: the one offered on open) into this run; returns its path."""
+        path = Path(path) if path is not None else self.restore_candidate
+        if path is None:
+            raise GDTError("no earlier autosave of this canvas to restore")
+        self.load_recipe(path)
+        self.restore_candidate = None
+        return path
 
     def _find_generator(self):
         """The GeneratorWidget docked in the same viewer, if any."""
@@ -412,13 +455,16 @@ class EditingWidget(QWidget):
             return None
         ppb = self.px_per_bin
         if REGIONS_LAYER in self.viewer.layers and self.viewer.layers[REGIONS_LAYER].data.shape == tuple(self.canvas.n_bins):
+            self._watch_strokes(self.viewer.layers[REGIONS_LAYER])
             return self.viewer.layers[REGIONS_LAYER]
         if REGIONS_LAYER in self.viewer.layers:
             self.viewer.layers.remove(REGIONS_LAYER)
         # bin (i, j) covers output px [i*ppb, (i+1)*ppb): its centre is at (i + 0.5) * ppb - 0.5 in pixel-centre coordinates
-        return self.viewer.add_labels(
+        layer = self.viewer.add_labels(
             np.zeros(self.canvas.n_bins, dtype=np.int32), name=REGIONS_LAYER, scale=(ppb, ppb), translate=((ppb - 1) / 2, (ppb - 1) / 2), opacity=0.4
         )
+        self._watch_strokes(layer)
+        return layer
 
     @property
     def labels_layer(self):
