@@ -197,7 +197,8 @@ def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = 
     if show:
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, lambda: fit_view(viewer, box))  # again once the window has its final size
+        for ms in (0, 300):  # again once the window has its final size
+            QTimer.singleShot(ms, lambda: fit_view(viewer, box))
     return viewer, widgets
 
 
@@ -210,6 +211,8 @@ def fit_view(viewer, box, margin: float = 0.03) -> None:
     """Centre the camera on ``box`` (y0, y1, x0, x1 in world px) and zoom so that it fits the canvas."""
     y0, y1, x0, x1 = box
     ch, cw = (int(v) for v in viewer.window._qt_viewer.canvas.size)
+    if ch < 8 or cw < 8:  # not laid out yet: a zoom of 0 would crash the draw; the shown window fits again
+        return
     cam = _camera(viewer)
     cam.center = ((y0 + y1) / 2, (x0 + x1) / 2)
     cam.zoom = (1 - 2 * margin) * min(ch / max(y1 - y0, 1.0), cw / max(x1 - x0, 1.0))
