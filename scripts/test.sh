@@ -17,10 +17,10 @@ N=$(.venv/bin/python -m pytest -q -p no:cacheprovider --collect-only "$@" 2>/dev
 t0=$SECONDS
 # Measured on the project machine: see the README (Quick start) for the figures of the last run.
 if [ "$WORKERS" -gt 1 ]; then
-  echo "running $N tests on $WORKERS workers, in about TIME_PARALLEL minutes…"
+  echo "running $N tests on $WORKERS workers, in about 12 minutes…"
   .venv/bin/python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@"
 else
-  echo "running $N tests serially, in about TIME_SERIAL minutes…"
+  echo "running $N tests serially, in about 20 minutes…"
   .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 fi
 echo "tests: done in $(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s"
