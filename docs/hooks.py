@@ -103,8 +103,8 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
             if not isinstance(r, dict):
                 continue
             seeds = r.get("seeds", [r.get("seed", 0)])
-            out += [f"**{m}**, `{label}`: region `{r.get('region')}`, {r.get('n_units')} {r.get('units')}, seeds {seeds}"
-                    f" (card field `validation.morphometrics`)", ""]
+            out += [(f"**{m}**, `{label}`: region `{r.get('region')}`, {r.get('n_units')} {r.get('units')}, seeds {seeds}"
+                    f" (card field `validation.morphometrics`)"), ""]
             base = r.get("baselines") or {"flat": r.get("baseline") or {}}
             names = [b for b in ("flat", "library_size", "ridge") if isinstance(base.get(b), dict)]
             out += ["| metric | generated | " + " | ".join(f"{b} baseline" for b in names) + " |",
@@ -123,8 +123,8 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
                                    f"{_fmt(oth.get('accuracy'))}, real vs blurred {_fmt(row['control_blur']['accuracy'])} |" + " |" * (len(names) - 1))
             g, rl = r.get("generated") or {}, r.get("real") or {}
             if g and rl:
-                out += ["", f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean {rl.get('mean_area_um2', 0):.1f} µm², "
+                out += ["", (f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean {rl.get('mean_area_um2', 0):.1f} µm², "
                         f"area fraction {rl.get('area_fraction', 0):.3f}. Generated: {g.get('count', 0):.0f} nuclei, "
-                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction {g.get('area_fraction', 0):.3f}."]
+                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction {g.get('area_fraction', 0):.3f}.")]
             out.append("")
     return "\n".join(out) if out else "*(no validation results in the bundled cards)*"

@@ -249,3 +249,110 @@ def test_baselines_need_matching_genes():
     b["genes"] = b["genes"][::-1]
     with pytest.raises(GDTError, match="another gene list"):
         bl.fit_baselines([a, b])
+
+
+# ------------------------------------------------------------------------------ evaluate: seeds, edits, baselines, CLI
+
+
+def _synthetic_setup(tmp_path):
+    from skimage.io import imsave
+
+    from napari_gdt.models.bundle import save_bundle
+    from napari_gdt.synthetic import synthetic_canvas, untrained_bundle
+
+    paths = {}
+    for name, seed in (("score", 0), ("train1", 1), ("train2", 2)):
+        c = synthetic_canvas((40, 40), seed=seed)
+        c.affine = np.diag([8.0, 8.0, 1.0])  # 8 image px per bin; the model paints 4 px per bin
+        c.to_ome_zarr(tmp_path / f"{name}.ome.zarr")
+        imsave(tmp_path / f"{name}.png", (_he_with_nuclei(320, 320, seed=seed) * 255).astype(np.uint8), check_contrast=False)
+        paths[name] = (str(tmp_path / f"{name}.ome.zarr"), str(tmp_path / f"{name}.png"))
+    b = untrained_bundle(c.genes, stage_channels=(8, 8), emb_ch=8)
+    save_bundle(tmp_path / "m.safetensors", b.model, b.genes, um_per_px=0.5, output={"kind": "he", "channels": ["R", "G", "B"]})
+    gene = c.genes[0]
+    (tmp_path / "edit.json").write_text(json.dumps({"version": 1, "regions": {"r": {"rect": [40, 40, 120, 120]}}, "edits": [{"op": "scale", "region": "r", "genes": [gene], "factor": 20.0}]}))
+    return paths
+
+
+def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
+    from napari_gdt.analysis.quality import KEYS
+    from napari_gdt.cli import main
+    from napari_gdt.models.bundle import read_card
+
+    p = _synthetic_setup(tmp_path)
+    m = str(tmp_path / "m.safetensors")
+    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu", "--seeds", "2",
+            "--edits", str(tmp_path / "edit.json"), "--record-baselines"]  # fmt: skip
+    for k in ("train1", "train2"):
+        args += ["--train-expression", p[k][0], "--train-image", p[k][1]]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in list(KEYS) + list(fidelity.FIDELITY_KEYS):
+        assert k in res, k
+    assert res["seeds"] == [0, 1] and len(res["per_seed"]["tissue_iou"]) == 2 and "tissue_iou" in res["seed_sd"]
+    assert res["baselines_source"].startswith("fitted now") and set(res["baselines"]) == {"flat", "library_size", "ridge"}
+    assert set(res["better_than_baseline"]["tile_spearman_nuclei"]) == {"flat", "library_size", "ridge"}
+    assert res["better_than_baseline"]["nuclei_density_ratio"]["ridge"] is None  # spatial keys only
+    e = res["edit_effect"]
+    assert 0.5 * 80 * 80 < e["edited_px"] <= 80 * 80 and e["mean_abs_dpixel_255"] > 0  # bins with zero counts stay unchanged
+    assert {"delta", "seed_sd", "effect_size"} <= set(e["metrics"]["edit_region.mean_luminance"])
+    assert {"render", "tissue_iou", "density_cv", "lattice", "nucleus_distributions"} <= set(res["timings_s"])
+    assert len(read_card(m)["baselines"]["fitted_on"]) == 2
+    # the card's record is used next time, and says so
+    assert main(["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["baselines_source"].startswith("model card")
+
+
+def test_evaluate_cli_refuses_the_scored_section_as_training(tmp_path, capsys):
+    from napari_gdt.cli import main
+
+    p = _synthetic_setup(tmp_path)
+    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1], "--tile", "32", "--device", "cpu",
+               "--train-expression", p["score"][0], "--train-image", p["score"][1]])  # fmt: skip
+    assert rc == 2 and "never fitted on the scored section" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1], "--train-image", p["train1"][1]])
+    assert rc == 2 and "in pairs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ real data
+
+
+@pytest.fixture(scope="module")
+def c5_crop(data_dir):
+    """A 1024 x 1024 px tissue crop of her2st C5 at 2 he.jpg px per px (about 1.4 µm/px, as her2st-he paints)."""
+    from napari_gdt.training.sampling import read_image
+
+    img = read_image(data_dir / "her2st" / "C5" / "he.jpg")
+    crop = img[3000:5048, 3000:5048].astype(np.float32) / 255.0
+    return crop.reshape(1024, 2, 1024, 2, 3).mean(axis=(1, 3))
+
+
+@pytest.mark.realdata
+def test_real_c5_crop_with_a_16px_grid_raises_lattice_ratio(c5_crop):
+    um = 1.47
+    m = fidelity.segment_tissue(c5_crop, "he", um)
+    assert m.mean() > 0.8
+    left, right = c5_crop[:, :512], c5_crop[:, 512:]
+    ml, mr = m[:, :512], m[:, 512:]
+    base = fidelity.lattice_excess(left, ml, 16)["excess"]
+    plain = fidelity.lattice_excess(right, mr, 16)["excess"] / base
+    g = right.copy()
+    g[::16] *= 0.97
+    g[:, ::16] *= 0.97
+    grid = fidelity.lattice_excess(g, mr, 16)["excess"] / base
+    assert 0.75 < plain < 1.33 and grid > 2.0
+
+
+@pytest.mark.realdata
+def test_real_c5_two_sample_test_halves_and_blur(c5_crop):
+    from scipy import ndimage as ndi
+
+    um = 1.47
+    m = fidelity.segment_tissue(c5_crop, "he", um)
+    top, bottom = c5_crop[:512], c5_crop[512:]
+    same = c2st.two_sample_test(top, bottom, m[:512], m[512:], variant="lum", steps=80, batch=16)
+    blur = np.stack([ndi.gaussian_filter(bottom[..., c], 2.0 / um) for c in range(3)], -1)
+    blurred = c2st.two_sample_test(top, blur, m[:512], m[512:], variant="lum", steps=80, batch=16)
+    assert same["accuracy"] < 0.75, same  # two halves of one section: near chance (tissue differs a little)
+    assert blurred["accuracy"] > 0.9, blurred

@@ -113,7 +113,7 @@ def _isotonic_fit(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def _ridge_solve(Z, y, alpha):
-    n, p = Z.shape
+    p = Z.shape[1]
     return np.linalg.solve(Z.T @ Z + alpha * np.eye(p), Z.T @ y)
 
 
@@ -182,9 +182,9 @@ def fit_baselines(pairs: list[dict], n_genes: int = 500, alphas=None) -> dict:
         "version": RECORD_VERSION,
         "targets": list(TARGETS),
         "fitted_on": [p["label"] for p in pairs],
-        "n_units": [int(len(p["X"])) for p in pairs],
+        "n_units": [len(p["X"]) for p in pairs],
         "units": pairs[0]["units"],
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     lt = np.log1p(X.sum(axis=1))
     rec["library_size"] = {t: _isotonic_fit(lt, Y[t]) for t in TARGETS}

@@ -96,7 +96,7 @@ def _variant(x: np.ndarray, variant: str) -> np.ndarray:
 
 
 def _net(c_in: int):
-    import torch.nn as nn
+    from torch import nn
 
     return nn.Sequential(
         nn.Conv2d(c_in, 16, 4, stride=2, padding=1), nn.ReLU(),

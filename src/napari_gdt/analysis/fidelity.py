@@ -229,7 +229,7 @@ def density_cv_ratio(real_yx, gen_yx, both_mask, um_per_px: float, windows_um=WI
     """
     out, det = {}, {}
     for wum in windows_um:
-        wpx = max(2, int(round(float(wum) / float(um_per_px))))
+        wpx = max(2, round(float(wum) / float(um_per_px)))
         cr, n = density_cv(real_yx, both_mask, wpx, min_tissue)
         cg, _ = density_cv(gen_yx, both_mask, wpx, min_tissue)
         key = f"density_cv_ratio_{wum}um"
@@ -474,8 +474,8 @@ def fidelity_report(
         for f in NUCLEUS_FEATURES:
             out[f"w1_iqr_{f}"] = w1_iqr(rt[f], gt[f])
         det["nuclei"] = {
-            "n_real": int(len(rt["y"])),
-            "n_generated": int(len(gt["y"])),
+            "n_real": len(rt["y"]),
+            "n_generated": len(gt["y"]),
             **{f"median_{f}_real": _median(rt[f]) for f in NUCLEUS_FEATURES},
             **{f"median_{f}_generated": _median(gt[f]) for f in NUCLEUS_FEATURES},
         }

@@ -115,11 +115,12 @@ def _control(args, bundle):
             raise GDTError("--control-image needs --control-expression (the canvas registered to it)")
         c, img = open_canvas(args.control_expression), read_image(args.control_image)
     elif name == "her2st-he" and Path(args.image).parent.name != "C4":
+        from ..errors import GDTError
         from ..training.recipes import demo_canvas
 
         try:
             c, ip, _ = demo_canvas("her2st", "C4", genes=list(bundle.genes))
-        except Exception as e:  # data not available: no control
+        except (GDTError, OSError, ValueError) as e:  # data not available: no control
             _say(f"note: no two-sample control ({e})")
             return None, None
         img = read_image(ip)
