@@ -308,6 +308,7 @@ def merfish_training_pairs(bundle, tile_px: int = 128, progress=print) -> list[d
 
 
 def main(argv=None) -> int:
+    """``python -m napari_gdt.analysis.baselines her2st|merfish --model M [--out F] [--write-card FILE]``."""
     import argparse
     import sys
 

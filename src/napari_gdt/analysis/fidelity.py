@@ -668,7 +668,8 @@ def evaluate_model(
     with _timed(T, "real_morphometrics"):
         prep = quality.prepare_real(bundle, canvas, image, region, tile_px)
     kind, real = prep["kind"], prep["real"]
-    R = real_side(real, kind, um, real_mask=prep["mask"], timings=T)
+    # H&E: the real nuclei of the morphometrics (same image, same tissue mask) are reused
+    R = real_side(real, kind, um, real_labels=prep["real_labels"] if kind == "he" else None, real_mask=prep["mask"], timings=T)
     # ---- baselines
     res_base: dict = {}
     with _timed(T, "baseline_flat"):

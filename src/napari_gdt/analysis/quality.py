@@ -134,7 +134,8 @@ def prepare_real(bundle, canvas: ExpressionCanvas, image: np.ndarray, region, ti
     """The real side of :func:`evaluate` for output px ``region`` (computed once, reused over seeds).
 
     Returns a dict: ``real`` (the real image on the model grid; (H, W) for DAPI), ``mask`` (real
-    tissue mask, None for DAPI), ``units``, ``real_stats``, ``real_units`` (per-unit table),
+    tissue mask, None for DAPI), ``units``, ``real_stats``, ``real_labels`` (nuclei labels),
+    ``real_units`` (per-unit table),
     ``kind``, ``um``, ``tile_px``, ``region``.
     """
     from . import morphometrics as mm
@@ -154,9 +155,9 @@ def prepare_real(bundle, canvas: ExpressionCanvas, image: np.ndarray, region, ti
     units = spot_units(canvas, ppb, region)
     if units is not None and len(units[0]) < 3:
         units = None
-    real_stats = mm.measure_nuclei(real, kind, um, mask=mask).as_dict()
+    rs = mm.measure_nuclei(real, kind, um, mask=mask)
     real_units = _units(real, kind, um, units, tile_px, mask)
-    return {"real": real, "mask": mask, "units": units, "real_stats": real_stats, "real_units": real_units, "kind": kind, "um": float(um), "tile_px": int(tile_px), "region": region}
+    return {"real": real, "mask": mask, "units": units, "real_stats": rs.as_dict(), "real_labels": rs.labels, "real_units": real_units, "kind": kind, "um": float(um), "tile_px": int(tile_px), "region": region}
 
 
 def score_generated(prep: dict, gen: np.ndarray) -> tuple[dict, dict]:
