@@ -173,7 +173,7 @@ def test_c2st_same_section_halves_near_half_and_blurred_near_one(stationary):
     from scipy import ndimage as ndi
 
     a, b = stationary[:, :512], stationary[:, 512:]
-    p = {"steps": 80, "batch": 16}
+    p = {"steps": 60, "batch": 16}
     same = c2st.two_sample_test(a, b, variant="rgb", **p)
     blur = np.stack([ndi.gaussian_filter(b[..., c], 1.5) for c in range(3)], -1)
     blurred = c2st.two_sample_test(a, blur, variant="lum", **p)

@@ -32,7 +32,7 @@ def register(sub):
     p.add_argument("--tile", type=int, default=256, help="tile edge (output px) for non-spot data (default 256)")
     p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
     p.add_argument("--blur-baseline", action="store_true", help="also report a blurred-real-image baseline (baseline_blur)")
-    p.add_argument("--c2st", action="store_true", help="run the classifier two-sample test (about 30 s per comparison on one core)")
+    p.add_argument("--c2st", action="store_true", help="run the classifier two-sample test (about a minute per comparison on one core)")
     p.add_argument("--depth-normalised", action="store_true", help="also score the canvas with every bin scaled to the same total count (how much of the Spearman is sequencing depth)")
     p.add_argument("--control-image", metavar="REAL2", help="two-sample test control: another real section (default for her2st-he: C4; merfish-dapi: the field's left quarter)")
     p.add_argument("--control-expression", metavar="CANVAS2", help="the canvas registered to --control-image")
