@@ -40,6 +40,7 @@ def format_card(card: dict) -> str:
 
 _RATIOS = (("nuclei_density_ratio", "density"), ("nuclear_area_ratio", "nuclear area"), ("area_fraction_ratio", "area fraction"))
 _RHOS = (("tile_spearman_nuclei", "nuclei"), ("tile_spearman_area_fraction", "area fraction"))
+_FIDELITY = (("tissue_iou", "tissue IoU"), ("density_cv_ratio_100um", "density CV ratio 100 µm"), ("lattice_ratio", "lattice ratio"))
 
 
 def _short(v, n: int = 160) -> str:
@@ -94,7 +95,17 @@ def _validation_lines(val: dict):
                 if rhos:
                     parts.append(f"Spearman ρ over {units} (rank agreement of generated and real, 1 = same order, 0 = none): " + ", ".join(rhos))
                 better = m.get("better_than_baseline")
-                if isinstance(better, dict):
+                fid = [f"{name} {m[key]:.2f}" for key, name in _FIDELITY if isinstance(m.get(key), (int, float))]
+                if fid:
+                    parts.append("fidelity: " + ", ".join(fid))
+                if isinstance(better, dict) and better and all(isinstance(b, dict) for b in better.values()):
+                    # the table of napari-gdt evaluate >= the fidelity yardstick: per key, per baseline
+                    names = sorted({n for row in better.values() for n in row})
+                    for n in names:
+                        row = {k2: b.get(n) for k2, b in better.items() if b.get(n) is not None}
+                        if row:
+                            parts.append(f"better than {n}: " + ("all" if all(row.values()) else ", ".join(k2 for k2, b in row.items() if b) or "none"))
+                elif isinstance(better, dict):
                     parts.append("better than a flat-image baseline: " + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none"))
                 yield f"morphometrics[{label}]", ("\n    " + "\n    ".join(parts)) if parts else _short(m)
         elif k == "held_out_patches" and isinstance(v, dict):

@@ -61,8 +61,8 @@ def run(args):
 
     out = str(args.out)
     inputs = [args.expression, args.edits, args.model, getattr(args, "cache", None)]
-    if out.lower().rstrip("/").endswith(".ome.zarr"):
-        check_not_input(out, inputs)
+    if out.lower().rstrip("/").endswith(".ome.zarr") or getattr(args, "into_spatialdata", False):
+        check_not_input(out, inputs)  # a SpatialData store is added to, never replaced (see export.spatialdata)
     else:
         check_image_out(out, overwrite=args.overwrite, inputs=inputs)
     bundle = load_model(args.model, args.device)
