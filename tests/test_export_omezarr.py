@@ -100,7 +100,11 @@ def test_localcluster_matches_inprocess(files, reference):
 
 
 def _cli(*args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    import torch
+
+    # The CPU forward's last bit can depend on the thread count: the subprocess uses this process's, so its
+    # chunks are comparable with the in-process reference whatever ran before in this process.
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(torch.get_num_threads()))
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "napari_gdt.cli", *args], capture_output=True, text=True, env=env, timeout=300)
 

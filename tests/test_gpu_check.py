@@ -24,9 +24,13 @@ def gpu_check():
 def test_gpu_check_smoke_on_cpu(gpu_check, tmp_path, capsys):
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path / "check.json"
-    rc = gpu_check.main(["--device", "cpu", "--smoke", "--train", "2", "--json", str(out), "--dir", str(tmp_path / "w")])
+    try:
+        rc = gpu_check.main(["--device", "cpu", "--smoke", "--train", "2", "--json", str(out), "--dir", str(tmp_path / "w")])
+    finally:  # later tests in this process compare pixels with subprocesses that use torch's default
+        torch.set_num_threads(threads)
     text = capsys.readouterr().out
     res = json.loads(out.read_text())
     rows = res["rows"]
