@@ -52,7 +52,7 @@ def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
         return DemoData("synthetic", untrained_bundle(canvas.genes), canvas, None, ["EPCAM", "COL1A1", "PTPRC"], "he")
     if dataset in ("her2st", "merfish"):
         from .training.recipes import demo_canvas
-        from .training.sampling import read_image
+        from .pixels import read_image
 
         canvas, image_path, model = demo_canvas(dataset)
         bundle = load_bundle(model, device=device)

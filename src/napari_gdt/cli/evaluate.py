@@ -36,7 +36,7 @@ def register(sub):
 def run(args):
     from ..analysis.quality import KEYS, evaluate
     from ..rendering.tiles import parse_region
-    from ..training.sampling import read_image
+    from ..pixels import read_image
     from .render import build_renderer
 
     bundle = load_model(args.model, args.device)

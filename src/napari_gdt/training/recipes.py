@@ -120,7 +120,7 @@ def merfish_canvas(transcripts_csv, image_shape, bin_px: int = 64, genes=None):
 def prepare_merfish(out_dir, bin_px: int = 64) -> dict:
     """Write the MERFISH z0 canvas (``bin_px`` DAPI px per bin) into ``out_dir``; returns its path and the DAPI image path."""
     from ..data import fetch_merfish
-    from .sampling import read_image
+    from ..pixels import read_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def demo_canvas(dataset: str = "her2st", section: str = "C5", genes=None):
         p = fetch_her2st(section)
         return read_st(p["counts"], p["spots"], 32, image=p["image"], mode="spread", genes=genes), p["image"], "her2st-he"
     if dataset == "merfish":
-        from .sampling import read_image
+        from ..pixels import read_image
 
         genes = genes or read_card("merfish-dapi")["genes"]
         p = fetch_merfish()
