@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CanvasError, GDTError
-from ..pixels import real_image_fill, resample_to_grid  # re-exported: the resampling rule lives in napari_gdt.pixels
+from ..pixels import quantise, real_image_fill, resample_to_grid  # re-exported: the resampling rule lives in napari_gdt.pixels
 
 __all__ = [
     "GENE_COLOURS",
@@ -41,6 +41,7 @@ __all__ = [
     "expression_region",
     "nice_scalebar_um",
     "open_real_image",
+    "figure_panels",
     "real_panel_image",
     "render_figure",
     "resample_to_grid",
@@ -331,10 +332,10 @@ def compose_figure(
             cb.ax.tick_params(labelsize=6)
             if p.colorbar_label:
                 cb.set_label(p.colorbar_label, fontsize=6)
-        elif p.image.ndim == 2:
-            ax.imshow(p.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        elif p.image.ndim == 2:  # 8-bit by the one quantisation rule, like every other output
+            ax.imshow(quantise(p.image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         else:
-            ax.imshow(np.clip(p.image, 0.0, 1.0), interpolation="nearest")
+            ax.imshow(quantise(p.image), interpolation="nearest")
         ax.set_title(p.label, fontsize=9, pad=4)
         if i == 0:
             length_px = scalebar_um / um_per_px
@@ -406,7 +407,7 @@ def render_figure(
     panel_width_in: float = 2.4,
     progress=None,
 ) -> FigureInfo:
-    """Render ``region`` through the tile renderer(s) and write the figure.
+    """Render ``region`` through the tile renderer(s) and write the figure (:func:`figure_panels` + :func:`compose_figure`).
 
     Parameters
     ----------
@@ -424,9 +425,15 @@ def render_figure(
     genes : list of str, optional
         Genes of the ``expression`` panel (default: the 3 with most counts in the region).
     """
+    built = figure_panels(renderer, region, edited_renderer, real_image, panels, genes, progress)
+    return compose_figure(built, out, um_per_px=renderer.bundle.um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in)
+
+
+def figure_panels(renderer, region, edited_renderer=None, real_image=None, panels: Sequence[str] | None = None,
+                  genes: Sequence[str] | None = None, progress=None) -> list[Panel]:
+    """The panels of a figure of ``region`` (float images in [0, 1]; see :func:`render_figure`), before layout."""
     region = renderer.check_region(region)
     ppb = renderer.bundle.px_per_bin
-    um_per_px = renderer.bundle.um_per_px
     if panels is None:
         panels = default_panels(real_image is not None, edited_renderer is not None, bool(genes))
     panels = list(panels)
@@ -463,4 +470,4 @@ def render_figure(
             counts = expression_region(expr_canvas, list(genes), region, ppb)
             label = "expression (edited)" if edited_renderer is not None else "expression"
             built.append(Panel("expression", label, expression_composite(counts), legend=[(g, GENE_COLOURS[k]) for k, g in enumerate(genes)]))
-    return compose_figure(built, out, um_per_px=um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in)
+    return built
