@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..models.card import format_card  # re-exported for old imports
+from ..models.card_text import format_card  # re-exported for old imports
 
 __all__ = ["format_card", "register", "run"]
 

@@ -192,7 +192,7 @@ class GeneratorWidget(QWidget):
 
     def set_bundle(self, bundle):
         """Use ``bundle`` (a :class:`~napari_gdt.models.bundle.GeneratorBundle`) and show its card."""
-        from ..models.card import format_card
+        from ..models.card_text import format_card
 
         self.bundle = bundle
         self.card_text.setPlainText(format_card(bundle.card))
