@@ -68,30 +68,32 @@ def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
 
 
 def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = "auto"):
-    """Create a napari viewer with the demo layers and all dock widgets; return ``(viewer, widgets)``."""
+    """Create a napari viewer with the demo layers and all dock widgets; return ``(viewer, widgets)``.
+
+    One :class:`~napari_gdt.session.Session` holds the model, canvas, seed, edits and pyramids;
+    every panel is given it (``widgets["session"]``).
+    """
     import napari
 
+    from .session import Session
     from .widgets.compare import CompareWidget
     from .widgets.editing import EditingWidget
     from .widgets.expression import ExpressionWidget
     from .widgets.generator import GeneratorWidget
+    from .widgets.layers import session_for
 
     d = load_demo_data(dataset, device=device)
     viewer = napari.Viewer(show=show, title=f"napari-gdt demo: {d.name}")
-    ppb = d.bundle.px_per_bin
-    expr = ExpressionWidget(viewer)
-    expr.set_px_per_bin(ppb)
-    expr.set_canvas(d.canvas)
+    session = Session(d.bundle, d.canvas, device=device)
+    session_for(viewer, session)  # panels opened later from napari's menu share it
+    expr = ExpressionWidget(viewer, session=session)
     if d.image is not None:
         expr.add_image(d.image, name="real")
     expr.show_genes(d.genes)
-    gen = GeneratorWidget(viewer)
-    gen.set_bundle(d.bundle)
-    gen.set_canvas(d.canvas)
+    gen = GeneratorWidget(viewer, session=session)
     gen.generate()
-    edit = EditingWidget(viewer, generator=gen)
-    comp = CompareWidget(viewer)
-    comp.set_bundle(d.bundle)
+    edit = EditingWidget(viewer, session=session)
+    comp = CompareWidget(viewer, session=session)
     viewer.window.add_dock_widget(expr, name="Expression canvas", area="right")
     viewer.window.add_dock_widget(gen, name="Generated tissue", area="right", tabify=True)
     viewer.window.add_dock_widget(edit, name="What-if editing", area="right", tabify=True)
@@ -100,7 +102,7 @@ def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = 
         if layer.name in d.genes:
             layer.visible = False
     viewer.reset_view()
-    return viewer, {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d}
+    return viewer, {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d, "session": session}
 
 
 def _settle(seconds: float = 0.3) -> None:

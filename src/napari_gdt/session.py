@@ -137,6 +137,8 @@ class Session:
 
     @bundle.setter
     def bundle(self, bundle) -> None:
+        if bundle is self._bundle:
+            return
         self._bundle = bundle
         self.events.bundle.emit(bundle)
 
@@ -147,6 +149,8 @@ class Session:
 
     @canvas.setter
     def canvas(self, canvas) -> None:
+        if canvas is self._canvas:
+            return
         self._canvas = canvas
         self.events.canvas.emit(canvas)
 
@@ -336,12 +340,12 @@ class Session:
         """Add or replace region ``name`` (a recipe region spec; ``array``: the label image of a painted region)."""
         self.history.set_region(name, spec, array=array)
 
-    def apply_edit(self, edit: dict, view: tuple[int, Region] | None = None) -> EditInfo:
+    def apply_edit(self, edit: dict, view: tuple[int, Region] | None = None, max_checks: int | None = None) -> EditInfo:
         """Validate ``edit`` (regions, genes against the canvas), append it and update the edited pyramid.
 
         On an error nothing changes (the history is as before, redo stack included).
         ``view``: ``(level, region)`` of the current view, so that the tiles nearest it are
-        compared first. Returns the :class:`EditInfo`.
+        compared first; ``max_checks``: see :meth:`update_edited`. Returns the :class:`EditInfo`.
         """
         self.require()
         edit = copy.deepcopy(edit)
@@ -352,24 +356,24 @@ class Session:
         before = self.history.state()
         self.history.push(edit)
         try:
-            return self.update_edited(view)
+            return self.update_edited(view, max_checks)
         except GDTError:
             self.history.set_state(before)
             raise
 
-    def undo(self, view=None) -> EditInfo | None:
+    def undo(self, view=None, max_checks: int | None = None) -> EditInfo | None:
         """Undo the last edit; None when there is nothing to undo."""
         self.require()
         if self.history.undo() is None:
             return None
-        return self.update_edited(view)
+        return self.update_edited(view, max_checks)
 
-    def redo(self, view=None) -> EditInfo | None:
+    def redo(self, view=None, max_checks: int | None = None) -> EditInfo | None:
         """Redo the last undone edit; None when there is nothing to redo."""
         self.require()
         if self.history.redo() is None:
             return None
-        return self.update_edited(view)
+        return self.update_edited(view, max_checks)
 
     def load_recipe(self, path) -> None:
         """Replace regions and edits by a recipe file (the edited pyramid follows)."""

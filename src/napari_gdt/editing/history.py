@@ -123,6 +123,10 @@ class EditHistory:
         self._redo[:] = copy.deepcopy(redo)
         self._changed()
 
+    def touch(self) -> None:
+        """Announce a change made in place (e.g. painted labels): autosave and notify."""
+        self._changed()
+
     def clear(self) -> None:
         self.recipe.edits.clear()
         self._redo.clear()

@@ -114,6 +114,8 @@ class InProcess:
 
 
 class Distributed:
+    """Runs tasks on a dask.distributed cluster: a new LocalCluster of ``n_workers`` processes, or an existing ``scheduler``."""
+
     def __init__(self, job, n_workers: int | None, scheduler: str | None, processes: bool, torch_threads: int | None):
         from distributed import Client, LocalCluster
 

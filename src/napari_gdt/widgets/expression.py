@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rendering.world import bin_layer_transform, image_world_affine
 from qtpy.QtCore import QSortFilterProxyModel, QStringListModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -30,42 +29,39 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListView,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ..errors import GDTError
+from ..rendering.world import bin_layer_transform, image_world_affine
+from ..session import Session
+from .layer_tools import contrast_for, gene_colormap
+from .layers import session_for
+
 # distinct additive colours (hex), one per shown gene, cycled
 PALETTE = ["#ff00ff", "#00ff00", "#00ffff", "#ffff00", "#ff4040", "#4080ff", "#ff8000", "#a040ff", "#80ff80", "#ffffff"]
 EXPRESSION_TAG = "napari_gdt_expression"
-
-
-def gene_colormap(hex_colour: str):
-    """A black -> colour napari colormap for additive display."""
-    from napari.utils.colormaps import Colormap
-
-    h = hex_colour.lstrip("#")
-    rgb = [int(h[i : i + 2], 16) / 255 for i in (0, 2, 4)]
-    return Colormap([[0, 0, 0, 1], rgb + [1]], name=f"gdt-{h}", display_name=f"gdt {hex_colour}")
-
-
-def contrast_for(plane, percentile: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
-    """Contrast limits ``(0, hi)`` from a strided sample of a 2-D (dask or numpy) plane: ``hi`` is a
-    percentile of the non-zero counts (at least 1)."""
-    h, w = plane.shape
-    s = max(1, int(np.ceil(np.sqrt(h * w / max_samples))))
-    sample = np.asarray(plane[::s, ::s], dtype=np.float32)
-    nz = sample[sample > 0]
-    hi = float(np.percentile(nz, percentile)) if nz.size else 1.0
-    return 0.0, max(hi, 1.0)
+#: world scale before a model is loaded (then the model card's px_per_bin is used)
+DEFAULT_PX_PER_BIN = 16
 
 
 class ExpressionWidget(QWidget):
-    """Open or convert an expression canvas, show genes as additive channels, add the real image."""
+    """Open or convert an expression canvas, show genes as additive channels, add the real image.
 
-    def __init__(self, napari_viewer=None, parent=None):
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer, optional
+    session : Session, optional
+        The canvas opened here becomes the Session's; the world scale (px per bin) is the
+        Session's model card's (default: the viewer's Session).
+    """
+
+    def __init__(self, napari_viewer=None, session: Session | None = None, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.session = session_for(napari_viewer, session)
+        self._scale_without_model = DEFAULT_PX_PER_BIN
         self.canvas = None
         self.gene_layers: list = []
         self.image_layer = None
@@ -140,10 +136,8 @@ class ExpressionWidget(QWidget):
         self.clear_btn = QPushButton("Clear")
         self.clear_btn.setToolTip("Remove the expression layers added here")
         self.clear_btn.clicked.connect(self.clear_genes)
-        self.ppb_spin = QSpinBox()
-        self.ppb_spin.setRange(1, 1024)
-        self.ppb_spin.setValue(16)
-        self.ppb_spin.setToolTip("Output pixels per expression bin (the model's px_per_bin): sets the world scale")
+        self.ppb_label = QLabel("")
+        self.ppb_label.setToolTip("Output pixels per expression bin: the model card's px_per_bin (read-only; it sets the world scale)")
         self.pct_spin = QDoubleSpinBox()
         self.pct_spin.setRange(50.0, 100.0)
         self.pct_spin.setValue(99.5)
@@ -169,7 +163,7 @@ class ExpressionWidget(QWidget):
         btns.addWidget(self.show_btn)
         btns.addWidget(self.clear_btn)
         form = QFormLayout()
-        form.addRow("px per bin", self.ppb_spin)
+        form.addRow("px per bin", self.ppb_label)
         form.addRow("Contrast", self.pct_spin)
         lay = QVBoxLayout(self)
         lay.addLayout(open_row)
@@ -182,6 +176,14 @@ class ExpressionWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self.legend)
         lay.addLayout(img_row)
+        ev = self.session.events
+        self._links = [(ev.bundle, self._on_bundle), (ev.canvas, self._on_canvas)]
+        for sig, slot in self._links:
+            sig.connect(slot)
+        self.destroyed.connect(lambda *_: [sig.disconnect(slot) for sig, slot in self._links])
+        self._show_scale()
+        if self.session.canvas is not None:
+            self.set_canvas(self.session.canvas)
 
     # ------------------------------------------------------------ helpers
     def _notify_error(self, e: Exception):
@@ -196,12 +198,32 @@ class ExpressionWidget(QWidget):
 
     @property
     def px_per_bin(self) -> int:
-        return int(self.ppb_spin.value())
+        """Output px per bin: the Session's model card's (one source); before a model is loaded, the default scale."""
+        ppb = self.session.px_per_bin
+        return int(ppb) if ppb is not None else int(self._scale_without_model)
+
+    def _show_scale(self) -> None:
+        src = "from the model card" if self.session.px_per_bin is not None else "no model loaded yet"
+        self.ppb_label.setText(f"{self.px_per_bin}  ({src})")
+
+    def _on_bundle(self, bundle) -> None:
+        self._rescale()
+
+    def _on_canvas(self, canvas) -> None:
+        if canvas is not None and canvas is not self.canvas:
+            self.set_canvas(canvas)
 
     def set_px_per_bin(self, ppb: int) -> None:
-        """Set the world scale (a model's ``px_per_bin``) and rescale the layers shown."""
-        self.ppb_spin.setValue(int(ppb))
-        tf = bin_layer_transform(ppb)
+        """Set the world scale before a model is loaded (with a model it is the card's; a different value is refused)."""
+        if self.session.px_per_bin is not None and int(ppb) != self.session.px_per_bin:
+            raise GDTError(f"px per bin comes from the model card ({self.session.px_per_bin}); {int(ppb)} would disagree with the model")
+        self._scale_without_model = int(ppb)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        """Place the layers shown at the current world scale."""
+        self._show_scale()
+        tf = bin_layer_transform(self.px_per_bin)
         for layer in self.gene_layers:
             layer.scale, layer.translate = tf["scale"], tf["translate"]
         if self.image_layer is not None and self.canvas is not None:
@@ -209,7 +231,6 @@ class ExpressionWidget(QWidget):
 
     # ------------------------------------------------------------- canvas
     def _open_clicked(self):
-        from ..errors import GDTError
 
         try:
             self.open_canvas(self.path_edit.text().strip())
@@ -226,8 +247,10 @@ class ExpressionWidget(QWidget):
         return canvas
 
     def set_canvas(self, canvas) -> None:
+        """Show ``canvas``'s genes; it becomes the Session's canvas."""
         self.clear_genes()
         self.canvas = canvas
+        self.session.canvas = canvas
         self.gene_model.setStringList(list(canvas.genes))
         g, h, w = canvas.shape
         tot = canvas.meta.get("total_counts")
@@ -298,7 +321,6 @@ class ExpressionWidget(QWidget):
         return image_world_affine(self.canvas.affine, self.px_per_bin)
 
     def _image_clicked(self):
-        from ..errors import GDTError
 
         try:
             self.add_image(self.image_edit.text().strip())
@@ -338,7 +360,6 @@ class ExpressionWidget(QWidget):
 
     def convert(self, inputs, out, fmt: str | None = None, bin_um: float | None = None, image: str | None = None, blocking: bool = False, **opts):
         """Convert ``inputs`` to the canvas ``out`` (in a worker thread unless ``blocking``), then open it."""
-        from ..errors import GDTError
         from ..expression.readers import read_any
 
         fmt = fmt or self.format_combo.currentText()
