@@ -65,7 +65,11 @@ def _imports():
 
 
 def test_every_unit_has_a_layer():
-    units = {p.stem if p.is_file() else p.name for p in ROOT.iterdir() if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))}
+    units = {
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+    }
     missing = sorted(units - set(RANK))
     assert not missing, f"add these to LAYERS in tests/test_imports.py: {missing}"
 
@@ -82,16 +86,24 @@ def test_imports_point_down():
 
 
 def test_core_has_no_gui_imports():
-    bad = [f"{f.relative_to(ROOT.parent)}:{line}: {name}" for f, line, src, name in _imports()
-           if src not in EDGE and name.split(".")[0] in GUI_MODULES]
+    bad = [
+        f"{f.relative_to(ROOT.parent)}:{line}: {name}"
+        for f, line, src, name in _imports()
+        if src not in EDGE and name.split(".")[0] in GUI_MODULES
+    ]
     assert not bad, "the core must not import napari or Qt:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("rule", ["quantise", "downsample2x", "resample_to_model_grid", "resample_to_grid", "read_image", "to_uint8"])
+@pytest.mark.parametrize(
+    "rule", ["quantise", "downsample2x", "resample_to_model_grid", "resample_to_grid", "read_image", "to_uint8"]
+)
 def test_each_pixel_rule_is_defined_once(rule):
-    defs = [str(f.relative_to(ROOT.parent)) for f in ROOT.rglob("*.py")
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
-            if isinstance(node, ast.FunctionDef) and node.name == rule]
+    defs = [
+        str(f.relative_to(ROOT.parent))
+        for f in ROOT.rglob("*.py")
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef) and node.name == rule
+    ]
     assert defs == ["napari_gdt/pixels.py"], f"{rule} is defined in {defs}; it belongs in napari_gdt/pixels.py only"
 
 

@@ -53,7 +53,9 @@ def test_layer_cli_figure_and_omezarr_give_identical_pixels(files):
 
     # 2. the CLI: napari-gdt render --out region.png (8-bit)
     png = d / "region.png"
-    assert main(["render", "--model", str(m), "--expression", str(c), "--region", REGION, "--out", str(png), "--device", "cpu"]) == 0
+    assert (
+        main(["render", "--model", str(m), "--expression", str(c), "--region", REGION, "--out", str(png), "--device", "cpu"]) == 0
+    )
     from_cli = imread(png)
 
     # 3. the figure: the generated panel, 8-bit by the same rule as the figure draws it
@@ -71,7 +73,9 @@ def test_layer_cli_figure_and_omezarr_give_identical_pixels(files):
     assert from_layer.std() > 0  # a real image, not a flat placeholder
     for name, img in (("CLI render", from_cli), ("figure", from_figure), ("OME-Zarr", from_zarr)):
         assert img.dtype == np.uint8 and img.shape == from_layer.shape, name
-        assert np.array_equal(img, from_layer), f"{name} differs from the napari layer by up to {np.abs(img.astype(int) - from_layer).max()}"
+        assert np.array_equal(img, from_layer), (
+            f"{name} differs from the napari layer by up to {np.abs(img.astype(int) - from_layer).max()}"
+        )
     # coarser level: the same 2x2 rule in the layer pyramid and in the export
     assert np.array_equal(zarr1, layer1)
     assert np.array_equal(zarr1, downsample2x(from_layer, axes=(0, 1)))

@@ -36,8 +36,16 @@ def test_load_model_and_canvas(small_bundle, canvas, tmp_path):
     from napari_gdt.models.bundle import save_bundle
 
     m = tmp_path / "tiny.safetensors"
-    save_bundle(m, small_bundle.model, small_bundle.genes, um_per_px=0.5, output={"kind": "he", "channels": ["R", "G", "B"]},
-                tile_px=128, name="tiny", px_per_bin=16)
+    save_bundle(
+        m,
+        small_bundle.model,
+        small_bundle.genes,
+        um_per_px=0.5,
+        output={"kind": "he", "channels": ["R", "G", "B"]},
+        tile_px=128,
+        name="tiny",
+        px_per_bin=16,
+    )
     s = Session(device="cpu", num_threads=1)
     got = _events(s)
     assert s.px_per_bin is None
@@ -93,7 +101,7 @@ def test_edit_undo_redo_recompute_exactly_the_changed_tiles(session, canvas, tmp
     assert gen.renderer.stats["computed"] == 9  # the original is never rendered again
     for ty in range(3):
         for tx in range(3):
-            sl = np.s_[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]
+            sl = np.s_[ty * T : (ty + 1) * T, tx * T : (tx + 1) * T]
             assert (np.abs(edited[sl].astype(int) - original[sl]).max() > 0) == ((ty, tx) in tiles), (ty, tx)
     # the edited canvas is lazy and the original untouched
     assert np.array_equal(np.asarray(s.canvas.data), np.asarray(canvas.data))

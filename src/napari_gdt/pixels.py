@@ -37,7 +37,7 @@ import numpy as np
 from .errors import ReaderError
 
 __all__ = [
-        "downsample2x",
+    "downsample2x",
     "downsample2x_mask",
     "fill_value",
     "quantise",
@@ -48,7 +48,6 @@ __all__ = [
     "to_uint8",
     "to_unit",
 ]
-
 
 
 # --------------------------------------------------------------------------- quantisation
@@ -169,7 +168,9 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-def resample_to_model_grid(img: np.ndarray, canvas_affine: np.ndarray, px_per_bin: int, out_shape: tuple[int, int], fill: float | None = None) -> np.ndarray:
+def resample_to_model_grid(
+    img: np.ndarray, canvas_affine: np.ndarray, px_per_bin: int, out_shape: tuple[int, int], fill: float | None = None
+) -> np.ndarray:
     """Resample a whole real image onto the model's output grid; returns float32 ``(H, W, C)`` in [0, 1].
 
     ``canvas_affine`` maps bins to real-image pixels. Output pixel ``p`` maps to
@@ -214,7 +215,9 @@ def resample_to_model_grid(img: np.ndarray, canvas_affine: np.ndarray, px_per_bi
     return out
 
 
-def resample_to_grid(image, grid_to_image: np.ndarray, shape: tuple[int, int], order: int = 1, antialias: bool = True, fill: float = 0.0) -> np.ndarray:
+def resample_to_grid(
+    image, grid_to_image: np.ndarray, shape: tuple[int, int], order: int = 1, antialias: bool = True, fill: float = 0.0
+) -> np.ndarray:
     """Sample ``image`` on a regular output grid through an affine map (windowed: for large lazy images).
 
     Only the bounding box of the grid's footprint is read from ``image``,

@@ -112,8 +112,18 @@ class Session:
         Recipe file rewritten after every change of the edit history.
     """
 
-    def __init__(self, bundle=None, canvas=None, *, seed: int = 0, device: str = "auto", cache=None,
-                 num_threads: int | None = None, nice: int = 0, autosave=None):
+    def __init__(
+        self,
+        bundle=None,
+        canvas=None,
+        *,
+        seed: int = 0,
+        device: str = "auto",
+        cache=None,
+        num_threads: int | None = None,
+        nice: int = 0,
+        autosave=None,
+    ):
         self.events = SessionEvents()
         self._bundle = bundle
         self._canvas = canvas

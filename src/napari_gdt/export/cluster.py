@@ -43,7 +43,7 @@ def start_rss_sampler(interval: float = 0.2) -> None:
         while True:
             try:
                 _PEAK[0] = max(_PEAK[0], proc.memory_info().rss)
-            except Exception:  # the process is shutting down
+            except Exception:  # noqa: BLE001 - psutil raises several types while the process shuts down; stop sampling
                 return
             time.sleep(interval)
 
@@ -78,7 +78,7 @@ class GDTWorkerPlugin(_WorkerPluginBase):
             torch.set_num_threads(int(self.torch_threads))
         try:
             workers.renderer_for(self.job)
-        except Exception as e:  # tasks raise the same error with its message; don't kill the worker
+        except Exception as e:  # noqa: BLE001 - any failure: tasks raise it again with its message; don't kill the worker
             import logging
 
             logging.getLogger(__name__).warning("napari-gdt: could not preload the model on this worker: %s", e)
@@ -90,7 +90,12 @@ def _worker_info() -> dict:
 
     import torch
 
-    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), **workers.count(), "malloc_tuned": workers.MALLOC_TUNED[0]}
+    info = {
+        "pid": os.getpid(),
+        "torch_threads": torch.get_num_threads(),
+        **workers.count(),
+        "malloc_tuned": workers.MALLOC_TUNED[0],
+    }
     info["devices"] = workers.loaded_devices()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     info["cpu_seconds"] = ru.ru_utime + ru.ru_stime
@@ -133,7 +138,9 @@ class Distributed:
                 torch_threads = max(1, (os.cpu_count() or 1) // n)
             saved = dict(os.environ)
             try:
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40)
+                self.cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40
+                )
             finally:  # the nanny sets OMP_NUM_THREADS=1 etc. in *this* process's environment; undo that
                 for k in set(os.environ) - set(saved):
                     del os.environ[k]
@@ -149,10 +156,8 @@ class Distributed:
         argsets = iter(argsets)
         limit = max_in_flight or max(2, 2 * self.nthreads)
         pending = as_completed()
-        n = 0
-        for a in argsets:
+        for n, a in enumerate(argsets, start=1):
             pending.add(self.client.submit(fn, *a, pure=False))
-            n += 1
             if n >= limit:
                 break
         for fut in pending:

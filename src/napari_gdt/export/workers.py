@@ -48,7 +48,18 @@ def renderer_for(job):
     from ..expression.canvas import ExpressionCanvas
     from ..rendering.tiles import TileRenderer
 
-    key = (job.model, job.digest, job.canvas, job.edits, job.seed, job.tile_px, job.device, job.batch_size, job.zero_fill, job.cache)
+    key = (
+        job.model,
+        job.digest,
+        job.canvas,
+        job.edits,
+        job.seed,
+        job.tile_px,
+        job.device,
+        job.batch_size,
+        job.zero_fill,
+        job.cache,
+    )
     with _LOCK:
         r = _RENDERERS.get(key)
         if r is not None:
@@ -56,7 +67,9 @@ def renderer_for(job):
         bundle = bundle_for(job.model, job.digest, job.device)
         p = Path(job.canvas)
         if not p.exists():
-            raise GDTError(f"{p}: no such expression canvas (on this worker; the canvas must be visible to every worker at the same path)")
+            raise GDTError(
+                f"{p}: no such expression canvas (on this worker; the canvas must be visible to every worker at the same path)"
+            )
         canvas = ExpressionCanvas.from_ome_zarr(p)
         if job.edits:
             from ..editing.recipe import apply_recipe_file  # lazy: the editing engine is optional here
@@ -67,7 +80,16 @@ def renderer_for(job):
             from ..rendering.cache import open_cache
 
             cache = open_cache(job.cache)
-        r = TileRenderer(bundle, canvas, seed=job.seed, tile_px=job.tile_px, device=job.device, batch_size=job.batch_size, cache=cache, zero_fill=job.zero_fill)
+        r = TileRenderer(
+            bundle,
+            canvas,
+            seed=job.seed,
+            tile_px=job.tile_px,
+            device=job.device,
+            batch_size=job.batch_size,
+            cache=cache,
+            zero_fill=job.zero_fill,
+        )
         while len(_RENDERERS) >= _MAX_RENDERERS:  # long-lived processes: keep the latest few
             _RENDERERS.pop(next(iter(_RENDERERS)))
         _RENDERERS[key] = r

@@ -28,10 +28,28 @@ from ..rendering.tiles import Region
 from ..session import Session
 from .compare_ui import SHORTCUT, CompareForm
 from .compare_view import DIFF_NAME, EXPR_NAME, SWIPE_NAME, ComparisonView, Swipe, view_region
-from .layer_tools import DifferenceLevel, data_to_world, is_labels, lazy_composite, lazy_difference, panels_from_layers, sample_layer
+from .layer_tools import (
+    DifferenceLevel,
+    data_to_world,
+    is_labels,
+    lazy_composite,
+    lazy_difference,
+    panels_from_layers,
+    sample_layer,
+)
 from .layers import session_for
 
-__all__ = ["DIFF_NAME", "EXPR_NAME", "SHORTCUT", "SWIPE_NAME", "CompareWidget", "DifferenceLevel", "lazy_composite", "lazy_difference", "sample_layer"]
+__all__ = [
+    "DIFF_NAME",
+    "EXPR_NAME",
+    "SHORTCUT",
+    "SWIPE_NAME",
+    "CompareWidget",
+    "DifferenceLevel",
+    "lazy_composite",
+    "lazy_difference",
+    "sample_layer",
+]
 
 NONE = "(none)"
 MAX_MEASURE_PX = 4096  # longest side of a region measured at full resolution
@@ -200,7 +218,10 @@ class CompareWidget(CompareForm, QWidget):
         """Blend or swipe ``top`` over ``bottom`` (``value`` in 0..100: opacity or line position)."""
         self.top_combo.setCurrentText(top)
         self.bottom_combo.setCurrentText(bottom)
-        for w, set_ in ((self.mode_combo, lambda: self.mode_combo.setCurrentText(mode)), (self.swipe_slider, lambda: self.swipe_slider.setValue(int(value)))):
+        for w, set_ in (
+            (self.mode_combo, lambda: self.mode_combo.setCurrentText(mode)),
+            (self.swipe_slider, lambda: self.swipe_slider.setValue(int(value))),
+        ):
             w.blockSignals(True)
             set_()
             w.blockSignals(False)
@@ -240,7 +261,12 @@ class CompareWidget(CompareForm, QWidget):
         M = data_to_world(lab)
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # label edges (bin b = px [b*ppb, (b+1)*ppb))
         corners = M @ np.array([[r0, r0, r1, r1], [c0, c1, c0, c1], [1, 1, 1, 1]], dtype=float)
-        region = Region(math.floor(corners[0].min() + 1e-6), math.ceil(corners[0].max() - 1e-6), math.floor(corners[1].min() + 1e-6), math.ceil(corners[1].max() - 1e-6))
+        region = Region(
+            math.floor(corners[0].min() + 1e-6),
+            math.ceil(corners[0].max() - 1e-6),
+            math.floor(corners[1].min() + 1e-6),
+            math.ceil(corners[1].max() - 1e-6),
+        )
         lab_vals = sample_layer(lab, region, 1.0, order=0)
         mask = lab_vals == value if value else lab_vals > 0
         return region, mask
@@ -317,7 +343,9 @@ class CompareWidget(CompareForm, QWidget):
         step = max(1.0, max(region.shape) / MAX_FIGURE_PX)
         panels = self.figure_panels(region, step)
         sb = scalebar_um if scalebar_um is not None else (self.scalebar_spin.value() or None)
-        info = compose_figure(panels, path, um_per_px=self.um_spin.value() * step, scalebar_um=sb, dpi=dpi or self.dpi_spin.value())
+        info = compose_figure(
+            panels, path, um_per_px=self.um_spin.value() * step, scalebar_um=sb, dpi=dpi or self.dpi_spin.value()
+        )
         self.status.setText(f"wrote {path}: {len(info.panels)} panels")
         return info
 

@@ -193,4 +193,3 @@ class CompareForm:
         lay.addWidget(box_m)
         lay.addWidget(box_e)
         lay.addWidget(self.status)
-

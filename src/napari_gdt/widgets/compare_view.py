@@ -13,7 +13,15 @@ from qtpy.QtCore import QObject, QTimer
 
 from ..errors import GDTError
 from ..rendering.tiles import Region
-from .layer_tools import DifferenceLevel, copy_transform, data_to_world, layer_levels, lazy_composite, lazy_difference, swiped_data
+from .layer_tools import (
+    DifferenceLevel,
+    copy_transform,
+    data_to_world,
+    layer_levels,
+    lazy_composite,
+    lazy_difference,
+    swiped_data,
+)
 
 DIFF_NAME = "compare: |edited − generated|"
 EXPR_NAME = "compare: genes"
@@ -70,13 +78,19 @@ class ComparisonView(QObject):
             raise GDTError("choose at least one of the real, generated and edited layers")
         layers = self.viewer.layers
         grid = self.viewer.canvas.grid
-        self.saved = {"order": list(layers), "visible": {l: l.visible for l in layers}, "opacity": {l: l.opacity for l in layers},
-                      "grid": (grid.enabled, grid.stride, grid.shape)}
+        self.saved = {
+            "order": list(layers),
+            "visible": {l: l.visible for l in layers},
+            "opacity": {l: l.opacity for l in layers},
+            "grid": (grid.enabled, grid.stride, grid.shape),
+        }
         panels = [l for l in (real, gen, edi) if l is not None]
         added = []
         if gen is not None and edi is not None:
             diff = lazy_difference(gen, edi)
-            d = self.viewer.add_image(diff, name=DIFF_NAME, colormap="magma", multiscale=isinstance(diff, list), **copy_transform(gen))
+            d = self.viewer.add_image(
+                diff, name=DIFF_NAME, colormap="magma", multiscale=isinstance(diff, list), **copy_transform(gen)
+            )
             added.append(d)
             self._start_watch(d, diff)
         if genes:

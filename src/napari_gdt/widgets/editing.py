@@ -241,8 +241,12 @@ class EditingWidget(EditingForm, QWidget):
         c, k = info.progress()
         q = "; computing tiles in view…" if self.busy else ""
         u = info.unchecked
-        what = "differ from the original" if not u else f"to update ({u} not compared with the original: too many to check at once)"
-        self.status.setText(f"{info.edits} edit(s); {len(info.changed)} tile(s) {what} ({c} computed, {k} from cache, {info.adopted} reused){q}")
+        what = (
+            "differ from the original" if not u else f"to update ({u} not compared with the original: too many to check at once)"
+        )
+        self.status.setText(
+            f"{info.edits} edit(s); {len(info.changed)} tile(s) {what} ({c} computed, {k} from cache, {info.adopted} reused){q}"
+        )
 
     @property
     def last_recomputed(self) -> list:

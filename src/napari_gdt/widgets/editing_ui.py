@@ -29,7 +29,14 @@ from ..errors import GDTError
 KEY_APPLY = "Control-Shift-Enter"
 KEY_UNDO = "Control-Alt-Z"
 KEY_REDO = "Control-Alt-Shift-Z"
-_VALUE_LABEL = {"scale": "Factor", "set": "Value", "add": "Value", "knockout": "(none)", "transfer": "Strength", "eigen": "Strength"}
+_VALUE_LABEL = {
+    "scale": "Factor",
+    "set": "Value",
+    "add": "Value",
+    "knockout": "(none)",
+    "transfer": "Strength",
+    "eigen": "Strength",
+}
 
 
 def _button(text: str, tip: str, slot) -> QPushButton:
@@ -55,7 +62,11 @@ class EditingForm:
         self.region_name_edit = QLineEdit()
         self.region_name_edit.setPlaceholderText("region name, e.g. stroma")
         self.region_name_edit.setToolTip("Name of the next region you create")
-        self.paint_btn = _button("New painted region", "Add a label to the 'edit regions' layer and select it for painting", lambda: g(self.new_painted_region))
+        self.paint_btn = _button(
+            "New painted region",
+            "Add a label to the 'edit regions' layer and select it for painting",
+            lambda: g(self.new_painted_region),
+        )
         self.thr_gene = QComboBox()
         self.thr_gene.setEditable(True)
         self.thr_gene.setToolTip("Gene to threshold")
@@ -64,12 +75,24 @@ class EditingForm:
         self.thr_min.setDecimals(2)
         self.thr_min.setValue(1.0)
         self.thr_min.setToolTip("Bins with at least this many counts of the gene form the region")
-        self.thr_btn = _button("Region from threshold", "A new region of the bins where the gene reaches the minimum count", lambda: g(self.region_from_threshold))
+        self.thr_btn = _button(
+            "Region from threshold",
+            "A new region of the bins where the gene reaches the minimum count",
+            lambda: g(self.region_from_threshold),
+        )
         self.shapes_combo = QComboBox()
         self.shapes_combo.setToolTip("A Shapes layer (rectangles, polygons, ellipses in output pixels)")
-        self.shapes_btn = _button("Region from shapes", "One region per shape of the chosen Shapes layer (its selected shapes, or all)", lambda: g(self.region_from_shapes))
-        self.geojson_btn = _button("Import GeoJSON…", "Regions from annotations drawn on the real image (QuPath: Export objects as GeoJSON); "
-                                   "one region per classification, painted into the regions layer", self._geojson_dialog)
+        self.shapes_btn = _button(
+            "Region from shapes",
+            "One region per shape of the chosen Shapes layer (its selected shapes, or all)",
+            lambda: g(self.region_from_shapes),
+        )
+        self.geojson_btn = _button(
+            "Import GeoJSON…",
+            "Regions from annotations drawn on the real image (QuPath: Export objects as GeoJSON); "
+            "one region per classification, painted into the regions layer",
+            self._geojson_dialog,
+        )
         self.regions_list = QListWidget()
         self.regions_list.setToolTip("Regions of the recipe")
         self.regions_list.setMaximumHeight(90)
@@ -85,8 +108,10 @@ class EditingForm:
 
         self.op_combo = QComboBox()
         self.op_combo.addItems(list(OPS))
-        self.op_combo.setToolTip("scale/set/add/knockout: change genes in the region. transfer: move the region's mean "
-                                 "profile towards another region's. eigen: match the region's second moment to a reference's")
+        self.op_combo.setToolTip(
+            "scale/set/add/knockout: change genes in the region. transfer: move the region's mean "
+            "profile towards another region's. eigen: match the region's second moment to a reference's"
+        )
         self.op_combo.currentTextChanged.connect(self._op_changed)
         self.region_combo = QComboBox()
         self.region_combo.setToolTip("The region to edit (for eigen also the source population)")
@@ -129,8 +154,14 @@ class EditingForm:
         self.history_list.setMaximumHeight(110)
         self.undo_btn = _button("Undo", f"Undo the last edit ({KEY_UNDO})", lambda: g(self.undo))
         self.redo_btn = _button("Redo", f"Redo ({KEY_REDO})", lambda: g(self.redo))
-        self.save_btn = _button("Save recipe…", "Save the regions and edits as a recipe JSON (replay it with napari-gdt render --edits)", self._save_dialog)
-        self.load_btn = _button("Load recipe…", "Load a recipe JSON: its regions and edits replace the current ones", self._load_dialog)
+        self.save_btn = _button(
+            "Save recipe…",
+            "Save the regions and edits as a recipe JSON (replay it with napari-gdt render --edits)",
+            self._save_dialog,
+        )
+        self.load_btn = _button(
+            "Load recipe…", "Load a recipe JSON: its regions and edits replace the current ones", self._load_dialog
+        )
         self.status = QLabel("")
         self.status.setWordWrap(True)
         hb = QGroupBox("History")
@@ -201,4 +232,12 @@ class EditingForm:
             raise GDTError(f"{op}: choose the {'reference' if op == 'eigen' else 'towards'} region")
         if op == "transfer":
             return {"op": "transfer", "from": other, "to": region, "genes": genes, "strength": v}
-        return {"op": "eigen", "region": region, "source": region, "reference": other, "genes": genes, "k": int(self.k_spin.value()), "strength": v}
+        return {
+            "op": "eigen",
+            "region": region,
+            "source": region,
+            "reference": other,
+            "genes": genes,
+            "k": int(self.k_spin.value()),
+            "strength": v,
+        }

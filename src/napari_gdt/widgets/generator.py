@@ -246,7 +246,9 @@ class GeneratorWidget(QWidget):
     def _update_stats(self, queued: int | None = None):
         st = self.session.stats()
         q = st["queued"] if queued is None else queued
-        self.stats_label.setText(f"tiles: computed {st['computed']}, cached {st['cached']}, queued {q} (previews {st['previews']})")
+        self.stats_label.setText(
+            f"tiles: computed {st['computed']}, cached {st['cached']}, queued {q} (previews {st['previews']})"
+        )
 
     def closeEvent(self, event):  # pragma: no cover - GUI
         self.session.cancel()

@@ -96,7 +96,13 @@ def layer_colour(layer) -> tuple[float, float, float]:
 
 
 def copy_transform(layer) -> dict:
-    return {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear, "affine": layer.affine}
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine,
+    }
 
 
 def lazy_difference(gen_layer, edi_layer):
@@ -111,7 +117,11 @@ def lazy_difference(gen_layer, edi_layer):
 
 def lazy_composite(gene_layers):
     """Additive RGB composite of gene layers (their contrast limits and colours)."""
-    return composite([gl.data for gl in gene_layers], [tuple(gl.contrast_limits) for gl in gene_layers], [layer_colour(gl) for gl in gene_layers])
+    return composite(
+        [gl.data for gl in gene_layers],
+        [tuple(gl.contrast_limits) for gl in gene_layers],
+        [layer_colour(gl) for gl in gene_layers],
+    )
 
 
 def swiped_data(top, x_split: float):
@@ -154,14 +164,18 @@ def panels_from_layers(region: Region, step: float, real=None, generated=None, e
         edi = to_display(sample_layer(edited, region, step, order=0))
         panels.append(Panel("edited", "edited", edi))
     if gen is not None and edi is not None:
-        panels.append(Panel("difference", "|edited − generated|", difference_map(gen, edi), heat=True, colorbar_label="mean |Δ| (0–1)"))
+        panels.append(
+            Panel("difference", "|edited − generated|", difference_map(gen, edi), heat=True, colorbar_label="mean |Δ| (0–1)")
+        )
     genes = list(genes)[: len(GENE_COLOURS)]
     if genes:
         counts = np.stack([sample_layer(g, region, step, order=0) for g in genes])
         limits = [tuple(float(v) for v in g.contrast_limits) for g in genes]
         colours = [layer_colour(g) for g in genes]
         names = [(g.metadata or {}).get("gene", g.name) for g in genes]
-        panels.append(Panel("expression", "expression", expression_composite(counts, colours, limits), legend=list(zip(names, colours))))
+        panels.append(
+            Panel("expression", "expression", expression_composite(counts, colours, limits), legend=list(zip(names, colours)))
+        )
     if not panels:
         raise GDTError("choose at least one layer to put in the figure")
     return panels

@@ -112,7 +112,12 @@ class SessionLayers(QObject):
         self.progress.connect(self._on_progress)
         self.failed.connect(self._show_error)
         ev = session.events
-        self._links = [(ev.pyramid, self._on_pyramid), (ev.tiles, self.updated.emit), (ev.progress, self.progress.emit), (ev.error, self.failed.emit)]
+        self._links = [
+            (ev.pyramid, self._on_pyramid),
+            (ev.tiles, self.updated.emit),
+            (ev.progress, self.progress.emit),
+            (ev.error, self.failed.emit),
+        ]
         for sig, slot in self._links:
             sig.connect(slot)
         cam = camera(viewer)
@@ -161,10 +166,14 @@ class SessionLayers(QObject):
             specs = [(name, pyramid.levels if C == 3 else pyramid.multiscale(0), {"rgb": C == 3})]
         else:
             chans = s.bundle.channel_names or [f"ch{c}" for c in range(C)]
-            specs = [(f"{name} [{chans[c]}]", pyramid.multiscale(c), {"colormap": CMAPS[c % len(CMAPS)], "blending": "additive"}) for c in range(C)]
+            specs = [
+                (f"{name} [{chans[c]}]", pyramid.multiscale(c), {"colormap": CMAPS[c % len(CMAPS)], "blending": "additive"})
+                for c in range(C)
+            ]
         old = self.layers.get(name) or []
         if len(old) == len(specs) and all(
-            l.name == sp[0] and l in self.viewer.layers and bool(l.rgb) == bool(sp[2].get("rgb", False)) for l, sp in zip(old, specs)
+            l.name == sp[0] and l in self.viewer.layers and bool(l.rgb) == bool(sp[2].get("rgb", False))
+            for l, sp in zip(old, specs)
         ):
             for l, (_, data, _) in zip(old, specs):  # same layers, new data: the user's settings persist
                 l.metadata = meta

@@ -47,7 +47,11 @@ class RegionsLayer:
             self.viewer.layers.remove(REGIONS_LAYER)
         # bin (i, j) covers output px [i*ppb, (i+1)*ppb): its centre is at (i + 0.5) * ppb - 0.5 in pixel-centre coordinates
         return self.viewer.add_labels(
-            np.zeros(s.canvas.n_bins, dtype=np.int32), name=REGIONS_LAYER, scale=(ppb, ppb), translate=((ppb - 1) / 2, (ppb - 1) / 2), opacity=0.4
+            np.zeros(s.canvas.n_bins, dtype=np.int32),
+            name=REGIONS_LAYER,
+            scale=(ppb, ppb),
+            translate=((ppb - 1) / 2, (ppb - 1) / 2),
+            opacity=0.4,
         )
 
     def raise_to_top(self) -> None:
@@ -151,4 +155,6 @@ class RegionsLayer:
 
     @staticmethod
     def describe(recipe) -> list[str]:
-        return [f"{n}  [{r.kind}{' ' + str(r.spec.get('value')) if r.kind == 'labels' else ''}]" for n, r in recipe.regions.items()]
+        return [
+            f"{n}  [{r.kind}{' ' + str(r.spec.get('value')) if r.kind == 'labels' else ''}]" for n, r in recipe.regions.items()
+        ]
