@@ -19,6 +19,7 @@ client and in each worker: ``ru_maxrss`` would include the parent's RSS at spawn
     python benchmarks/bench_export.py                      # 4k and 16k x 16k (2 workers), speed-up at 4k
     python benchmarks/bench_export.py --sizes 16384,32768  # the full check (about 4x longer per doubling)
     python benchmarks/bench_export.py --sizes 2048 --speedup-size 2048   # a quick smoke run
+    python benchmarks/bench_export.py --device cuda --sizes 16384 --workers-max 1 --batch 32   # one GPU worker
 
 The canvas is synthetic (smooth Poisson rates, written chunk by chunk with
 dask, never whole in memory); the model is an untrained ``gdt-v1`` with
@@ -89,7 +90,7 @@ def _chunks(n, c):
     return tuple([c] * (n // c) + ([n % c] if n % c else []))
 
 
-def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles: int = 12, batch: int = 4) -> float:
+def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles: int = 12, batch: int = 4, device: str = "cpu") -> tuple:
     """Mpx/s of ``TileRenderer.forward`` alone (windows read beforehand), output px of whole tiles."""
     import torch
 
@@ -98,7 +99,9 @@ def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles:
     from napari_gdt.rendering.tiles import TileRenderer
 
     torch.set_num_threads(threads)
-    r = TileRenderer(load_bundle(model), ExpressionCanvas.from_ome_zarr(canvas), tile_px=tile_px, device="cpu")
+    from napari_gdt.models.device import synchronize
+
+    r = TileRenderer(load_bundle(model), ExpressionCanvas.from_ome_zarr(canvas), tile_px=tile_px, device=device, batch_size=batch)
     specs = [s for s in r.tiles_for(r.check_region(None)) if s.out.shape == (tile_px, tile_px)][:n_tiles]
     n_tiles = len(specs)
     wins = [r.read_window(s) for s in specs]
@@ -108,6 +111,7 @@ def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles:
         t, c = time.perf_counter(), time.process_time()
         for i in range(0, n_tiles, batch):
             r.forward(np.stack(wins[i : i + batch]), [s.win[:2] for s in specs[i : i + batch]])
+        synchronize(r.device)
         best = min(best, time.perf_counter() - t)
         best_cpu = min(best_cpu, time.process_time() - c)
     mpx = n_tiles * tile_px * tile_px / 1e6
@@ -124,7 +128,7 @@ def run_one(spec: dict) -> dict:
 
         dask.config.set({"distributed.nanny.environ.NAPARI_GDT_MALLOC_TUNE": "0"})
     s = render_to_omezarr(
-        spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device="cpu",
+        spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device=spec.get("device", "cpu"),
         workers=spec["workers"], progress=False, overwrite=True, batch_size=spec["batch"],
     )
     import torch
@@ -169,6 +173,7 @@ def main(argv=None):
     p.add_argument("--no-malloc-contrast", action="store_true", help="skip the 1-worker run without napari-gdt's malloc tuning")
     p.add_argument("--in-process", action="store_true", help="also render the speed-up size in-process (no cluster)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
+    p.add_argument("--device", default="cpu", help="auto|cpu|cuda|mps: where the workers and the bare forward run (default cpu)")
     p.add_argument("--_one", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._one:
@@ -191,7 +196,14 @@ def main(argv=None):
         make_canvas(c, -(-size // ppb))
         canvases[size] = c
         print(f"canvas {size}x{size} px ({-(-size // ppb)}^2 bins x {len(GENES)} genes) written in {time.perf_counter() - t:.1f} s")
-    fwd0 = {th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch) for th in sorted({1, cores})}
+    from napari_gdt.models.device import describe, get_device, peak_memory_bytes, reset_peak_memory
+
+    dev = get_device(a.device)
+    print(f"device: {describe(dev)} (bare forward and workers)")
+    reset_peak_memory(dev)
+    fwd0 = {th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch, device=str(dev)) for th in sorted({1, cores})}
+    if dev.type != "cpu":
+        print(f"bare forward peak device memory: {(peak_memory_bytes(dev) or 0) / 2**20:.0f} MiB")
     print("bare batched forward (this process, windows pre-read): "
           + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd0.items()))
     from napari_gdt.export.omezarr_render import tune_malloc
@@ -226,18 +238,18 @@ def main(argv=None):
     results = {}
     for size in sizes:
         spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
-                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch)
+                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch, device=str(dev))
         results[(size, a.workers_max)] = s = spawn(spec)
         row(s, f"{a.workers_max} workers")
     if a.workers_max > 1 and not a.no_speedup:
         size = a.speedup_size
         if (size, a.workers_max) not in results:
             spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
-                        tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch)
+                        tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch, device=str(dev))
             results[(size, a.workers_max)] = spawn(spec)
             row(results[(size, a.workers_max)], f"{a.workers_max} workers")
         spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_1.ome.zarr"),
-                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=1, batch=a.batch)
+                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=1, batch=a.batch, device=str(dev))
         results[(size, 1)] = s1 = spawn(spec)
         row(s1, "1 worker")
         if not a.no_malloc_contrast:

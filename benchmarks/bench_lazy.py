@@ -2,6 +2,7 @@
 
     PYTHONPATH=src xvfb-run -a python benchmarks/bench_lazy.py                 # all three, default sizes
     PYTHONPATH=src xvfb-run -a python benchmarks/bench_lazy.py --only throughput --full
+    PYTHONPATH=src python benchmarks/bench_lazy.py --only throughput --device cuda   # (no display needed for this part)
 
 * responsiveness: a napari viewer (shown; Xvfb works) with the lazy layer while the camera pans
   and the worker computes tiles on the CPU. A 5-ms Qt timer on the main thread records the largest
@@ -202,11 +203,17 @@ def throughput(a) -> dict:
     from napari_gdt.rendering.pyramid import TilePyramid
     from napari_gdt.rendering.tiles import Region, TileRenderer
 
+    from _device import fmt_bytes, peak_memory
+
+    from napari_gdt.models.device import describe, get_device, reset_peak_memory
+
     torch.set_num_threads(_threads())
+    dev = get_device(a.device)
+    print(f"device: {describe(dev)}")
     bundle = _bundle(a.small_model)
     ppb = bundle.px_per_bin
     canvas = lazy_synthetic_canvas((a.canvas_px // ppb, a.canvas_px // ppb), chunk=64)
-    r = TileRenderer(bundle, canvas, seed=0, device="cpu", batch_size=a.batch_size)
+    r = TileRenderer(bundle, canvas, seed=0, device=dev, batch_size=a.batch_size)
     T = r.tile_px
     vh, vw = a.view
     y0 = a.canvas_px // 2 - vh // 2
@@ -229,7 +236,7 @@ def throughput(a) -> dict:
     def lazy_run():
         import threading
 
-        rr = TileRenderer(bundle, canvas, seed=0, device="cpu", batch_size=a.batch_size)
+        rr = TileRenderer(bundle, canvas, seed=0, device=dev, batch_size=a.batch_size)
         p = TilePyramid(rr, nearby=0, probe=0)
         ev = threading.Event()
         p.update_callbacks.append(lambda kind, keys: ev.set())  # like the widget's Qt signal
@@ -247,6 +254,7 @@ def throughput(a) -> dict:
         return dt, n, tm
 
     bare_run(tiles[: a.batch_size])  # warm-up
+    reset_peak_memory(dev)
     tb1 = bare_run(tiles)
     tl, n, tm = lazy_run()
     tb2 = bare_run(tiles)
@@ -255,7 +263,7 @@ def throughput(a) -> dict:
     return {
         "canvas_px": a.canvas_px, "views": len(views), "view": f"{vh}x{vw}", "tiles": len(tiles), "lazy_computed": n,
         "bare_px_s": bare_pxs, "lazy_px_s": lazy_pxs, "ratio": lazy_pxs / bare_pxs, "bare_runs_s": (tb1, tb2), "lazy_s": tl,
-        "torch_threads": torch.get_num_threads(), "timings": tm,
+        "torch_threads": torch.get_num_threads(), "timings": tm, "device": str(dev), "peak": fmt_bytes(peak_memory(dev)), "T": T,
     }
 
 
@@ -338,6 +346,7 @@ def main(argv=None):
     ap.add_argument("--view", type=int, nargs=2, default=(512, 768))
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="auto", help="throughput: auto|cpu|cuda|mps (default auto; the other parts run where napari's widget does)")
     ap.add_argument("--scale-px", type=int, default=100_000)
     ap.add_argument("--scale-wait", type=float, default=5.0)
     a = ap.parse_args(argv)
@@ -367,6 +376,9 @@ def main(argv=None):
         print(f"throughput: lazy {r['lazy_px_s'] / 1e6:.3f} Mpx/s vs bare batched forward {r['bare_px_s'] / 1e6:.3f} Mpx/s "
               f"(bare runs {r['bare_runs_s'][0]:.1f}s, {r['bare_runs_s'][1]:.1f}s; lazy {r['lazy_s']:.1f}s) "
               f"ratio {r['ratio']:.3f} -> {'PASS' if r['ratio'] >= 0.8 else 'FAIL'} (goal >= 0.8)")
+        T2 = r["T"] ** 2
+        print(f"throughput: on {r['device']}: lazy {r['lazy_px_s'] / T2:.1f} tiles/s vs bare {r['bare_px_s'] / T2:.1f} tiles/s ({r['T']}-px tiles); "
+              f"peak {'device memory' if r['device'] != 'cpu' else 'process RSS'} {r['peak']}")
         print("throughput: lazy worker time: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
               + " (read = expression windows from the canvas, compute = TileRenderer.compute_tiles)")
     else:

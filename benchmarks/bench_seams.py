@@ -5,15 +5,20 @@ region rendered with 128-px tiles, with 512-px tiles and as one tile, whether a
 shuffled tile order gives identical bytes, and, for contrast, the same weights
 run with ordinary zero padding and naive tiling (no halo, tile-local noise).
 
-    python benchmarks/bench_seams.py [--size 1024] [--seed 0]
+    python benchmarks/bench_seams.py [--size 1024] [--seed 0] [--device auto|cpu|cuda|mps]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _device import add_device_args, device_of, fmt_bytes, peak_memory
 
 from napari_gdt.rendering.naive import naive_padded_render
 from napari_gdt.rendering.tiles import Region, TileRenderer
@@ -32,7 +37,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    add_device_args(ap, sweep=False)
     a = ap.parse_args()
+    dev = device_of(a)
     bundle = untrained_bundle()
     ppb = bundle.px_per_bin
     n_bins = a.size // ppb + 8
@@ -40,11 +47,11 @@ def main():
     region = Region(0, a.size, 0, a.size)
     outs = {}
     for T in (128, 512, a.size):
-        r = TileRenderer(bundle, canvas, seed=a.seed, tile_px=T, device="cpu")
+        r = TileRenderer(bundle, canvas, seed=a.seed, tile_px=T, device=dev)
         t = time.perf_counter()
         outs[T] = r.render_region(region)
         print(f"padding-free  tile {T:5d} px: {r.stats['computed']:3d} tiles in {time.perf_counter() - t:6.2f} s")
-    r = TileRenderer(bundle, canvas, seed=a.seed, tile_px=128, device="cpu")
+    r = TileRenderer(bundle, canvas, seed=a.seed, tile_px=128, device=dev)
     perm = np.random.default_rng(0).permutation(len(r.tiles_for(region)))
     shuffled = r.render_region(region, order=perm)
     d128_512 = np.abs(outs[128] - outs[512]).max()
@@ -53,6 +60,7 @@ def main():
     print(f"max |128-px tiles - one tile|          = {d128_one:.3g}   (goal <= 1e-5)")
     print(f"shuffled order identical bytes         = {shuffled.tobytes() == outs[128].tobytes()}")
     print(f"seam ratio (border step / other steps) = {seam_profile(outs[128], 128):.3f}  padding-free, 128-px tiles")
+    print(f"peak {'device memory' if dev.type != 'cpu' else 'process RSS'}: {fmt_bytes(peak_memory(dev))}")
     n128 = naive_padded_render(bundle, canvas, region, tile_px=128, seed=a.seed)
     n_one = naive_padded_render(bundle, canvas, region, tile_px=a.size, seed=a.seed)
     print(f"contrast: zero padding + naive tiling (same weights)")

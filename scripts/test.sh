@@ -8,3 +8,5 @@ if [ -z "${NAPARI_GDT_DATA:-}" ] && [ -d ../shared/data ]; then export NAPARI_GD
 export MPLBACKEND=Agg NO_MKDOCS_2_WARNING=1
 if [ -f mkdocs.yml ]; then .venv/bin/python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"; fi
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The whole suite also runs the SpatialData tests in their own venv (spatialdata pins an older dask).
+if [ "$#" -eq 0 ] && [ -z "${NAPARI_GDT_NO_SPATIALDATA:-}" ]; then bash scripts/test_spatialdata.sh; fi

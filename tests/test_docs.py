@@ -143,6 +143,8 @@ def missing_pieces(code: str) -> list[str]:
             missing.append(f"module {'.'.join(parts[:2])}")
     if re.search(r"--format[ =](st|visium|anndata)\b", code) and importlib.util.find_spec("napari_gdt.expression.spots") is None:
         missing.append("module napari_gdt.expression.spots (spot formats)")
+    if re.search(r"\bspatialdata\b|--into-spatialdata", code) and importlib.util.find_spec("spatialdata") is None:
+        missing.append("package spatialdata (pip install 'napari-gdt[spatialdata]')")
     if "NAPARI_GDT_DATA" in code and _data_dir() is None:
         missing.append("the sample data folder (set NAPARI_GDT_DATA)")
     return sorted(set(missing))

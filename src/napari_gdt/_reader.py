@@ -32,6 +32,11 @@ def _spatial_reader(path):
             from .expression import spots  # noqa: F401
         except ImportError:
             return None
+    if fmt == "spatialdata":
+        try:
+            import spatialdata  # noqa: F401
+        except ImportError:
+            return None  # napari-spatialdata (or nobody) opens it
     return read_spatial_layers
 
 

@@ -34,3 +34,7 @@ class ReaderError(GDTError):
 
 class RecipeError(GDTError):
     """An edit recipe is malformed or names something unknown."""
+
+
+class DeviceMemoryError(GDTError):
+    """The accelerator ran out of memory even at the smallest batch."""

@@ -24,13 +24,14 @@ def register(sub):
         "convert",
         help="convert real spatial data into an expression canvas (OME-Zarr)",
         description=(
-            "Read Xenium, MERFISH, CosMx, a generic transcript table, AnnData/Visium or legacy ST spots and "
+            "Read Xenium, MERFISH, CosMx, a generic transcript table, AnnData/Visium, Visium HD, legacy ST spots or a "
+            "SpatialData store and "
             "write an expression canvas: OME-Zarr, axes c,y,x, one channel per gene (omero labels = genes)."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s) or folder (legacy ST: counts tsv and spot file)")
     p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (overwritten)")
-    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|st|anndata|csv|canvas (default auto: detect)")
+    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|visium_hd|st|anndata|csv|spatialdata|canvas (default auto: detect)")
     p.add_argument("--bin-um", type=float, default=None, help="bin edge in µm (transcripts default 10)")
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
     p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
@@ -54,7 +55,14 @@ def register(sub):
     s.add_argument("--spot-mode", default=None, choices=["footprint", "spread"], help="footprint: counts over each spot's disc; spread: a continuous field")
     s.add_argument("--spot-diameter-px", type=float, default=None, help="spot diameter in image px (default from the data)")
     s.add_argument("--sigma-px", type=float, default=None, help="spread mode: Gaussian width in image px")
-    s.add_argument("--layer", default=None, help="AnnData layer to read (default X)")
+    s.add_argument("--layer", default=None, help="AnnData / SpatialData table layer to read (default X)")
+    s.add_argument("--hd-bin-um", type=int, default=None, help="Visium HD: which binned_outputs/square_NNNum to read (2, 8 or 16; default 8)")
+    d = p.add_argument_group("SpatialData stores (.zarr)")
+    d.add_argument("--points", default=None, metavar="NAME", help="points element of transcripts (default: picked, and said)")
+    d.add_argument("--table", default=None, metavar="NAME", help="table annotating a shapes element of spots or bins (default: picked)")
+    d.add_argument("--image-element", default=None, metavar="NAME", help="image element of the real image (default: the largest in a shared coordinate system)")
+    d.add_argument("--coordinate-system", default=None, metavar="NAME", help="coordinate system relating them (default: global, else the first shared)")
+    d.add_argument("--um-per-unit", type=float, default=None, help="points: µm per coordinate-system unit (default 1: the coordinate system is in µm)")
     p.add_argument("--chunks", default=None, metavar="G,Y,X", help="chunking of the written canvas (default 32,256,256)")
     p.set_defaults(func=run)
 
@@ -96,7 +104,7 @@ def run(args):
         opts["fov"] = [int(f) for f in str(args.fov).split(",")]
     if args.spot_mode:
         opts["mode"] = args.spot_mode
-    for k in ("spot_diameter_px", "sigma_px", "layer"):
+    for k in ("spot_diameter_px", "sigma_px", "layer", "hd_bin_um", "points", "table", "image_element", "coordinate_system", "um_per_unit"):
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     if args.chunks:
@@ -131,6 +139,15 @@ def run(args):
     )
     if bar is not None:
         bar.close()
+    picked = list(canvas.meta.get("picked") or [])
+    sdm = canvas.meta.get("spatialdata")
+    if sdm:
+        what = f"points '{sdm['points']}'" if sdm["kind"] == "points" else f"table '{sdm['table']}' on shapes '{sdm['shapes']}'"
+        img = f"image '{sdm['image']}'" if sdm.get("image") else "no image"
+        print(f"{sdm['store']}: read {what}, {img}, coordinate system '{sdm['coordinate_system']}'")
+        picked += list(sdm.get("picked") or [])
+    for note in picked:
+        print(f"  {note}")
     chunks = opts.get("chunks")
     canvas.to_ome_zarr(out, chunks=chunks)
     print(summary_line(canvas, out, time.perf_counter() - t0))

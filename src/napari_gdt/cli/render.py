@@ -27,7 +27,11 @@ def register(sub):
     z.add_argument("--chunk-px", type=int, default=None, help="chunk edge in output px, a multiple of the tile size (default ~1024)")
     z.add_argument("--levels", type=int, default=None, help="pyramid levels (default: until the coarsest is <= 256 px)")
     z.add_argument("--dtype", choices=("uint8", "float32"), default="uint8", help="stored values: uint8 (default) or float32 (exact; for cache warming)")
-    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
+    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it (--into-spatialdata: replace elements of the same names)")
+    d = p.add_argument_group("SpatialData output (--into-spatialdata)")
+    d.add_argument("--into-spatialdata", action="store_true", help="--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, aligned with its real image")
+    d.add_argument("--image-element", default=None, metavar="NAME", help="the store's real image the canvas is registered to (default: the one the canvas was read from)")
+    d.add_argument("--element-prefix", default="gdt", metavar="P", help="names of the new elements: P_generated, P_edited, P_regions (default gdt)")
     z.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads per dask worker (default: cores // --workers; unchanged with --scheduler)")
     add_render_args(p)
     p.set_defaults(func=run)
@@ -94,6 +98,8 @@ def run(args):
     bundle = load_model(args.model, args.device)
     canvas = open_canvas(args.expression)
     region = parse_region(args.region) if args.region else None
+    if getattr(args, "into_spatialdata", False):
+        return _into_spatialdata(args, bundle, canvas, region)
     if out.lower().rstrip("/").endswith(".ome.zarr"):
         return _render_omezarr(args, bundle, region)
     if args.workers or args.scheduler:
@@ -105,4 +111,33 @@ def run(args):
     bar.close()
     write_image(out, img)
     print(f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} from cache", file=sys.stdout)
+    return 0
+
+
+def _into_spatialdata(args, bundle, canvas, region) -> int:
+    from ..errors import GDTError
+    from ..export.spatialdata import render_into_spatialdata
+
+    if args.workers or args.scheduler:
+        raise GDTError("--workers/--scheduler apply to .ome.zarr output only, not --into-spatialdata")
+    cache = None
+    if getattr(args, "cache", None):
+        from ..rendering import cache as cache_mod
+
+        cache = cache_mod.open_cache(args.cache)
+    update, bar = progress_bar(1, "render")
+    s = render_into_spatialdata(
+        args.out, bundle, canvas, region=region, edits=args.edits, seed=args.seed, tile_px=args.tile_px, device=args.device,
+        batch_size=args.batch_size, cache=cache, zero_fill=args.zero_fill, image_element=args.image_element,
+        prefix=args.element_prefix, overwrite=args.overwrite, progress=update,
+        settings={"model": str(args.model), "canvas": str(args.expression), "recipe_file": str(args.edits) if args.edits else None},
+    )
+    bar.close()
+    h, w = s["region"].shape
+    els = ", ".join(f"{n} ({k})" for n, k in s["elements"].items())
+    print(
+        f"wrote {els} into {args.out}: {h}x{w} px aligned with image '{s['image_element']}' "
+        f"in coordinate system(s) {', '.join(s['coordinate_systems'])}",
+        file=sys.stdout,
+    )
     return 0

@@ -36,6 +36,8 @@ def register(sub):
         "genes it lacks (the discriminator trains as usual)",
     )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
+    p.add_argument("--amp", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="mixed precision of the training step (default auto: bf16 autocast on a CUDA GPU that supports it, else fp32)")
     p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
     p.add_argument("--patch-bins", type=int, default=10, help="input window edge in bins (default 10)")

@@ -10,6 +10,8 @@ csv        any CSV / CSV.gz / Parquet transcript table (``x_col, y_col, gene_col
 anndata    AnnData ``.h5ad`` with ``obsm['spatial']`` (spots, e.g. Visium)
 visium     a Space Ranger ``outs/`` folder (or an ``.h5ad``)
 st         legacy ST: a counts tsv plus a spot file with pixel coordinates
+visium_hd  Space Ranger 3 Visium HD: ``outs/``, ``binned_outputs/`` or one ``square_NNNum`` folder
+spatialdata a SpatialData ``.zarr`` store: points, or a table on shapes, plus an image
 canvas     a napari-gdt OME-Zarr canvas
 ========== ==========================================================================
 
@@ -30,10 +32,13 @@ from .transcripts import COSMX_UM_PER_PX, DEFAULT_BIN_UM, SCHEMAS, _parse_genes,
 
 __all__ = ["FORMATS", "detect_format", "parse_gene_list", "read_any"]
 
-FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "st", "anndata", "csv", "canvas")
+FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "visium_hd", "st", "anndata", "csv", "spatialdata", "canvas")
 TRANSCRIPT_FORMATS = ("xenium", "merfish", "cosmx", "csv")
-SPOT_FORMATS = ("visium", "st", "anndata")
-_ALIASES = {"parquet": "csv", "table": "csv", "ome-zarr": "canvas", "zarr": "canvas", "h5ad": "anndata", "spaceranger": "visium", "vizgen": "merfish"}
+SPOT_FORMATS = ("visium", "visium_hd", "st", "anndata")
+_ALIASES = {
+    "parquet": "csv", "table": "csv", "ome-zarr": "canvas", "zarr": "canvas", "h5ad": "anndata", "spaceranger": "visium",
+    "vizgen": "merfish", "visium-hd": "visium_hd", "visiumhd": "visium_hd", "sdata": "spatialdata",
+}
 
 parse_gene_list = _parse_genes
 
@@ -85,6 +90,10 @@ def detect_format(path) -> str:
 
         if is_canvas(p):
             return "canvas"
+        from .spatialdata import is_spatialdata_store
+
+        if is_spatialdata_store(p):
+            return "spatialdata"
         if name.endswith(".zarr"):
             raise ReaderError(f"{p}: a zarr folder that is not a napari-gdt canvas (no 'napari_gdt' attributes)")
         if any((p / n).is_file() for n in ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv")):
@@ -93,6 +102,10 @@ def detect_format(path) -> str:
             return "merfish"
         if any(p.glob("*tx_file*.csv*")):
             return "cosmx"
+        from .spots import find_visium_hd_bins
+
+        if find_visium_hd_bins(p) is not None:
+            return "visium_hd"
         if (p / "filtered_feature_bc_matrix.h5").is_file() or (p / "outs" / "filtered_feature_bc_matrix.h5").is_file() or (p / "spatial").is_dir():
             return "visium"
         tsvs = [q.name.lower() for q in p.iterdir() if q.name.lower().endswith((".tsv", ".tsv.gz"))]
@@ -219,6 +232,18 @@ def read_any(
         if not p.exists():
             raise ReaderError(f"{p}: no such file or folder")
 
+    if fmt == "spatialdata":
+        from .spatialdata import read_spatialdata
+
+        if len(paths) != 1:
+            raise ReaderError(f"{src}: read one SpatialData store at a time")
+        sd_keys = ("points", "table", "image_element", "coordinate_system", "um_per_unit", "gene_col", "layer", "mode",
+                   "spot_diameter_px", "sigma_px", "chunks", "progress", "drop_prefixes")
+        return read_spatialdata(
+            paths[0], bin_um=bin_um, bin_px=bin_px, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill,
+            **{k: v for k, v in opts.items() if k in sd_keys and v is not None},
+        )
+
     if fmt == "canvas":
         canvas = ExpressionCanvas.from_ome_zarr(paths[0])
         g = _parse_genes(genes)
@@ -251,6 +276,13 @@ def read_any(
 
     # spot formats: bins are laid in image pixels
     spots = _spots_module()
+    if fmt == "visium_hd":
+        g = _parse_genes(genes)
+        canvas = _call_with_accepted(
+            spots.read_visium_hd, paths[0], bin_px=bin_px, bin_um=bin_um, um_per_px=um_per_px, image=image,
+            genes=None if zero_fill else g, **opts,
+        )
+        return canvas.align(g, zero_fill=True, where=src) if (g and zero_fill) else canvas
     if bin_px is None:
         if bin_um is None or um_per_px is None:
             raise ReaderError(f"{src}: spot formats lay bins in image pixels: give --bin-px (or --bin-um with --um-per-px)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,7 @@ import numpy as np
 from ..errors import ReaderError
 from .canvas import ExpressionCanvas
 
-__all__ = ["read_anndata", "read_spaceranger", "read_st", "spot_weights", "spots_to_canvas"]
+__all__ = ["find_visium_hd_bins", "read_anndata", "read_spaceranger", "read_st", "read_visium_hd", "spot_weights", "spots_to_canvas"]
 
 ST_PITCH_UM = 200.0  # centre-to-centre distance of legacy ST spots
 ST_DIAMETER_UM = 100.0
@@ -446,38 +447,11 @@ def read_anndata(
     )
 
 
-# --------------------------------------------------------------------------- Space Ranger
-def read_spaceranger(
-    outs_dir,
-    bin_px: float,
-    image=None,
-    mode: str = "footprint",
-    spot_diameter_px: float | None = None,
-    genes=None,
-    um_per_px: float | None = None,
-    sigma_px: float | None = None,
-) -> ExpressionCanvas:
-    """Read a Space Ranger ``outs`` folder (Visium): filtered matrix + tissue positions + scale factors.
-
-    Spot centres are ``pxl_row_in_fullres, pxl_col_in_fullres`` (full-resolution
-    image px); only spots with ``in_tissue == 1`` that are in the filtered
-    matrix are kept. ``spot_diameter_fullres`` from ``scalefactors_json.json``
-    gives the footprint (Visium spots are 55 µm wide).
-    """
+def _read_10x_h5(h5: Path):
+    """(barcodes x genes CSR matrix, barcodes, gene names) of a 10x ``*_feature_bc_matrix.h5`` (Gene Expression rows only)."""
     import h5py
-    import pandas as pd
     from scipy import sparse
 
-    outs = Path(outs_dir)
-    if not outs.is_dir():
-        raise ReaderError(f"{outs}: no such Space Ranger outs folder")
-    h5 = outs / "filtered_feature_bc_matrix.h5"
-    if not h5.exists():
-        raise ReaderError(f"{outs}: missing filtered_feature_bc_matrix.h5")
-    spatial = outs / "spatial"
-    pos_file = next((spatial / n for n in ("tissue_positions.csv", "tissue_positions_list.csv") if (spatial / n).exists()), None)
-    if pos_file is None:
-        raise ReaderError(f"{spatial}: missing tissue_positions.csv (or tissue_positions_list.csv)")
     try:
         with h5py.File(h5, "r") as f:
             if "matrix" not in f:
@@ -497,6 +471,40 @@ def read_spaceranger(
     gex = np.asarray([t == "Gene Expression" for t in ftype])
     mat = mat.tocsr()[gex].T.tocsr()  # barcodes x genes
     names = [n for n, k in zip(names, gex) if k]
+    return mat, barcodes, names
+
+
+# --------------------------------------------------------------------------- Space Ranger
+def read_spaceranger(
+    outs_dir,
+    bin_px: float,
+    image=None,
+    mode: str = "footprint",
+    spot_diameter_px: float | None = None,
+    genes=None,
+    um_per_px: float | None = None,
+    sigma_px: float | None = None,
+) -> ExpressionCanvas:
+    """Read a Space Ranger ``outs`` folder (Visium): filtered matrix + tissue positions + scale factors.
+
+    Spot centres are ``pxl_row_in_fullres, pxl_col_in_fullres`` (full-resolution
+    image px); only spots with ``in_tissue == 1`` that are in the filtered
+    matrix are kept. ``spot_diameter_fullres`` from ``scalefactors_json.json``
+    gives the footprint (Visium spots are 55 µm wide).
+    """
+    import pandas as pd
+
+    outs = Path(outs_dir)
+    if not outs.is_dir():
+        raise ReaderError(f"{outs}: no such Space Ranger outs folder")
+    h5 = outs / "filtered_feature_bc_matrix.h5"
+    if not h5.exists():
+        raise ReaderError(f"{outs}: missing filtered_feature_bc_matrix.h5")
+    spatial = outs / "spatial"
+    pos_file = next((spatial / n for n in ("tissue_positions.csv", "tissue_positions_list.csv") if (spatial / n).exists()), None)
+    if pos_file is None:
+        raise ReaderError(f"{spatial}: missing tissue_positions.csv (or tissue_positions_list.csv)")
+    mat, barcodes, names = _read_10x_h5(h5)
     header = pos_file.name == "tissue_positions.csv"
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
     try:
@@ -545,4 +553,134 @@ def read_spaceranger(
         spot_ids=keep,
         source=str(outs),
         meta={"format": "visium", "files": [str(h5), str(pos_file)] + ([str(sf_file)] if sf_file.exists() else [])},
+    )
+
+
+# --------------------------------------------------------------------------- Visium HD (Space Ranger 3)
+_HD_BIN = re.compile(r"square_(\d{3})um")
+HD_DEFAULT_BIN_UM = 8
+
+
+def find_visium_hd_bins(path) -> dict[int, Path] | None:
+    """``{bin µm: folder}`` of a Visium HD ``outs/``, its ``binned_outputs/`` or one ``square_NNNum`` folder; None if not HD."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    m = _HD_BIN.fullmatch(p.name)
+    if m and (p / "filtered_feature_bc_matrix.h5").is_file():
+        return {int(m.group(1)): p}
+    for base in (p / "binned_outputs", p / "outs" / "binned_outputs", p if p.name == "binned_outputs" else None):
+        if base is not None and base.is_dir():
+            found = {}
+            for q in sorted(base.iterdir()):
+                mm = _HD_BIN.fullmatch(q.name)
+                if mm and q.is_dir() and (q / "filtered_feature_bc_matrix.h5").is_file():
+                    found[int(mm.group(1))] = q
+            if found:
+                return found
+    return None
+
+
+def read_visium_hd(
+    path,
+    bin_px: float | None = None,
+    bin_um: float | None = None,
+    image=None,
+    hd_bin_um: int | None = None,
+    mode: str = "footprint",
+    spot_diameter_px: float | None = None,
+    genes=None,
+    um_per_px: float | None = None,
+    sigma_px: float | None = None,
+) -> ExpressionCanvas:
+    """Read Space Ranger 3 Visium HD bins (``binned_outputs/square_{002,008,016}um``) into a canvas.
+
+    Each bin folder holds ``filtered_feature_bc_matrix.h5`` and
+    ``spatial/tissue_positions.parquet`` (``barcode, in_tissue, array_row,
+    array_col, pxl_row_in_fullres, pxl_col_in_fullres``) and
+    ``spatial/scalefactors_json.json`` (``microns_per_pixel``,
+    ``spot_diameter_fullres`` = the bin edge in full-resolution px,
+    ``tissue_hires_scalef``, ``bin_size_um``).
+
+    ``hd_bin_um`` picks the bin folder (default 8 µm, else the smallest).
+    Each bin's counts are laid on the canvas as a disc of the bin's area
+    (``mode="footprint"``), so totals are exact. ``image`` is the full
+    resolution H&E (the microscope image given to Space Ranger); without it,
+    ``spatial/tissue_hires_image.png`` is used as the real image, placed with
+    ``tissue_hires_scalef``. The canvas bin edge is ``bin_px`` image px, or
+    ``bin_um`` µm (default 10).
+    """
+    import pandas as pd
+
+    p = Path(path)
+    bins = find_visium_hd_bins(p)
+    if bins is None:
+        raise ReaderError(f"{p}: not a Visium HD folder (expected binned_outputs/square_NNNum/ with filtered_feature_bc_matrix.h5)")
+    picked = None
+    if hd_bin_um is None:
+        hd_bin_um = HD_DEFAULT_BIN_UM if HD_DEFAULT_BIN_UM in bins else min(bins)
+        if len(bins) > 1:
+            picked = f"read square_{hd_bin_um:03d}um of {', '.join(f'square_{b:03d}um' for b in bins)} (hd_bin_um to choose)"
+    if int(hd_bin_um) not in bins:
+        raise ReaderError(f"{p}: no square_{int(hd_bin_um):03d}um bins (found {', '.join(f'square_{b:03d}um' for b in bins)})")
+    d = bins[int(hd_bin_um)]
+    h5 = d / "filtered_feature_bc_matrix.h5"
+    pos_file = d / "spatial" / "tissue_positions.parquet"
+    sf_file = d / "spatial" / "scalefactors_json.json"
+    for f in (pos_file, sf_file):
+        if not f.is_file():
+            raise ReaderError(f"{f}: missing (Space Ranger 3 writes it beside each bin size)")
+    try:
+        sf = json.loads(sf_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ReaderError(f"{sf_file}: not valid JSON ({e})") from None
+    for k in ("microns_per_pixel", "spot_diameter_fullres"):
+        if not isinstance(sf.get(k), (int, float)) or not sf[k] > 0:
+            raise ReaderError(f"{sf_file}: field '{k}' must be a positive number, got {sf.get(k)!r}")
+    mat, barcodes, names = _read_10x_h5(h5)
+    try:
+        pos = pd.read_parquet(pos_file)
+    except Exception as e:
+        raise ReaderError(f"{pos_file}: not a readable parquet table ({e})") from None
+    cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    for c in cols:
+        if c not in pos.columns:
+            raise ReaderError(f"{pos_file}: missing column '{c}' (columns: {', '.join(map(str, pos.columns))})")
+    pos = pos.assign(barcode=pos["barcode"].astype(str)).set_index("barcode")
+    missing = [b for b in barcodes if b not in pos.index]
+    if missing:
+        raise ReaderError(f"{pos_file}: {len(missing)} barcode(s) of {h5.name} have no position (first {missing[0]!r})")
+    pos = pos.loc[barcodes]
+    for c in ("pxl_row_in_fullres", "pxl_col_in_fullres"):
+        _check_coords(pos[c].to_numpy(float), barcodes, pos_file, c)
+    gi = _select_genes(names, genes, str(h5))
+    X = mat[:, gi]
+    centres = np.stack([pos["pxl_row_in_fullres"].to_numpy(float), pos["pxl_col_in_fullres"].to_numpy(float)], axis=1)
+    px_scale = 1.0  # image px per full-resolution px
+    files = [str(h5), str(pos_file), str(sf_file)]
+    image_note = None
+    if image is None:
+        hires = next((q for q in (d / "spatial" / "tissue_hires_image.png", d.parent.parent / "spatial" / "tissue_hires_image.png") if q.is_file()), None)
+        if hires is not None and isinstance(sf.get("tissue_hires_scalef"), (int, float)) and sf["tissue_hires_scalef"] > 0:
+            image = hires
+            px_scale = float(sf["tissue_hires_scalef"])
+            image_note = f"no --image: placed on {hires} with tissue_hires_scalef {px_scale:g}"
+    if um_per_px is None:
+        um_per_px = float(sf["microns_per_pixel"]) / px_scale
+    if spot_diameter_px is None:
+        spot_diameter_px = float(sf["spot_diameter_fullres"]) * px_scale * 2.0 / np.sqrt(np.pi)  # disc of the bin's area
+    if bin_px is None:
+        bin_px = float(bin_um if bin_um is not None else 10.0) / float(um_per_px)
+    if image is not None:
+        files.append(str(image))
+    meta = {"format": "visium_hd", "files": files, "hd_bin_um": int(hd_bin_um), "microns_per_pixel_fullres": float(sf["microns_per_pixel"])}
+    notes = [n for n in (picked, image_note) if n]
+    if notes:
+        meta["picked"] = notes
+    if image_note:
+        meta["image_scale_from_fullres"] = px_scale
+    return spots_to_canvas(
+        X, centres * px_scale, [names[i] for i in gi], bin_px=float(bin_px), um_per_px=float(um_per_px), mode=mode,
+        diameter_px=spot_diameter_px, sigma_px=sigma_px, image_shape=_image_shape(image), spot_ids=barcodes,
+        source=str(d), meta=meta,
     )

@@ -633,11 +633,16 @@ def rasterize_transcripts(
     batch_rows: int = 1_000_000,
     buffer_keys: int = 8_000_000,
     progress: Callable | None = None,
+    batches=None,
 ) -> tuple[SparseCounts, list[str], dict]:
     """Stream a transcript table into :class:`SparseCounts`.
 
     Returns ``(counts, genes, info)`` where ``genes`` names the channels and
-    ``info`` holds the row statistics and grid origin.
+    ``info`` holds the row statistics and grid origin. ``batches`` replaces
+    the file: an object with ``columns`` (list of str) and
+    ``iter_batches(columns, batch_rows, progress)`` yielding pyarrow
+    RecordBatches (x, y as numbers, the gene column as strings or a
+    dictionary); ``path`` then only names the source in messages.
     """
     path = Path(path)
     fmt = schema.name
@@ -651,7 +656,7 @@ def rasterize_transcripts(
         if not um_per_px > 0:
             raise ReaderError(f"{path}: µm per pixel must be > 0 (option --um-per-px), got {um_per_px}")
     scale = float(um_per_px) if schema.units == "px" else 1.0
-    columns = table_columns(path)
+    columns = table_columns(path) if batches is None else list(batches.columns)
     needed = [schema.x, schema.y, schema.gene, schema.qv, *schema.extra]
     _check_columns(path, columns, needed, fmt)
     read_cols = [c for c in dict.fromkeys(needed) if c]
@@ -667,7 +672,12 @@ def rasterize_transcripts(
     acc = BinAccumulator(bin_um, origin_um, buffer_keys=buffer_keys, source=str(path))
     gidx = GeneIndex(schema.drop_prefixes, panel)
     st = _Stats()
-    for batch in _iter_batches(path, read_cols, float_cols, schema.gene, batch_rows, progress):
+    stream = (
+        _iter_batches(path, read_cols, float_cols, schema.gene, batch_rows, progress)
+        if batches is None
+        else batches.iter_batches(read_cols, batch_rows, progress)
+    )
+    for batch in stream:
         n = batch.num_rows
         if n == 0:
             continue
@@ -790,6 +800,7 @@ def read_transcripts_table(
     chunks=None,
     batch_rows: int = 1_000_000,
     progress: Callable | None = None,
+    _batches=None,
     _schema: TranscriptSchema | None = None,
     _row_filter: Callable | None = None,
     _fmt: str = "csv",
@@ -843,7 +854,7 @@ def read_transcripts_table(
             )
     counts, channel_genes, info = rasterize_transcripts(
         path, schema, bin_um, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill, origin_um=origin_um,
-        registration=registration, row_filter=_row_filter, batch_rows=batch_rows, progress=progress,
+        registration=registration, row_filter=_row_filter, batch_rows=batch_rows, progress=progress, batches=_batches,
     )
     b = float(bin_um)
     oy, ox = info["origin_um"]

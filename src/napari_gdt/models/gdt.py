@@ -139,7 +139,7 @@ class GDTGenerator(TiledGenerator):
 
     def synthesis(self, counts, origins, w, seed):
         x = self.embed(self.normalise(counts))
-        org = origins.to(torch.int64).cpu().clone()  # absolute origin of the current lattice
+        org = origins.to(device=x.device, dtype=torch.int64)  # absolute origin of the current lattice (on the device: no copy per layer)
         for kind, idx in self._plan:
             if kind == "up":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")

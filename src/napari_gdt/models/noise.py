@@ -38,6 +38,17 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
+def _mix32_int(h: int) -> int:
+    """:func:`_mix32` on a Python integer (the same bits)."""
+    h &= _MASK32
+    h ^= h >> 16
+    h = (h * _M1) & _MASK32
+    h ^= h >> 15
+    h = (h * _M2) & _MASK32
+    h ^= h >> 16
+    return h
+
+
 def hash_coords(seed: int, layer: int, ys: torch.Tensor, xs: torch.Tensor, salt: int = 0) -> torch.Tensor:
     """Hash absolute coordinates to uniform 32-bit integers.
 
@@ -53,8 +64,7 @@ def hash_coords(seed: int, layer: int, ys: torch.Tensor, xs: torch.Tensor, salt:
     torch.Tensor
         int64 tensor with values in ``[0, 2**32)``.
     """
-    base = _mix32(torch.tensor(((seed & _MASK32) * 0x9E37 + layer * 0x85EB + salt * 0xC2B2) & _MASK32, dtype=torch.int64))
-    base = base.to(ys.device)
+    base = _mix32_int(((seed & _MASK32) * 0x9E37 + layer * 0x85EB + salt * 0xC2B2) & _MASK32)  # a Python int: no host-device copy
     hy = _mix32(base ^ ((ys + _COORD_OFFSET) & _MASK32))
     h = _mix32((hy * _M3 & _MASK32) ^ ((xs + _COORD_OFFSET) & _MASK32))
     return h

@@ -15,6 +15,8 @@ gives the same pixels.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,12 +24,43 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import RegionError
+from ..errors import DeviceMemoryError, RegionError
 from ..expression.canvas import ExpressionCanvas
 from ..models.bundle import GeneratorBundle
-from ..models.device import get_device
+from ..models.device import (
+    PRECISIONS,
+    autocast,
+    empty_cache,
+    free_memory_bytes,
+    get_device,
+    is_out_of_memory,
+    peak_memory_bytes,
+    reset_peak_memory,
+    synchronize,
+)
 
-__all__ = ["MemoryTileCache", "Region", "TileRenderer", "TileSpec", "parse_region"]
+__all__ = ["MemoryTileCache", "Region", "TileRenderer", "TileSpec", "choose_batch_size", "parse_region"]
+
+_log = logging.getLogger(__name__)
+
+#: Batch sizes the automatic choice stays within (tiles per forward on a GPU).
+AUTO_BATCH_RANGE = (1, 128)
+#: Share of the free device memory that the automatic batch may use.
+AUTO_BATCH_FRACTION = 0.5
+
+
+def choose_batch_size(free_bytes: int, per_tile_bytes: int, fraction: float = AUTO_BATCH_FRACTION, lo: int = 1, hi: int = 128) -> int:
+    """Tiles per forward that fit in ``fraction`` of ``free_bytes``, a power of two in ``[lo, hi]``.
+
+    ``per_tile_bytes`` is the device memory one more tile in the batch costs
+    (measured by :meth:`TileRenderer.measure_tile_bytes`).
+    """
+    per = max(1, int(per_tile_bytes))
+    n = int(fraction * max(0, int(free_bytes)) // per)
+    b = lo
+    while b * 2 <= min(n, hi):
+        b *= 2
+    return max(lo, min(b, hi))
 
 
 @dataclass(frozen=True)
@@ -122,8 +155,17 @@ class TileRenderer:
         Tile edge in output px (default: the bundle's ``tile_px``).
     device : str, optional
         ``"auto"`` (CUDA > MPS > CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int or None
+        Tiles per forward pass. None: 8 on the CPU and MPS; on CUDA, chosen from the
+        free device memory (:func:`choose_batch_size`). After a CUDA out-of-memory error
+        the renderer halves it and retries (down to 1).
+    precision : {"fp32", "bf16", "fp16"}
+        ``fp32`` (default) is exact; the others run the convolutions under autocast
+        (faster on GPUs, pixels differ slightly; the tile cache keys include it).
+    channels_last : bool
+        Feed the model channels-last input (often faster for convolutions on GPUs).
+    compile : bool
+        Run the model through ``torch.compile`` (needs a compiler; slower first call).
     cache : object with ``get``/``put``, optional
         Tile cache keyed by content; ``None`` disables caching.
     zero_fill : bool
@@ -137,9 +179,12 @@ class TileRenderer:
         seed: int = 0,
         tile_px: int | None = None,
         device: str | None = "auto",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         cache=None,
         zero_fill: bool = False,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         self.bundle = bundle
         self.device = get_device(device)
@@ -150,12 +195,28 @@ class TileRenderer:
         self.tile_px = int(tile_px or bundle.tile_px)
         if self.tile_px <= 0:
             raise ValueError(f"tile_px must be > 0, got {self.tile_px}")
-        self.batch_size = max(1, int(batch_size))
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.channels_last = bool(channels_last)
         self.cache = cache
         self.geometry = bundle.model.geometry
         ppb = self.geometry.px_per_bin
         self.shape_px = (self.canvas.n_bins[0] * ppb, self.canvas.n_bins[1] * ppb)
         self.stats = {"computed": 0, "cached": 0}
+        self.oom_retries = 0  # times a batch was halved after running out of device memory
+        self._model = bundle.model
+        if compile:
+            self._model = torch.compile(bundle.model)
+        self._styles: tuple[int, torch.Tensor] | None = None
+        self._staging: dict[tuple, torch.Tensor] = {}  # pinned host buffers for the windows (CUDA)
+        self._pin = self.device.type == "cuda"
+        if batch_size is None:
+            self.batch_size = 8
+            if self.device.type == "cuda":
+                self.batch_size = choose_batch_size(free_memory_bytes(self.device)[0], self.measure_tile_bytes(), lo=AUTO_BATCH_RANGE[0], hi=AUTO_BATCH_RANGE[1])
+        else:
+            self.batch_size = max(1, int(batch_size))
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -203,6 +264,8 @@ class TileRenderer:
         h.update(self.bundle.digest.encode())
         h.update(np.asarray([self.seed, *spec.win, *spec.crop, spec.out.y1 - spec.out.y0, spec.out.x1 - spec.out.x0], dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(window, dtype=np.float32).tobytes())
+        if self.precision != "fp32":  # other pixels: other keys (fp32 keys stay as they were)
+            h.update(self.precision.encode())
         return h.hexdigest()
 
     def read_window(self, spec: TileSpec) -> np.ndarray:
@@ -210,13 +273,98 @@ class TileRenderer:
         return self.canvas.read_window(by, bx, nby, nbx)
 
     # --------------------------------------------------------------- compute
-    def forward(self, windows: np.ndarray, origins: Sequence[tuple[int, int]]) -> np.ndarray:
-        """Bare batched model forward: ``(B, G, h, w)`` counts -> ``(B, H, W, C)`` float32."""
+    def forward(self, windows, origins: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Bare batched model forward: ``(B, G, h, w)`` counts -> ``(B, H, W, C)`` float32.
+
+        ``windows`` is an array or a list of ``(G, h, w)`` arrays of one shape. On CUDA they
+        are stacked straight into a reused pinned host buffer and sent with one
+        asynchronous copy per batch; the result comes back with one copy per batch.
+        """
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)
-            o = torch.as_tensor(list(origins), dtype=torch.int64)
-            y = self.bundle.model(x, o, self.bundle.styles(self.seed), self.seed)
+            x = self._to_device(windows)
+            o = torch.as_tensor(np.asarray(origins, dtype=np.int64).reshape(-1, 2)).to(self.device, non_blocking=self._pin)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                y = self._model(x, o, self._style(), self.seed)
             return y.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _style(self) -> torch.Tensor:
+        """The style vector of the current seed, computed once (fp32, on the device)."""
+        if self._styles is None or self._styles[0] != self.seed or self._styles[1].device != self.device:
+            self._styles = (self.seed, self.bundle.styles(self.seed))
+        return self._styles[1]
+
+    def _to_device(self, windows) -> torch.Tensor:
+        if not self._pin:
+            arr = np.ascontiguousarray(windows if isinstance(windows, np.ndarray) else np.stack(windows), dtype=np.float32)
+            return torch.from_numpy(arr).to(self.device)
+        n = len(windows)
+        shape = (n,) + tuple(windows[0].shape)
+        key = (threading.get_ident(), shape)  # one buffer per thread and shape: threads never share one
+        buf = self._staging.get(key)
+        if buf is None:
+            if len(self._staging) > 16:  # edge tiles come in a few shapes; keep the buffers bounded
+                self._staging.clear()
+            buf = self._staging[key] = torch.empty(shape, dtype=torch.float32).pin_memory()
+        if isinstance(windows, np.ndarray):
+            np.copyto(buf.numpy(), windows, casting="same_kind")
+        else:
+            np.stack(windows, out=buf.numpy())
+        # the previous batch's copy from this buffer has finished: forward() ends with a blocking copy back
+        return buf.to(self.device, non_blocking=True)
+
+    def measure_tile_bytes(self) -> int:
+        """Device memory one more full tile in a batch costs (CUDA; measured with batches of 1 and 2)."""
+        ppb = self.geometry.px_per_bin
+        T = self.tile_px
+        _, n, _ = self.geometry.window_for(0, T)
+        win = np.zeros((2, len(self.bundle.genes), n, n), np.float32)
+        peaks = []
+        for b in (1, 2):
+            synchronize(self.device)
+            reset_peak_memory(self.device)
+            base = peak_memory_bytes(self.device) or 0
+            self.forward(win[:b], [(0, 0)] * b)
+            synchronize(self.device)
+            peaks.append((peak_memory_bytes(self.device) or 0) - base)
+        per = max(peaks[1] - peaks[0], peaks[0] // 2)
+        if per <= 0:  # not measurable here: a float32 estimate of the largest activation
+            per = 4 * 2 * (n * ppb) ** 2 * 64
+        return int(per)
+
+    def _forward_safe(self, items: list, on_batch, should_stop=None) -> bool:
+        """Run ``items`` ``[(spec, window, key), ...]`` batch by batch; halve the batch on out-of-memory.
+
+        Calls ``on_batch(chunk, out)`` per batch. Returns False when ``should_stop()``
+        asked to stop between batches.
+        """
+        i = 0
+        while i < len(items):
+            if should_stop is not None and should_stop():
+                return False
+            chunk = items[i : i + self.batch_size]
+            try:
+                out = self.forward([w for _, w, _ in chunk], [(s.win[0], s.win[1]) for s, _, _ in chunk])
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                empty_cache(self.device)
+                mem = free_memory_bytes(self.device)
+                where = f" ({mem[0] / 2**30:.1f} of {mem[1] / 2**30:.1f} GiB free)" if mem else ""
+                shape = "x".join(str(v) for v in chunk[0][1].shape)
+                if len(chunk) <= 1:
+                    raise DeviceMemoryError(
+                        f"{self.device.type.upper()} out of memory rendering one tile (window {shape}) at batch size 1{where}: "
+                        f"close other programs on the GPU, use a smaller --tile-px, or --device cpu"
+                    ) from None
+                self.batch_size = max(1, len(chunk) // 2)
+                self.oom_retries += 1
+                _log.warning("%s out of memory at batch size %d%s; retrying at batch size %d", self.device.type.upper(), len(chunk), where, self.batch_size)
+                continue
+            on_batch(chunk, out)
+            i += len(chunk)
+        return True
 
     def compute_tiles(
         self,
@@ -249,22 +397,22 @@ class TileRenderer:
                         on_tile(s, hit)
                     continue
             pending.setdefault(win.shape[1:], []).append((s, win, key))
+
+        def on_batch(chunk, out):
+            for (s, _, key), img in zip(chunk, out):
+                cy, cx = s.crop
+                th, tw = s.out.shape
+                tile = np.ascontiguousarray(img[cy : cy + th, cx : cx + tw])
+                self.stats["computed"] += 1
+                if self.cache is not None and key is not None:
+                    self.cache.put(key, tile)
+                results[(s.ty, s.tx)] = tile
+                if on_tile:
+                    on_tile(s, tile)
+
         for group in pending.values():
-            for i in range(0, len(group), self.batch_size):
-                if should_stop is not None and should_stop():
-                    return results
-                chunk = group[i : i + self.batch_size]
-                out = self.forward(np.stack([w for _, w, _ in chunk]), [(s.win[0], s.win[1]) for s, _, _ in chunk])
-                for (s, _, key), img in zip(chunk, out):
-                    cy, cx = s.crop
-                    th, tw = s.out.shape
-                    tile = np.ascontiguousarray(img[cy : cy + th, cx : cx + tw])
-                    self.stats["computed"] += 1
-                    if self.cache is not None and key is not None:
-                        self.cache.put(key, tile)
-                    results[(s.ty, s.tx)] = tile
-                    if on_tile:
-                        on_tile(s, tile)
+            if not self._forward_safe(group, on_batch, should_stop):
+                break
         return results
 
     def render_region(

@@ -23,6 +23,7 @@ import torch
 
 from ..data import file_sha256
 from ..errors import GDTError
+from ..models.device import autocast, default_amp
 from ..models.gdt import GDTGenerator
 from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, haematoxylin_loss, reconstruction_loss
 from .sampling import PairedSection, PatchSampler
@@ -94,14 +95,23 @@ class Trainer:
         Where ``last.pt`` (and the bundle snapshot ``last.safetensors``) go.
     progress : bool
         Show a tqdm bar (on a terminal, or always when True).
+    amp : {"auto", "fp32", "bf16"}
+        Mixed precision of the training step: ``auto`` is bf16 autocast on a CUDA GPU
+        that supports it and fp32 elsewhere (see :func:`~napari_gdt.models.device.default_amp`).
     """
 
-    def __init__(self, sections, genes, cfg: TrainConfig, device, val_sections=None, ckpt_dir=None, progress=None, log=None):
+    def __init__(self, sections, genes, cfg: TrainConfig, device, val_sections=None, ckpt_dir=None, progress=None, log=None, amp="auto"):
         self.sections = sections
         self.val_sections = val_sections or []
         self.genes = list(genes)
         self.cfg = cfg
         self.device = torch.device(device)
+        self.amp = default_amp(self.device) if amp in (None, "", "auto") else amp
+        if self.amp not in ("fp32", "bf16"):
+            raise GDTError(f"--amp {amp!r}: training runs in fp32 or bf16 (auto picks bf16 on a CUDA GPU)")
+        autocast(self.device, self.amp)  # refuses bf16 where the device cannot run it
+        #: the last run's speed: steps, seconds, steps/s, img/s (patches per second)
+        self.throughput: dict = {}
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.progress = progress
         self.log_file = log
@@ -393,9 +403,11 @@ class Trainer:
         acc = {"d": 0.0, "adv": 0.0, "rec": 0.0, "hem": 0.0}
         n_acc = 0
         self.G.train()
+        step0, t_tp = self.step, time.perf_counter()
         try:
             while self.step < cfg.steps and not self._stop:
-                losses = self.train_step()
+                with autocast(self.device, self.amp):  # mixed precision around the whole step (bf16 needs no loss scaling)
+                    losses = self.train_step()
                 self.step += 1
                 self.elapsed_s = base_elapsed + (time.time() - t_start)
                 for k in acc:
@@ -403,7 +415,9 @@ class Trainer:
                 n_acc += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **{k: round(v / n_acc, 5) for k, v in acc.items()}}
+                    self._update_throughput(step0, t_tp)
+                    rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **{k: round(v / n_acc, 5) for k, v in acc.items()},
+                           "steps_s": round(self.throughput["steps_s"], 3), "img_s": round(self.throughput["img_s"], 2)}
                     bar.set_postfix(d=rec["d"], rec=rec["rec"])
                     acc = {k: 0.0 for k in acc}
                     n_acc = 0
@@ -413,14 +427,26 @@ class Trainer:
                 if cfg.time_limit_min and (time.time() - t_start) > 60 * cfg.time_limit_min:
                     self._log({"step": self.step, "event": "time limit reached"})
                     break
+            self._update_throughput(step0, t_tp)
             if self.step % cfg.ckpt_every != 0 and self.step != cfg.steps:
                 self._checkpoint(on_checkpoint)
         finally:
             bar.close()
+            if self.throughput.get("steps"):
+                tp = self.throughput
+                line = (f"throughput: {tp['steps_s']:.2f} steps/s, {tp['img_s']:.1f} img/s ({tp['steps']} steps in {tp['seconds']:.1f} s, "
+                        f"batch {cfg.batch_size}, {tp['patch_px']}-px patches, {self.device}, amp {self.amp})")
+                print(line, file=sys.stderr)
+                self._log({"step": self.step, "event": "throughput", **tp})
             try:
                 signal.signal(signal.SIGTERM, old)
             except (ValueError, TypeError):
                 pass
+
+    def _update_throughput(self, step0: int, t0: float) -> None:
+        n, dt = self.step - step0, max(1e-9, time.perf_counter() - t0)
+        patch_px = self.geo.out_len(self.cfg.patch_bins)
+        self.throughput = {"steps": n, "seconds": round(dt, 2), "steps_s": n / dt, "img_s": n * self.cfg.batch_size / dt, "patch_px": patch_px, "amp": self.amp}
 
     def _checkpoint(self, on_checkpoint) -> None:
         val = self.validate()

@@ -225,7 +225,7 @@ def train_from_args(args, argv=None) -> int:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
-    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log))
+    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto"))
     commands = []
     if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
         raise GDTError("--train-only-new-genes needs --init-from (the model whose weights stay)")
@@ -256,7 +256,7 @@ def train_from_args(args, argv=None) -> int:
     def snapshot(tr):
         write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, val_images=args.val_image)
 
-    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device}", file=sys.stderr)
+    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device} (amp {trainer.amp})", file=sys.stderr)
     trainer.run(on_checkpoint=snapshot)
     validation = {"held_out_patches": trainer.history[-1]} if trainer.history else {}
     if not args.no_eval and trainer.step >= cfg.steps:

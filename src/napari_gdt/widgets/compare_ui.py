@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QSlider,
     QSpinBox,
     QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
 )
 
@@ -168,6 +169,12 @@ class CompareForm:
         self.fig_btn = QPushButton("Figure…")
         self.fig_btn.setToolTip("Save a labelled multi-panel figure of the current view (PNG, TIFF or PDF)")
         self.fig_btn.clicked.connect(self._fig_clicked)
+        self.sdata_btn = QPushButton("Into SpatialData…")
+        self.sdata_btn.setToolTip(
+            "Add the generated and edited images of the current view to a SpatialData .zarr store, aligned with its "
+            "real image (needs napari-gdt[spatialdata]; elements gdt_generated, gdt_edited)"
+        )
+        self.sdata_btn.clicked.connect(self._sdata_clicked)
         ef = QFormLayout()
         row_sz = QHBoxLayout()
         row_sz.addWidget(self.shot_w)
@@ -180,6 +187,7 @@ class CompareForm:
         row_e = QHBoxLayout()
         row_e.addWidget(self.shot_btn)
         row_e.addWidget(self.fig_btn)
+        row_e.addWidget(self.sdata_btn)
         ef.addRow(row_e)
         box_e = QGroupBox("Export")
         box_e.setLayout(ef)
@@ -193,3 +201,17 @@ class CompareForm:
         lay.addWidget(box_m)
         lay.addWidget(box_e)
         lay.addWidget(self.status)
+
+    def _show_table(self, df) -> None:
+        cols = list(df.columns)
+        self.table.clear()
+        self.table.setRowCount(len(df))
+        self.table.setColumnCount(len(cols))
+        self.table.setHorizontalHeaderLabels(cols)
+        self.table.setVerticalHeaderLabels([str(i) for i in df.index])
+        for r, (_, row) in enumerate(df.iterrows()):
+            for c, k in enumerate(cols):
+                v = row[k]
+                txt = f"{int(v)}" if k == "count" else f"{float(v):.4g}"
+                self.table.setItem(r, c, QTableWidgetItem(txt))
+        self.table.resizeColumnsToContents()

@@ -47,7 +47,9 @@ class ExpressionForm:
         self.input_edit.setPlaceholderText("transcripts.parquet, detected_transcripts.csv, *_tx_file.csv, .h5ad, …")
         self.input_edit.setToolTip("Input file or folder (Xenium, MERFISH, CosMx, CSV/Parquet, AnnData, Space Ranger)")
         self.format_combo = QComboBox()
-        self.format_combo.addItems(["auto", "xenium", "merfish", "cosmx", "csv", "anndata", "visium", "st"])
+        self.format_combo.addItems(
+            ["auto", "xenium", "merfish", "cosmx", "csv", "anndata", "visium", "visium_hd", "st", "spatialdata"]
+        )
         self.format_combo.setToolTip("Input format; auto detects it from the name and columns")
         self.bin_spin = QDoubleSpinBox()
         self.bin_spin.setRange(0.01, 10000.0)

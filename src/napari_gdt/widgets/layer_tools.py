@@ -24,11 +24,13 @@ __all__ = [
     "data_to_world",
     "gene_colormap",
     "is_labels",
+    "label_region",
     "layer_colour",
     "layer_levels",
     "lazy_composite",
     "lazy_difference",
     "panels_from_layers",
+    "renderer_of",
     "sample_layer",
     "swiped_data",
 ]
@@ -85,6 +87,27 @@ def sample_layer(layer, region: Region, step: float = 1.0, order: int = 0) -> np
     elif dt == np.uint16:
         out = out / 65535.0
     return out
+
+
+def renderer_of(layer):
+    """The TileRenderer behind a lazy napari-gdt layer (its pyramid's), or None for any other layer."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return getattr(getattr(data, "pyramid", None), "renderer", None)
+
+
+def label_region(lab, value: int = 0) -> tuple[Region, np.ndarray]:
+    """Bounding box (world = output px) of label ``value`` (0: every label) of a Labels layer, and its mask on that box."""
+    data = np.asarray(lab.data)
+    sel = data == value if value else data > 0
+    if not sel.any():
+        raise GDTError(f"Labels layer '{lab.name}' has no pixels with label {value if value else '> 0'}")
+    rows, cols = np.nonzero(sel.any(axis=1))[0], np.nonzero(sel.any(axis=0))[0]
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # label edges (bin b = px [b*ppb, (b+1)*ppb))
+    corners = data_to_world(lab) @ np.array([[r0, r0, r1, r1], [c0, c1, c0, c1], [1, 1, 1, 1]], dtype=float)
+    y0, y1 = math.floor(corners[0].min() + 1e-6), math.ceil(corners[0].max() - 1e-6)
+    region = Region(y0, y1, math.floor(corners[1].min() + 1e-6), math.ceil(corners[1].max() - 1e-6))
+    vals = sample_layer(lab, region, 1.0, order=0)
+    return region, (vals == value if value else vals > 0)
 
 
 def layer_colour(layer) -> tuple[float, float, float]:
