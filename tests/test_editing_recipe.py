@@ -337,6 +337,6 @@ def test_cli_render_with_edits_and_bad_recipe(tmp_path, small_bundle, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"version": 1, "regions": {"s": {"rect": [0, 0, 96, 96]}},
                                "edits": [{"op": "scale", "region": "s", "genes": ["NOTAGENE"], "factor": 6}]}))
-    assert main(base + ["--out", str(out_e), "--edits", str(bad)]) == 2
+    assert main(base + ["--out", str(out_e), "--edits", str(bad), "--overwrite"]) == 2  # a .npy carries no marker of ours
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.json" in err and "NOTAGENE" in err

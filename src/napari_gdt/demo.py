@@ -116,12 +116,20 @@ def _settle(seconds: float = 0.3) -> None:
         time.sleep(0.02)
 
 
-def open_demo(dataset: str = "her2st", screenshot: str | None = None, timeout: float = 300.0) -> int:
-    """Open the demo (``napari.run``), or with ``screenshot`` render the view to a PNG once tiles arrive."""
+def open_demo(dataset: str = "her2st", screenshot: str | None = None, timeout: float = 300.0, restore: bool = False) -> int:
+    """Open the demo (``napari.run``), or with ``screenshot`` render the view to a PNG once tiles arrive.
+
+    ``restore``: load the latest autosaved editing session of the demo canvas (an error if none).
+    """
     import napari
 
     # A shown window is needed for a non-black screenshot (works under Xvfb).
     viewer, w = build_demo_viewer(dataset, show=True)
+    if restore:
+        edit = w["editing"]
+        edit._sync_from_generator()
+        path = edit.restore_autosave()
+        print(f"restored the editing session {path}")
     if screenshot:
         from .export.screenshot import screenshot_view
 

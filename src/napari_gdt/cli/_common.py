@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CanvasError, GDTError
-from ..pixels import to_uint8
-
-__all__ = ["add_model_args", "add_render_args", "load_model", "open_canvas", "progress_bar", "to_uint8", "write_image"]
+from ..pixels import to_uint8  # re-exported: the quantisation rule lives in napari_gdt.pixels
 
 
 def add_model_args(p, required=True):
@@ -54,21 +52,48 @@ def progress_bar(total: int, desc: str):
     return update, bar
 
 
-def write_image(path, img: np.ndarray) -> None:
-    """Write float (H, W, C) output by extension: .png/.tif 8-bit, .npy float32."""
+IMAGE_EXTS = (".npy", ".png", ".tif", ".tiff")
+
+
+def image_suffix(path) -> str:
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".ome.zarr") else path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(path, img.astype(np.float32))
-    elif suffix == ".png":
-        from skimage.io import imsave
+    return "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".ome.zarr") else path.suffix.lower()
 
-        imsave(str(path), to_uint8(img), check_contrast=False)
-    elif suffix in (".tif", ".tiff"):
-        import tifffile
 
-        u8 = to_uint8(img)
-        tifffile.imwrite(str(path), u8, photometric="rgb" if u8.ndim == 3 else "minisblack")
-    else:
+def check_image_out(path, overwrite: bool = False, inputs=()) -> Path:
+    """Before any work: the extension is known, the path is writable and holds nothing of the user's."""
+    from ..safeio import check_not_input, check_output
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in IMAGE_EXTS:
         raise GDTError(f"{path}: unsupported output extension {suffix!r} (use .png, .tif, .npy or .ome.zarr)")
+    check_not_input(path, inputs)
+    return check_output(path, overwrite=overwrite, what="image")
+
+
+def write_image(path, img: np.ndarray) -> None:
+    """Write float (H, W, C) output by extension: .png/.tif 8-bit (marked as ours), .npy float32.
+
+    Written to a temporary sibling and renamed into place.
+    """
+    from ..safeio import PNG_MARK, atomic_file
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in IMAGE_EXTS:
+        raise GDTError(f"{path}: unsupported output extension {suffix!r} (use .png, .tif, .npy or .ome.zarr)")
+    with atomic_file(path) as tmp:
+        if suffix == ".npy":
+            np.save(tmp, img.astype(np.float32))
+        elif suffix == ".png":
+            from PIL import Image, PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            info.add_text("Software", PNG_MARK)
+            Image.fromarray(to_uint8(img)).save(tmp, format="PNG", pnginfo=info)
+        else:
+            import tifffile
+
+            u8 = to_uint8(img)
+            tifffile.imwrite(str(tmp), u8, photometric="rgb" if u8.ndim == 3 else "minisblack", software=PNG_MARK)

@@ -19,6 +19,20 @@ def _floats(text: str, n: int, option: str) -> list[float]:
     return vals
 
 
+def _positive(text, option: str, kind=float, allow_zero: bool = False):
+    if text is None:
+        return None
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise ReaderError(f"option {option}: expected a number, got {text!r}") from None
+    import math
+
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ReaderError(f"option {option}: must be {'>= 0' if allow_zero else '> 0'}, got {text!r}")
+    return v
+
+
 def register(sub):
     p = sub.add_parser(
         "convert",
@@ -30,7 +44,8 @@ def register(sub):
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s) or folder (legacy ST: counts tsv and spot file)")
-    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (overwritten)")
+    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (a canvas of ours is replaced; anything else is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|visium_hd|st|anndata|csv|spatialdata|canvas (default auto: detect)")
     p.add_argument("--bin-um", type=float, default=None, help="bin edge in µm (transcripts default 10)")
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
@@ -85,10 +100,15 @@ def summary_line(canvas, out, seconds: float | None = None) -> str:
 
 def run(args):
     from ..expression.readers import read_any
+    from ..safeio import check_not_input, check_output
 
     out = Path(args.out)
     if not out.name.lower().endswith((".zarr",)):
         raise GDTError(f"{out}: the output canvas must be an OME-Zarr folder ending in .ome.zarr")
+    check_not_input(out, list(args.inputs) + [args.image, args.image_transform, args.genes if args.genes and Path(args.genes).exists() else None])
+    check_output(out, overwrite=args.overwrite, what="canvas")
+    for opt in ("image_um_per_px", "spot_diameter_px", "sigma_px"):
+        _positive(getattr(args, opt), "--" + opt.replace("_", "-"))
     opts = {}
     if args.image_extent_um:
         opts["image_extent_um"] = _floats(args.image_extent_um, 4, "--image-extent-um")
@@ -101,14 +121,20 @@ def run(args):
     if args.coords:
         opts["coords"] = args.coords
     if args.fov:
-        opts["fov"] = [int(f) for f in str(args.fov).split(",")]
+        try:
+            opts["fov"] = [int(f) for f in str(args.fov).split(",")]
+        except ValueError:
+            raise ReaderError(f"option --fov: expected comma-separated integers, got {args.fov!r}") from None
     if args.spot_mode:
         opts["mode"] = args.spot_mode
     for k in ("spot_diameter_px", "sigma_px", "layer", "hd_bin_um", "points", "table", "image_element", "coordinate_system", "um_per_unit"):
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     if args.chunks:
-        opts["chunks"] = tuple(int(v) for v in _floats(args.chunks, 3, "--chunks"))
+        vals = _floats(args.chunks, 3, "--chunks")
+        if not all(v >= 1 and v == int(v) and v < 2**31 for v in vals):
+            raise ReaderError(f"option --chunks: expected 3 positive integers G,Y,X, got {args.chunks!r}")
+        opts["chunks"] = tuple(int(v) for v in vals)
 
     bar = None
     if sys.stderr.isatty():
@@ -149,6 +175,10 @@ def run(args):
     for note in picked:
         print(f"  {note}")
     chunks = opts.get("chunks")
-    canvas.to_ome_zarr(out, chunks=chunks)
+    from ..safeio import atomic_dir, check_grid
+
+    check_grid(canvas.shape, str(out))
+    with atomic_dir(out) as tmp:  # the old canvas stays until the new one is complete
+        canvas.to_ome_zarr(tmp, chunks=chunks)
     print(summary_line(canvas, out, time.perf_counter() - t0))
     return 0

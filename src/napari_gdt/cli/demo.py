@@ -12,10 +12,11 @@ def register(sub):
         help="her2st: H&E of held-out section C5 (default); merfish: DAPI of a mouse brain; synthetic: no data needed",
     )
     p.add_argument("--screenshot", metavar="OUT.png", help="render the view to OUT.png and exit")
+    p.add_argument("--restore", action="store_true", help="restore the latest autosaved editing session of the demo canvas")
     p.set_defaults(func=run)
 
 
 def run(args):
     from ..demo import open_demo
 
-    return open_demo(args.dataset, screenshot=args.screenshot)
+    return open_demo(args.dataset, screenshot=args.screenshot, restore=getattr(args, "restore", False))

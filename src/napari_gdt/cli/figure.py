@@ -20,7 +20,8 @@ def register(sub):
     add_model_args(p)
     p.add_argument("--expression", required=True, metavar="CANVAS", help="expression canvas (.ome.zarr from napari-gdt convert)")
     p.add_argument("--region", required=True, metavar="Y0:Y1,X0:X1", help="output-pixel region of the figure")
-    p.add_argument("--out", required=True, metavar="FIG", help="figure file: .png, .tif or .pdf")
+    p.add_argument("--out", required=True, metavar="FIG", help="figure file: .png, .tif or .pdf (a file we did not write is refused without --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--edits", metavar="RECIPE", help="edit recipe JSON (enables the edited and difference panels)")
     p.add_argument("--image", metavar="REAL", help="paired real image (enables the real panel; resampled through the canvas affine)")
     p.add_argument(
@@ -50,6 +51,10 @@ def run(args):
     out = str(args.out)
     if not out.lower().endswith(FIGURE_EXTS):
         raise GDTError(f"{out}: unsupported figure extension (use .png, .tif or .pdf)")
+    from ..safeio import check_not_input, check_output
+
+    check_not_input(out, [args.expression, args.model, args.image, args.edits])
+    check_output(out, overwrite=args.overwrite, what="figure")
     panels = parse_panels(args.panels)
     genes = [g.strip() for g in args.genes.split(",") if g.strip()] if args.genes else None
     region = parse_region(args.region)

@@ -27,7 +27,7 @@ def register(sub):
     z.add_argument("--chunk-px", type=int, default=None, help="chunk edge in output px, a multiple of the tile size (default ~1024)")
     z.add_argument("--levels", type=int, default=None, help="pyramid levels (default: until the coarsest is <= 256 px)")
     z.add_argument("--dtype", choices=("uint8", "float32"), default="uint8", help="stored values: uint8 (default) or float32 (exact; for cache warming)")
-    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it (--into-spatialdata: replace elements of the same names)")
+    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it (a file we did not write is refused without it; --into-spatialdata: replace elements of the same names)")
     d = p.add_argument_group("SpatialData output (--into-spatialdata)")
     d.add_argument("--into-spatialdata", action="store_true", help="--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, aligned with its real image")
     d.add_argument("--image-element", default=None, metavar="NAME", help="the store's real image the canvas is registered to (default: the one the canvas was read from)")
@@ -93,8 +93,15 @@ def _render_omezarr(args, bundle, region) -> int:
 def run(args):
     from ..errors import GDTError
     from ..rendering.tiles import parse_region
+    from ..safeio import check_not_input
+    from ._common import check_image_out
 
     out = str(args.out)
+    inputs = [args.expression, args.edits, args.model, getattr(args, "cache", None)]
+    if out.lower().rstrip("/").endswith(".ome.zarr") or getattr(args, "into_spatialdata", False):
+        check_not_input(out, inputs)  # a SpatialData store is added to, never replaced (see export.spatialdata)
+    else:
+        check_image_out(out, overwrite=args.overwrite, inputs=inputs)
     bundle = load_model(args.model, args.device)
     canvas = open_canvas(args.expression)
     region = parse_region(args.region) if args.region else None

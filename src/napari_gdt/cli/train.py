@@ -22,6 +22,7 @@ def register(sub):
     p.add_argument("--val-image", action="append", metavar="IMG", help="held-out validation image (repeat per section)")
     p.add_argument("--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)")
     p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (e.g. OUT.ckpt/last.pt)")
     p.add_argument(
         "--init-from",

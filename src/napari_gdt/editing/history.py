@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class EditHistory:
         self._redo: list[dict] = []
         self.autosave_path = Path(autosave) if autosave else None
         self.on_change = on_change
+        self.lock = threading.RLock()  # shared with a StrokeAutosaver writing the same files
 
     # ------------------------------------------------------------ state
     @property
@@ -148,9 +150,25 @@ class EditHistory:
         h = cls(load_recipe(autosave), autosave=autosave, on_change=on_change)
         return h
 
-    def _changed(self) -> None:
-        if self.autosave_path is not None:
+    def save_autosave(self, labels: tuple[str, np.ndarray] | None = None) -> Path | None:
+        """Write the autosave now (atomically); ``labels``: ``(file name, array)`` of a painted
+        labels image saved beside it even when no region uses it yet."""
+        if self.autosave_path is None:
+            return None
+        with self.lock:
+            if labels is not None:
+                from .regions import write_labels
+
+                target = self.autosave_path.parent / labels[0]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.stem + ".tmp" + target.suffix)
+                write_labels(tmp, np.array(labels[1], copy=True))
+                os.replace(tmp, target)
             self.recipe.save(self.autosave_path)
+        return self.autosave_path
+
+    def _changed(self) -> None:
+        self.save_autosave()
         if self.on_change is not None:
             self.on_change()
 

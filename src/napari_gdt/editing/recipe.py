@@ -60,7 +60,16 @@ _NUM_FIELDS = {"factor", "others", "value", "strength", "coef"}
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return bool(np.isfinite(float(v)))
+    except OverflowError:  # an integer with hundreds of digits
+        return False
+
+
+#: Sane ranges of the numeric fields: a factor of 1e300 overflows float32 to inf and NaN.
+NUM_RANGES = {"factor": (0.0, 1e6), "others": (0.0, 1e6), "coef": (0.0, 1e6), "value": (-1e9, 1e9), "strength": (0.0, 1.0)}
 
 
 def _target_region(edit: dict) -> str:
@@ -193,14 +202,20 @@ class Recipe:
                     raise RecipeError(f"{where}: unknown region {e[f]!r} in field {f!r} (regions: {known})")
         g = e["genes"]
         if g != "all":
-            if not (isinstance(g, list) and g and all(isinstance(x, str) and x for x in g)):
+            if not (isinstance(g, list) and g and all(isinstance(x, str) and x.strip() for x in g)):
                 raise RecipeError(f"{where}: field 'genes' must be \"all\" or a non-empty list of gene names, got {g!r}")
             dup = sorted({x for x in g if g.count(x) > 1})
             if dup:
                 raise RecipeError(f"{where}: gene(s) listed twice in 'genes': {', '.join(dup)}")
         for f in _NUM_FIELDS:
             if f in e and not _is_num(e[f]):
-                raise RecipeError(f"{where}: field {f!r} must be a finite number, got {e[f]!r}")
+                shown = repr(e[f]) if len(repr(e[f])) <= 40 else repr(e[f])[:37] + "..."
+                raise RecipeError(f"{where}: field {f!r} must be a finite number, got {shown}")
+        for f in ("factor", "others", "coef"):
+            if f in e and e[f] > NUM_RANGES[f][1]:
+                raise RecipeError(f"{where}: field {f!r} is {e[f]:g}, above the sane maximum {NUM_RANGES[f][1]:g}")
+        if op in ("set", "add") and abs(e["value"]) > NUM_RANGES["value"][1]:
+            raise RecipeError(f"{where}: field 'value' is {e['value']:g}, outside the sane range [-{NUM_RANGES['value'][1]:g}, {NUM_RANGES['value'][1]:g}] counts")
         if op == "scale" and (e["factor"] < 0 or e.get("others", 1.0) < 0):
             bad = "factor" if e["factor"] < 0 else "others"
             raise RecipeError(f"{where}: field {bad!r} must be >= 0 (counts stay non-negative), got {e[bad]!r}")
@@ -218,6 +233,29 @@ class Recipe:
                 raise RecipeError(f"{where}: field 'k' must be an integer >= 1, got {k!r}")
             if e.get("basis", "all") not in ("all", "genes"):
                 raise RecipeError(f"{where}: field 'basis' must be \"all\" or \"genes\", got {e.get('basis')!r}")
+
+    def check_regions(self, canvas: ExpressionCanvas, masks: dict[str, np.ndarray]) -> None:
+        """Every region an edit uses covers at least one bin; eigen's ``k`` fits its gene basis."""
+        H, W = canvas.n_bins
+        for i, e in enumerate(self.edits):
+            where = f"{self.source}: edit {i} ({e['op']})"
+            for f in _REGION_FIELDS:
+                name = e.get(f)
+                if name is None or name not in masks or masks[name].any():
+                    continue
+                reg = self.regions[name]
+                if reg.kind == "labels":
+                    why = f"label value {reg.spec.get('value')} does not occur in {reg.spec.get('labels')}"
+                elif reg.kind == "gene":
+                    why = "no bin passes its threshold"
+                else:
+                    why = f"it lies outside the canvas ({H} x {W} bins)"
+                raise RecipeError(f"{where}: region {name!r} is empty on this canvas (field {f!r}: {why})")
+            if e["op"] == "eigen":
+                n = len(canvas.genes) if e.get("basis", "all") == "all" else (len(canvas.genes) if e["genes"] == "all" else len(e["genes"]))
+                k = int(e.get("k", 1))
+                if k > n:
+                    raise RecipeError(f"{where}: field 'k' is {k} but the eigen basis has only {n} gene(s)")
 
     def check_canvas(self, canvas: ExpressionCanvas) -> None:
         """Check that every gene the recipe names is in the canvas."""
@@ -262,6 +300,7 @@ class Recipe:
         if not self.edits:
             return canvas
         masks = self.masks(canvas, px_per_bin, self.used_regions())
+        self.check_regions(canvas, masks)
         index = {g: i for i, g in enumerate(canvas.genes)}
         data = canvas.data
         if data.dtype != np.float32:
@@ -412,6 +451,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a text (JSON) file") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a recipe") from None
+    except ValueError as e:  # e.g. an integer too long to convert
+        raise RecipeError(f"{path}: not a readable recipe ({' '.join(str(e).split())[:120]})") from None
     return Recipe.from_dict(d, source=str(path), base_dir=path.parent)
 
 

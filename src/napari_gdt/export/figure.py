@@ -353,7 +353,11 @@ def compose_figure(
 
     FigureCanvasAgg(fig)
     fmt = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".pdf": "pdf"}[ext]
-    fig.savefig(str(out), dpi=dpi, format=fmt, facecolor="white")
+    from ..safeio import PNG_MARK, atomic_file
+
+    marks = {"png": {"metadata": {"Software": PNG_MARK}}, "pdf": {"metadata": {"Creator": PNG_MARK}}, "tiff": {"pil_kwargs": {"tiffinfo": {305: PNG_MARK}}}}[fmt]
+    with atomic_file(out) as tmp:  # never half a figure over an old one
+        fig.savefig(str(tmp), dpi=dpi, format=fmt, facecolor="white", **marks)
     size = (round(H_in * dpi), round(W_in * dpi))
     return FigureInfo(path=out, size_px=size, dpi=float(dpi), panels=[p.name for p in panels], panel_boxes=boxes, scalebar_um=float(scalebar_um))
 

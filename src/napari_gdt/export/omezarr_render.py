@@ -105,6 +105,13 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def canvas_digest(path) -> str:
+    """sha256 of a canvas store's content (every file's relative path and bytes): keys a resume on content."""
+    from ..expression.omezarr import store_digest
+
+    return store_digest(path)
+
+
 def recipe_hash(path) -> str | None:
     """sha256 of a recipe file and of the label images it references (None without a recipe)."""
     if not path:
@@ -297,7 +304,7 @@ def _settings(job: RenderJob, bundle, ngff: str, levels: int, recipe_sha: str | 
         "kind": KIND,
         "version": 1,
         "model": {"path": job.model, "name": bundle.card.get("name"), "arch": bundle.card.get("arch"), "digest": job.digest},
-        "canvas": {"path": job.canvas, "shape": list(canvas_shape)},
+        "canvas": {"path": job.canvas, "shape": list(canvas_shape), "sha256": canvas_digest(job.canvas)},
         "recipe": {"path": job.edits, "sha256": recipe_sha} if job.edits else None,
         "seed": job.seed,
         "tile_px": job.tile_px,
@@ -374,17 +381,27 @@ def read_settings(path) -> dict | None:
 
 def _prepare(out: Path, job: RenderJob, bundle, ngff: str, levels: int, settings: dict, overwrite: bool) -> bool:
     """Create the store, or check an existing one for a resume. Returns True when resuming."""
+    from ..safeio import check_output
+
+    check_output(out, overwrite=overwrite, what="render", ours=lambda q: q.is_dir() and read_settings(q) is not None)
     if out.exists():
-        old = read_settings(out)
+        old = read_settings(out) if out.is_dir() else None
         if overwrite:
-            shutil.rmtree(out)
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         elif old is None:
             raise GDTError(f"{out}: exists and is not a napari-gdt render (pass --overwrite to replace it)")
         else:
             for k in _COMPARED:
-                if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True):
+                a, b = old.get(k), settings.get(k)
+                if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+                    field = k
+                    if isinstance(a, dict) and isinstance(b, dict):
+                        diff = [f for f in b if json.dumps(a.get(f), sort_keys=True) != json.dumps(b.get(f), sort_keys=True)]
+                        if diff:
+                            field, a, b = f"{k}.{diff[0]}", a.get(diff[0]), b.get(diff[0])
+                    what = f"the {k}'s content changed: " if field.endswith(("sha256", "digest")) else ""
                     raise GDTError(
-                        f"{out}: exists and was rendered with a different {k!r} ({json.dumps(old.get(k))} != {json.dumps(settings.get(k))}); "
+                        f"{out}: exists and was rendered with a different {field!r} ({what}{json.dumps(a)} != {json.dumps(b)}); "
                         "pass --overwrite to start again or choose another output"
                     )
             return True
@@ -539,6 +556,9 @@ def render_to_omezarr(
     levels = int(levels or default_levels(job.shape))
     if levels < 1:
         raise GDTError(f"--levels must be >= 1, got {levels}")
+    from ..safeio import check_not_input
+
+    check_not_input(out, [canvas_path, edits, model_path])
     settings = _settings(job, bundle, ngff, levels, recipe_hash(edits), canvas.shape)
     resumed = _prepare(out, job, bundle, ngff, levels, settings, overwrite)
 

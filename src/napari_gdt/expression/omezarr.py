@@ -71,6 +71,30 @@ def _jsonable(obj):
         return json.loads(json.dumps(obj, default=str))
 
 
+def store_digest(path: str | Path) -> str:
+    """sha256 over a zarr store's files (sorted relative paths and bytes), read in 1 MiB blocks.
+
+    The compressed chunks are hashed as they are, so this costs one read of the store.
+    """
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_file():
+        files = [p]
+        root = p.parent
+    else:
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        root = p
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
 def is_canvas(path: str | Path) -> bool:
     """True if ``path`` is an OME-Zarr written as a napari-gdt canvas."""
     import zarr

@@ -26,7 +26,9 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ReaderError
+import numpy as np
+
+from ..errors import GDTError, ReaderError
 from .canvas import ExpressionCanvas
 from .transcripts import COSMX_UM_PER_PX, DEFAULT_BIN_UM, SCHEMAS, _parse_genes, table_columns
 
@@ -172,7 +174,72 @@ def _split_st(paths: list[Path]) -> tuple[Path, Path]:
     return counts[0], spots[0]
 
 
-def read_any(
+def read_any(path, format: str = "auto", bin_um: float | None = None, **kw) -> ExpressionCanvas:
+    """Read ``path`` (file, folder or list of files) into an :class:`ExpressionCanvas`.
+
+    See :func:`_read_any` for the parameters. A file that cannot be decoded (a truncated gzip, a
+    binary file where text is expected, a malformed table) raises :class:`ReaderError` naming
+    it; the grid is checked against the size limits (:mod:`napari_gdt.safeio`) and a warning is
+    given when the paired image and the canvas do not overlap.
+    """
+    import zlib
+
+    try:
+        canvas = _read_any(path, format, bin_um, **kw)
+    except (ReaderError, GDTError):
+        raise
+    except RecursionError:
+        raise ReaderError(f"{_src(path)}: input nested too deeply to read") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        raise ReaderError(f"{getattr(e, 'filename', None) or _src(path)}: {e.strerror or e}") from None
+    except (EOFError, zlib.error, UnicodeDecodeError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        what = "truncated or corrupt compressed file" if isinstance(e, (EOFError, zlib.error)) or "gzip" in msg.lower() else (
+            "not a text file" if isinstance(e, UnicodeDecodeError) else "unreadable input")
+        raise ReaderError(f"{_src(path)}: {what} ({type(e).__name__}: {msg})") from None
+    from ..safeio import check_grid
+
+    check_grid(canvas.shape, _src(path))
+    _warn_no_overlap(canvas, kw.get("image"))
+    return canvas
+
+
+def _src(path) -> str:
+    try:
+        return ", ".join(map(str, _as_paths(path)))
+    except Exception:  # noqa: BLE001
+        return str(path)
+
+
+def _warn_no_overlap(canvas: ExpressionCanvas, image) -> None:
+    """Warn when the canvas, placed by its affine, does not overlap the paired image."""
+    if image is None:
+        return
+    try:
+        from .spots import _image_shape
+
+        shape = _image_shape(image)
+    except Exception:  # noqa: BLE001 - the reader already read (or refused) the image
+        return
+    if shape is None:
+        return
+    H, W = canvas.n_bins
+    A = np.asarray(canvas.affine, dtype=float)
+    corners = np.array([[0, 0, 1], [H, 0, 1], [0, W, 1], [H, W, 1]], dtype=float) @ A.T
+    y0, y1 = corners[:, 0].min(), corners[:, 0].max()
+    x0, x1 = corners[:, 1].min(), corners[:, 1].max()
+    ih, iw = shape
+    if not np.all(np.isfinite(corners)) or y1 <= 0 or x1 <= 0 or y0 >= ih or x0 >= iw:
+        import warnings
+
+        warnings.warn(
+            f"{image}: the canvas lies wholly outside the image (canvas at image px y {y0:.0f}..{y1:.0f}, x {x0:.0f}..{x1:.0f}; "
+            f"image {ih} x {iw} px); check the registration (--image-transform, --image-um-per-px, --image-extent-um)",
+            stacklevel=3,
+        )
+
+
+def _read_any(
     path,
     format: str = "auto",
     bin_um: float | None = None,
@@ -188,7 +255,7 @@ def read_any(
     units: str = "um",
     **opts,
 ) -> ExpressionCanvas:
-    """Read ``path`` (file, folder or list of files) into an :class:`ExpressionCanvas`.
+    """The readers behind :func:`read_any`.
 
     Parameters
     ----------

@@ -89,6 +89,9 @@ def spot_weights(
     Hb, Wb = n_bins
     rows, cols, vals = [], [], []
     s = int(supersample)
+    reach = 2.0 * (0.5 * float(diameter_px) if mode == "footprint" else 3.0 * float(sigma_px)) / float(bin_px) + 2.0
+    if reach * s > 8192:  # huge discs: fewer sub-samples, bounded memory per spot
+        s = max(1, int(8192 // reach))
     sub = (np.arange(s) + 0.5) / s  # sub-sample positions inside a bin (fraction of a bin)
     for j, (cy, cx) in enumerate(np.asarray(centres_px, dtype=float)):
         # continuous bin coordinates of the centre
@@ -165,6 +168,11 @@ def spots_to_canvas(
     n = len(centres_px)
     if n == 0:
         raise ReaderError(f"{source}: no spots to place")
+    for name, v in (("spot diameter (--spot-diameter-px)", diameter_px), ("spread width (--sigma-px)", sigma_px), ("µm per pixel (--um-per-px)", um_per_px)):
+        if v is not None and not (np.isfinite(v) and v > 0):
+            raise ReaderError(f"{source}: {name} must be > 0, got {v}")
+    if not np.isfinite(bin_px):
+        raise ReaderError(f"{source}: bin size in pixels must be finite, got {bin_px}")
     nn = _nn_distance(centres_px)
     if diameter_px is None:
         diameter_px = nn / 2 if np.isfinite(nn) else 4 * bin_px
@@ -175,7 +183,18 @@ def spots_to_canvas(
     else:
         H = int(np.ceil(centres_px[:, 0].max() + diameter_px))
         W = int(np.ceil(centres_px[:, 1].max() + diameter_px))
-    Hb, Wb = int(np.ceil(H / bin_px)), int(np.ceil(W / bin_px))
+    from ..safeio import check_grid, limit
+
+    hb, wb = float(np.ceil(H / bin_px)), float(np.ceil(W / bin_px))
+    check_grid((counts.shape[1] if len(counts.shape) > 1 else 1, min(hb, 2**62), min(wb, 2**62)), source, hint="use a larger bin (--bin-px / --bin-um)")
+    Hb, Wb = int(hb), int(wb)
+    reach = 2.0 * (0.5 * float(diameter_px) if mode == "footprint" else 3.0 * float(sigma_px)) / float(bin_px) + 2.0  # window edge of one spot, in bins
+    covered = n * min(reach, Hb) * min(reach, Wb)
+    if covered > limit("bins"):
+        raise ReaderError(
+            f"{source}: {n} spot(s) of {reach:,.0f} bins across would cover {covered:,.0f} bins, above the limit of {limit('bins'):,.0f}; "
+            "use a larger bin (--bin-px / --bin-um) or check --spot-diameter-px / --sigma-px"
+        )
     Wt = spot_weights(centres_px, (Hb, Wb), bin_px, mode=mode, diameter_px=diameter_px, sigma_px=sigma_px)
     placed = np.asarray(Wt.sum(axis=0)).ravel() > 0
     if not placed.all():
@@ -227,7 +246,10 @@ def _select_genes(all_genes: list[str], genes, source: str) -> np.ndarray:
     if genes is None:
         return np.arange(len(all_genes))
     if isinstance(genes, str | Path) and Path(genes).is_file():
-        genes = [g.strip() for g in Path(genes).read_text().split() if g.strip()]
+        try:
+            genes = [g.strip() for g in Path(genes).read_text().split() if g.strip()]
+        except UnicodeDecodeError:
+            raise ReaderError(f"{genes}: gene list file is not a text file (one gene name per line)") from None
     elif isinstance(genes, str):
         genes = [g.strip() for g in genes.split(",") if g.strip()]
     index = {}
@@ -320,6 +342,13 @@ def read_st(
             raise ReaderError(f"{spots_tsv}: missing column '{col}' (columns: {', '.join(map(str, spots.columns))})")
     if len(spots) == 0:
         raise ReaderError(f"{spots_tsv}: file has no spot rows")
+    def _ids(t):
+        return [f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}" for a, b in zip(t["x"], t["y"])]
+
+    try:
+        all_ids = set(_ids(spots))
+    except (TypeError, ValueError):
+        raise ReaderError(f"{spots_tsv}: columns 'x' and 'y' must hold the spots' array coordinates (numbers)") from None
     if "selected" in spots.columns:
         spots = spots[spots["selected"].fillna(0).astype(float) != 0]
     ids = [f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}" for a, b in zip(spots["x"], spots["y"])]
@@ -337,6 +366,14 @@ def read_st(
     common = [i for i in ids if i in cnt.index]
     if not common:
         raise ReaderError(f"{counts_tsv}: no spot id (first column, '{{x}}x{{y}}') matches {spots_tsv} (e.g. {ids[0]!r} vs {cnt.index[0]!r})")
+    n_cnt, n_pos = len(cnt.index), len(ids)
+    unknown = sum(1 for i in cnt.index if i not in all_ids)  # counted spots the spot file does not list at all
+    if unknown > 0.05 * n_cnt or len(common) < 0.95 * n_pos:
+        warnings.warn(
+            f"{counts_tsv}: spot ids match {spots_tsv} only in part ({len(common)} of {n_cnt} counted spots placed, "
+            f"{unknown} not in the spot file, {n_pos - len(common)} listed spots without counts); check that both files are of the same section",
+            stacklevel=3,
+        )
     spots = spots.assign(_id=ids).set_index("_id").loc[common]
     all_genes = [str(g) for g in cnt.columns]
     gi = _select_genes(all_genes, genes, str(counts_tsv))

@@ -192,7 +192,7 @@ def _read_matrix(path) -> np.ndarray:
         raise ReaderError(f"{p}: no such transform file")
     try:
         m = np.loadtxt(p, delimiter=None if p.suffix.lower() != ".csv" or "," not in p.read_text() else ",")
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise ReaderError(f"{p}: not a 3x3 matrix of numbers ({e})") from None
     m = np.atleast_2d(m)
     if m.shape == (2, 3):
@@ -226,8 +226,14 @@ def image_registration(
     """
     if transform is not None:
         m = _read_matrix(transform) if isinstance(transform, (str, Path)) else np.asarray(transform, dtype=float)
+        name = str(transform) if isinstance(transform, (str, Path)) else "image transform"
         if m.shape != (3, 3):
-            raise ReaderError(f"image transform must be 3x3, got shape {m.shape}")
+            raise ReaderError(f"{name}: image transform must be 3x3, got shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise ReaderError(f"{name}: image transform has NaN or infinite entries")
+        det = float(np.linalg.det(m[:2, :2]))
+        if not np.isfinite(det) or abs(det) < 1e-12 * max(1.0, float(np.abs(m[:2, :2]).max()) ** 2):
+            raise ReaderError(f"{name}: image transform is singular (its 2x2 part has determinant {det:g}); it cannot map µm to pixels")
         return _SWAP @ m @ _SWAP
     if extent_um is not None:
         if len(extent_um) != 4:
@@ -458,6 +464,9 @@ class BinAccumulator:
             xmin, xmax = min(xmin, int(bx.min())), max(xmax, int(bx.max()))
         by0, bx0 = ymin - _OFF, xmin - _OFF
         shape = (len(channel_codes), ymax - ymin + 1, xmax - xmin + 1)
+        from ..safeio import check_grid
+
+        check_grid(shape, self.source, hint=f"check the coordinates and units of the transcripts (bins of {self.bin_um:g} µm) or use a larger --bin-um")
         return SparseCounts(self.runs, channel_codes, (by0, bx0), shape)
 
 
@@ -609,7 +618,11 @@ def _parse_genes(genes) -> list[str] | None:
     p = Path(s)
     if p.is_file():
         out = []
-        for line in p.read_text().splitlines():
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise ReaderError(f"{p}: gene list file is not a text file (one gene name per line)") from None
+        for line in text.splitlines():
             line = line.strip().split(",")[0].split("\t")[0].strip()
             if line and not line.startswith("#") and line.lower() not in ("gene", "genes", "name"):
                 out.append(line)
@@ -697,12 +710,12 @@ def rasterize_transcripts(
             names, idx = _gene_dictionary(batch.column(batch.schema.get_field_index(schema.gene)), path, schema.gene)
         except ReaderError as e:
             raise ReaderError(str(e).replace("{row0}", str(row0))) from None
-        empty = [i for i, v in enumerate(names) if v is None or v == ""]
+        empty = [i for i, v in enumerate(names) if v is None or str(v).strip() == ""]
         if empty:
             bad_rows = np.isin(idx, empty)
             if bad_rows.any():
                 i = int(np.flatnonzero(bad_rows)[0])
-                raise ReaderError(f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (first at data row {row0 + i})")
+                raise ReaderError(f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at data row {row0 + i})")
         lut, ctrl = gidx.lut(names)
         per_value = np.bincount(idx, minlength=len(names))
         st.controls += int(per_value[ctrl].sum())

@@ -79,7 +79,12 @@ def load_ist_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise BundleError(f"{p}: is a folder, not a checkpoint file (.pt)")
     try:
         with _allow(SAFE_GLOBALS):
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            try:  # memory-mapped: the tensors (discriminator, optimiser states) are not read until used
+                obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e) and "zipfile" not in str(e):
+                    raise
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"GLOBAL ([A-Za-z_][\w.]*)", msg)
@@ -260,6 +265,7 @@ def import_ist_checkpoint(
     um_per_px: float = XENIUM_UM_PER_PX,
     name: str | None = None,
     tile_px: int = 128,
+    overwrite: bool = False,
 ) -> dict:
     """Convert an IST-editing checkpoint into a napari-gdt bundle.
 
@@ -288,23 +294,30 @@ def import_ist_checkpoint(
         The model card written into the bundle.
     """
     from .. import __version__
+    from ..safeio import check_not_input, check_output
     from .bundle import load_bundle, save_bundle
 
     ckpt = Path(ckpt)
     source = str(ckpt)
+    out_path = Path(out_path) if out_path is not None else ckpt.with_suffix(".safetensors")
+    check_not_input(out_path, [ckpt, genes_file])
+    check_output(out_path, overwrite=overwrite, what="model bundle")
+    genes = read_gene_list(genes_file)  # cheap checks first: nothing is allocated before they pass
     sd, info = load_ist_checkpoint(ckpt)
     config = infer_ist_config(sd, source)
-    try:
-        model = ISTGenerator(**config)
-    except ValueError as e:
-        raise BundleError(f"{source}: inferred configuration is not usable: {e}") from None
-    check_ist_state(model, sd, source)
-    genes = read_gene_list(genes_file)
     if len(genes) != config["n_genes"]:
         raise BundleError(
             f"{genes_file}: lists {len(genes)} genes but the checkpoint's generator takes {config['n_genes']} "
             f"(tensor 'drive.0.weight' {tuple(sd['drive.0.weight'].shape)}); give the panel in training order"
         )
+    bad = sorted(k for k, v in sd.items() if v.dtype != torch.float32)
+    if bad:
+        raise BundleError(f"{source}: tensor {bad[0]!r} has dtype {str(sd[bad[0]].dtype).replace('torch.', '')}, expected float32")
+    try:
+        model = ISTGenerator(**config)
+    except ValueError as e:
+        raise BundleError(f"{source}: inferred configuration is not usable: {e}") from None
+    check_ist_state(model, sd, source)
     nch = config["out_channels"]
     output = (output or "auto").lower()
     if output == "auto":
@@ -328,7 +341,6 @@ def import_ist_checkpoint(
         if output == "he"
         else {"kind": "fluorescence", "channels": ["DAPI"], "stain": "DAPI"}
     )
-    out_path = Path(out_path) if out_path is not None else ckpt.with_suffix(".safetensors")
     geo = model.geometry
     provenance = {
         "source": "IST-editing",

@@ -154,6 +154,10 @@ def train_from_args(args, argv=None) -> int:
     if out.suffix != ".safetensors":
         raise GDTError(f"{out}: --out must end in .safetensors")
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out.with_suffix(".ckpt")
+    from ..safeio import check_not_input, check_output
+
+    check_not_input(out, list(args.expression or []) + list(args.image or []) + [getattr(args, "init_from", None)])
+    check_output(out, overwrite=getattr(args, "overwrite", False), what="model bundle")
     arch = dict(DEFAULT_ARCH)
     prior = None
     if args.resume:

@@ -15,13 +15,13 @@ Control-Alt-Shift-Z redoes the last edit.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
+import weakref
 from pathlib import Path
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
 
+from ..editing.autosave import StrokeAutosaver, latest_autosave, new_autosave_path
 from ..editing.history import GeneSets
 from ..errors import GDTError
 from ..session import EDITED, GENERATED, MAX_CHECKS, Session
@@ -58,9 +58,12 @@ class EditingWidget(EditingForm, QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer, session)
         self.binding = layers_for(napari_viewer, self.session) if napari_viewer is not None else None
-        self.regions = RegionsLayer(napari_viewer, self.session)
+        self.regions = RegionsLayer(napari_viewer, self.session, on_layer=self._watch_strokes)
         self._autosave_arg = autosave
         self.gene_sets = GeneSets(gene_sets)
+        self.strokes = StrokeAutosaver(self._save_strokes, delay=0.5, lock=self.history.lock)  # every stroke saved within ~0.5 s
+        self.restore_candidate: Path | None = None  # an earlier run's autosave of this canvas, offered on open
+        self._watched = weakref.WeakSet()  # regions layers whose paint strokes are autosaved
         self.last_stats: dict = {}
         self.setup_ui()
         self._history_changed()
@@ -122,17 +125,59 @@ class EditingWidget(EditingForm, QWidget):
         if canvas is None:
             return
         self.thr_gene.addItems(list(canvas.genes))
-        if self._autosave_arg or self.history.autosave_path is None or self.history.autosave_path.name.startswith("session-"):
+        if self.history.autosave_path is None:
             self.history.autosave_path = self._default_autosave()
         self.regions.ensure()
+        self._offer_restore()
 
     def _default_autosave(self) -> Path:
+        """This run's own autosave: beside a canvas file (when writable), else in the temp folder."""
         if self._autosave_arg:
             return Path(self._autosave_arg)
+        return new_autosave_path(self._canvas_file())
+
+    def _canvas_file(self) -> str | None:
         src = self.canvas.meta.get("path") if self.canvas is not None else None
-        if src and Path(src).exists() and os.access(Path(src).parent, os.W_OK):  # a real file, not an in-memory name
-            return Path(str(src).rstrip("/") + ".edits.autosave.json")
-        return Path(tempfile.gettempdir()) / "napari-gdt" / f"session-{os.getpid()}.edits.json"
+        return str(src) if src else None  # a file, or an in-memory canvas's name (its autosaves go to the temp folder)
+
+    # ============================================================ autosave (logic in editing.autosave)
+    def _watch_strokes(self, layer) -> None:
+        if layer is not None and layer not in self._watched:
+            layer.events.paint.connect(self.strokes.touch)
+            self._watched.add(layer)
+
+    def _labels_file(self) -> str:
+        return self.regions.labels_file()
+
+    def _save_strokes(self) -> None:
+        layer = self.labels_layer
+        labels = (self._labels_file(), layer.data) if layer is not None and layer.data.any() else None
+        self.history.save_autosave(labels=labels)
+
+    def _offer_restore(self) -> None:
+        """Offer the latest earlier autosave of this canvas (a notification with a Restore button)."""
+        prev = latest_autosave(self._canvas_file(), exclude=self.history.autosave_path) if self._canvas_file() else None
+        self.restore_candidate = prev
+        if prev is None or self.viewer is None:
+            return
+        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+        notification_manager.dispatch(
+            Notification(
+                f"An autosaved editing session of this canvas exists ({prev.name}).",
+                severity=NotificationSeverity.INFO,
+                actions=[("Restore", lambda *_: self._guard(lambda: self.restore_autosave(prev)))],
+            )
+        )
+
+    def restore_autosave(self, path=None):
+        """Load an autosave (default: the one offered on open) into this run; returns its path."""
+        path = Path(path) if path is not None else self.restore_candidate
+        if path is None:
+            raise GDTError("no earlier autosave of this canvas to restore")
+        self.load_recipe(path)
+        self.restore_candidate = None
+        return path
 
     def _need_session(self):
         self.session.require()

@@ -20,8 +20,9 @@ REGIONS_LAYER = "edit regions"
 class RegionsLayer:
     """Regions of ``session`` drawn in ``viewer`` (``viewer`` may be None: regions live in the recipe only)."""
 
-    def __init__(self, viewer, session: Session):
+    def __init__(self, viewer, session: Session, on_layer=None):
         self.viewer, self.session = viewer, session
+        self.on_layer = on_layer  # called with the regions layer whenever it is made or found (e.g. to autosave strokes)
 
     @property
     def history(self):
@@ -42,17 +43,23 @@ class RegionsLayer:
         ppb = s.px_per_bin
         layer = self.layer
         if layer is not None and layer.data.shape == tuple(s.canvas.n_bins):
-            return layer
+            return self._found(layer)
         if layer is not None:
             self.viewer.layers.remove(REGIONS_LAYER)
         # bin (i, j) covers output px [i*ppb, (i+1)*ppb): its centre is at (i + 0.5) * ppb - 0.5 in pixel-centre coordinates
-        return self.viewer.add_labels(
+        layer = self.viewer.add_labels(
             np.zeros(s.canvas.n_bins, dtype=np.int32),
             name=REGIONS_LAYER,
             scale=(ppb, ppb),
             translate=((ppb - 1) / 2, (ppb - 1) / 2),
             opacity=0.4,
         )
+        return self._found(layer)
+
+    def _found(self, layer):
+        if self.on_layer is not None:
+            self.on_layer(layer)
+        return layer
 
     def raise_to_top(self) -> None:
         """Keep the regions layer above the generated layers (it is translucent)."""
