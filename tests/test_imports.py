@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "napari_gdt"
 # -> analysis, export, training -> session -> cli, widgets, demo
 LAYERS = [
     {"__init__", "errors"},
-    {"data", "pixels"},  # pixels: the pixel rules (quantise, downsample, resample, read images)
+    {"data", "pixels", "safeio"},  # pixels: the pixel rules; safeio: never overwrite what the user made
     {"expression", "models"},  # models/noise.py is the shared maths of models and rendering
     {"editing", "rendering", "synthetic"},
     {"analysis", "export"},
