@@ -148,8 +148,8 @@ class CompareForm:
         self.shot_w, self.shot_h = QSpinBox(), QSpinBox()
         for s in (self.shot_w, self.shot_h):
             s.setRange(0, 16384)
-            s.setSpecialValueText("canvas")
-            s.setToolTip("Screenshot size in pixels (0 = canvas size times the scale)")
+            s.setSpecialValueText("auto")  # short: "canvas" was cut to "nvas" in a narrow dock
+            s.setToolTip("Screenshot size in pixels (auto = the canvas size times the scale)")
         self.shot_scale = QDoubleSpinBox()
         self.shot_scale.setRange(0.1, 16.0)
         self.shot_scale.setValue(1.0)
@@ -180,8 +180,8 @@ class CompareForm:
         row_sz.addWidget(self.shot_w)
         row_sz.addWidget(QLabel("×"))
         row_sz.addWidget(self.shot_h)
-        row_sz.addWidget(self.shot_scale)
-        ef.addRow("Size (w×h) / scale", row_sz)
+        ef.addRow("Size (w×h)", row_sz)
+        ef.addRow("Scale", self.shot_scale)
         ef.addRow("Scale bar", self.scalebar_spin)
         ef.addRow("DPI", self.dpi_spin)
         row_e = QHBoxLayout()
