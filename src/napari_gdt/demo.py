@@ -51,8 +51,8 @@ def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
         canvas = synthetic_canvas((48, 48))
         return DemoData("synthetic", untrained_bundle(canvas.genes), canvas, None, ["EPCAM", "COL1A1", "PTPRC"], "he")
     if dataset in ("her2st", "merfish"):
-        from .training.recipes import demo_canvas
         from .pixels import read_image
+        from .training.recipes import demo_canvas
 
         canvas, image_path, model = demo_canvas(dataset)
         bundle = load_bundle(model, device=device)
@@ -126,9 +126,7 @@ def open_demo(dataset: str = "her2st", screenshot: str | None = None, timeout: f
     # A shown window is needed for a non-black screenshot (works under Xvfb).
     viewer, w = build_demo_viewer(dataset, show=True)
     if restore:
-        edit = w["editing"]
-        edit._sync_from_generator()
-        path = edit.restore_autosave()
+        path = w["editing"].restore_autosave()
         print(f"restored the editing session {path}")
     if screenshot:
         from .export.screenshot import screenshot_view
