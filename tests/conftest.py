@@ -16,6 +16,16 @@ def shared_data() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_folders(tmp_path_factory):
+    """Each test process (each pytest-xdist worker) gets its own config folder (saved gene sets),
+    so tests never read or write the user's ~/.config and workers never share a file."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_GDT_CONFIG", str(tmp_path_factory.mktemp("config")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     d = shared_data()

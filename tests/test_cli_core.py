@@ -73,7 +73,10 @@ def test_info_text_summarises_the_bundled_card(capsys):
     out = capsys.readouterr().out
     assert "data.images: her2st/C2/he.jpg, her2st/C3/he.jpg, her2st/C4/he.jpg" in out
     assert "data.validation: her2st/C5/he.jpg" in out
-    line = next(x for x in out.splitlines() if x.strip().startswith("morphometrics[C5/he.jpg]"))
-    assert "density 0.987" in line and "area fraction 0.967" in line and "better than baseline: all" in line
+    lines = out.splitlines()
+    i = next(i for i, x in enumerate(lines) if x.strip().startswith("morphometrics[C5/he.jpg]"))
+    block = "\n".join(lines[i : i + 4])  # ratios, Spearman ρ in words, baseline: one line each
+    assert "density 0.99" in block and "area fraction 0.97" in block and "better than a flat-image baseline: all" in block
+    assert "Spearman ρ over 181 spot footprints (rank agreement" in block
     assert "19 new (ERBB2, GRB7" in out
     assert all(len(x) <= 520 for x in out.splitlines())  # no wall of JSON

@@ -49,8 +49,18 @@ def test_offline_without_folder_says_what_to_set(monkeypatch, tmp_path):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(pooch, "retrieve", offline)
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=4.0: True)  # the host answers, the download fails
     with pytest.raises(GDTError, match=r"could not download sample file her2st/C5/counts\.tsv\.gz .*Set NAPARI_GDT_DATA to a local folder"):
         data.fetch_her2st("C5")
+    # no network at all: a short error at once, before pooch is even asked
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=4.0: False)
+    with pytest.raises(data.OfflineError, match=r"her2st/C5/counts\.tsv\.gz: not in the cache and no network.*set NAPARI_GDT_DATA"):
+        data.fetch_her2st("C5")
+
+
+def test_offline_env_var_never_tries_the_network(monkeypatch):
+    monkeypatch.setenv("NAPARI_GDT_OFFLINE", "1")
+    assert data._reachable("https://raw.githubusercontent.com/x") is False
 
 
 def test_download_path_uses_pooch_with_sha256(monkeypatch, tmp_path):
@@ -66,6 +76,7 @@ def test_download_path_uses_pooch_with_sha256(monkeypatch, tmp_path):
         return str(tmp_path / "f")
 
     monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=4.0: True)
     data.fetch("merfish_mouse_brain/dapi_z0.jpg")
     url, known, fname, path = calls[0]
     assert url.endswith("/inst/Mini_datasets/Vizgen/Raw/images/mini_dataset_dapi_z0.jpg")

@@ -33,10 +33,11 @@ def file_sha256(path) -> str:
             h.update(block)
     return h.hexdigest()
 
-__all__ = ["ENV_VAR", "HER2ST_SECTIONS", "REGISTRY", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
+__all__ = ["ENV_VAR", "HER2ST_SECTIONS", "OFFLINE_ENV_VAR", "REGISTRY", "OfflineError", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
 
 ENV_VAR = "NAPARI_GDT_DATA"
 CACHE_ENV_VAR = "NAPARI_GDT_CACHE"
+OFFLINE_ENV_VAR = "NAPARI_GDT_OFFLINE"  # "1": never try to download
 HER2ST_SECTIONS = ("C2", "C3", "C4", "C5")
 
 _HER2ST = "almaan/her2st@85df7411b987a7dec3feff9718b869a7a82091ec"
@@ -107,6 +108,25 @@ def cache_dir() -> Path:
     return Path(pooch.os_cache("napari-gdt"))
 
 
+class OfflineError(GDTError):
+    """A sample file is neither in the local folder nor in the cache, and cannot be downloaded."""
+
+
+def _reachable(url: str, timeout: float = 4.0) -> bool:
+    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` s (no download)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get(OFFLINE_ENV_VAR, "").strip() not in ("", "0"):
+        return False
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname, u.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def fetch(rel: str) -> Path:
     """Local path of sample file ``rel`` (override folder, else cached download)."""
     root = data_root()
@@ -121,6 +141,9 @@ def fetch(rel: str) -> Path:
 
     _, _, sha = REGISTRY[rel]
     dst = cache_dir() / Path(rel).parent
+    if not (dst / Path(rel).name).exists() and not _reachable(url_for(rel)):
+        # fail in seconds, not after the download's own retries and timeouts
+        raise OfflineError(f"{rel}: not in the cache and no network to download it; set {ENV_VAR} to a folder with the sample data")
     try:
         path = pooch.retrieve(url_for(rel), known_hash=f"sha256:{sha}", fname=Path(rel).name, path=dst, progressbar=False)
     except Exception as e:  # network errors, hash mismatch

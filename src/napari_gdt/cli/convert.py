@@ -51,7 +51,9 @@ def register(sub):
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
     p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
     p.add_argument("--genes", default=None, metavar="FILE|G1,G2,...", help="keep these genes, in this order (a file: one gene per line)")
-    p.add_argument("--model", default=None, metavar="MODEL", help="align to this model: its gene panel (unless --genes) and its bin size (unless --bin-um/--bin-px)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="follow this model's card: its gene panel (unless --genes), its bin size (unless --bin-um/--bin-px; "
+                        "warns if the result differs by more than 1%%) and, for spot data, its spot mode (unless --spot-mode)")
     p.add_argument("--zero-fill", action="store_true", help="fill genes of --genes absent from the data with zeros (warns) instead of failing")
     p.add_argument("--image", default=None, metavar="IMG", help="the paired real image (H&E or DAPI); the canvas records the affine bins -> its pixels")
     p.add_argument("--image-transform", default=None, metavar="FILE", help="3x3 µm -> image px matrix (x first, e.g. Vizgen micron_to_mosaic_pixel_transform.csv)")
@@ -148,21 +150,27 @@ def run(args):
             bar.refresh()
 
         opts["progress"] = progress
-    genes, bin_um = args.genes, args.bin_um
-    if args.model:
-        from ..models.bundle import load_bundle
-
-        card = load_bundle(args.model).card
-        genes = genes or list(card["genes"])
-        if bin_um is None and args.bin_px is None:
-            bin_um = float(card["px_per_bin"]) * float(card["um_per_px"])
-    t0 = time.perf_counter()
+    genes, bin_um, bin_px = args.genes, args.bin_um, args.bin_px
     inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
-    canvas = read_any(
-        inputs, format=args.format, bin_um=bin_um, bin_px=args.bin_px, um_per_px=args.um_per_px, genes=genes,
-        zero_fill=args.zero_fill, image=args.image, x_col=args.x_col, y_col=args.y_col, gene_col=args.gene_col,
-        units=args.units, **opts,
-    )
+    expect = None
+    if args.model:
+        genes, bin_um, bin_px, expect = _model_defaults(args, inputs, opts)
+    t0 = time.perf_counter()
+    try:
+        canvas = read_any(
+            inputs, format=args.format, bin_um=bin_um, bin_px=bin_px, um_per_px=args.um_per_px, genes=genes,
+            zero_fill=args.zero_fill, image=args.image, x_col=args.x_col, y_col=args.y_col, gene_col=args.gene_col,
+            units=args.units, **opts,
+        )
+    except GDTError as e:
+        missing = getattr(e, "missing", None)
+        if expect is None or not missing or args.genes:
+            raise
+        shown = ", ".join(missing[:20]) + (f" ... (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        raise GDTError(
+            f"{e}\n  {len(missing)} of the {len(expect['genes'])} genes that model {args.model} reads were never measured in "
+            f"this data: {shown}. Add --zero-fill to convert anyway (those genes are then 0 everywhere)."
+        ) from None
     if bar is not None:
         bar.close()
     picked = list(canvas.meta.get("picked") or [])
@@ -181,4 +189,56 @@ def run(args):
     with atomic_dir(out) as tmp:  # the old canvas stays until the new one is complete
         canvas.to_ome_zarr(tmp, chunks=chunks)
     print(summary_line(canvas, out, time.perf_counter() - t0))
+    if expect is not None:
+        _check_bin(canvas, expect, args.model)
     return 0
+
+
+def _model_defaults(args, inputs, opts):
+    """Genes, bin size and spot mode from the model card (``--model``) where the user gave none."""
+    from ..expression.readers import detect_format
+    from ..models.card import expected_input, read_card
+
+    expect = expected_input(read_card(args.model))
+    genes = args.genes or expect["genes"]
+    bin_um, bin_px = args.bin_um, args.bin_px
+    fmt = args.format
+    if fmt == "auto":
+        try:
+            fmt = detect_format(inputs if isinstance(inputs, str) else [Path(p) for p in inputs])
+        except GDTError:
+            fmt = "auto"  # read_any reports it
+    spots = fmt in ("st", "visium", "anndata")
+    taken = []
+    if bin_um is None and bin_px is None:
+        if spots and expect["bin_px"] and args.um_per_px is None:
+            bin_px = expect["bin_px"]
+            taken.append(f"bin {bin_px:g} image px")
+        elif spots and args.um_per_px is not None or not spots:
+            bin_um = expect["bin_um"]
+            taken.append(f"bin {bin_um:.2f} µm")
+    if spots and args.spot_mode is None and expect["spot_mode"]:
+        opts["mode"] = expect["spot_mode"]
+        taken.append(f"spot mode {expect['spot_mode']}")
+    if not args.genes:
+        taken.append(f"panel of {len(genes)} genes")
+    if taken:
+        print(f"model {args.model}: using its {', '.join(taken)} (from the model card)")
+    return genes, bin_um, bin_px, expect
+
+
+def _check_bin(canvas, expect, model) -> None:
+    """Say how the canvas bin compares with the model's; warn above 1 %."""
+    want, got = expect["bin_um"], float(canvas.bin_um)
+    rel = got / want - 1.0
+    if abs(rel) > 0.01:
+        import warnings
+
+        # the CLI prints our warnings as one line: "napari-gdt convert: warning: bins of ..."
+        warnings.warn(
+            f"bins of {got:.2f} µm differ from model {model}'s {want:.2f} µm by {rel * 100:+.1f}% "
+            f"(more than 1%): the generator will paint tissue at the wrong scale; convert with --bin-um {want:.2f}",
+            stacklevel=2,
+        )
+    else:
+        print(f"bins of {got:.2f} µm match model {model}'s {want:.2f} µm to {abs(rel) * 100:.1f}%")

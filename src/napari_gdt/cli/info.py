@@ -17,9 +17,11 @@ def register(sub):
 
 
 def run(args):
-    from ..models.bundle import load_bundle
+    # Torch-free: the card is JSON in the safetensors header; the digest hashes the raw tensor bytes.
+    from ..models.card import file_digest, read_card, resolve_model
 
-    bundle = load_bundle(args.model)  # full load: validates tensors too
-    card = dict(bundle.card, digest=bundle.digest)
+    path = resolve_model(args.model)
+    card = read_card(path, arch_hook=False)  # the generic checks; the architecture's own need torch
+    card = dict(card, digest=file_digest(path, card))
     print(json.dumps(card) if args.json else format_card(card))
     return 0

@@ -101,11 +101,14 @@ def burn_scalebar(img: np.ndarray, um_per_px: float, length_um: float | None = N
     draw = ImageDraw.Draw(im)
     draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=rgb + ((255,) if a.shape[-1] == 4 else ()))
     font = _font(fsize)
-    tb = draw.textbbox((0, 0), label, font=font)
+    sw = max(1, fsize // 8)  # a thin outline in the opposite colour keeps the label legible on mid-tones
+    tb = draw.textbbox((0, 0), label, font=font, stroke_width=sw)
     tw, th = tb[2] - tb[0], tb[3] - tb[1]
     tx = x0 + (length_px - tw) // 2 - tb[0]
     ty = y0 - 4 - th - tb[1]
-    draw.text((tx, ty), label, fill=rgb + ((255,) if a.shape[-1] == 4 else ()), font=font)
+    alpha = (255,) if a.shape[-1] == 4 else ()
+    halo = (0, 0, 0) if colour == "white" else (255, 255, 255)
+    draw.text((tx, ty), label, fill=rgb + alpha, font=font, stroke_width=sw, stroke_fill=halo + alpha)
     return np.asarray(im), float(length_um), length_px
 
 

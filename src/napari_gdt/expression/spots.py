@@ -257,7 +257,9 @@ def _select_genes(all_genes: list[str], genes, source: str) -> np.ndarray:
         index.setdefault(g, i)
     missing = [g for g in genes if g not in index]
     if missing:
-        raise ReaderError(f"{source}: gene(s) not in the data: {', '.join(missing[:20])}")
+        err = ReaderError(f"{source}: gene(s) not in the data: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        err.missing = missing  # convert --model names them and suggests --zero-fill
+        raise err
     return np.asarray([index[g] for g in genes], dtype=int)
 
 

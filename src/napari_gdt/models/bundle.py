@@ -38,13 +38,21 @@ from .registry import build
 
 __all__ = ["GeneratorBundle", "save_bundle", "load_bundle", "bundle_from_model", "resolve_model", "read_card", "BUNDLED_MODELS", "FORMAT", "FORMAT_VERSION"]
 
-FORMAT = "napari-gdt-bundle"
-FORMAT_VERSION = 1
-META_KEY = "napari_gdt"
-REQUIRED = ("arch", "config", "genes", "px_per_bin", "um_per_px", "output", "tile_px", "halo_px")
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED_MODELS = {"her2st-he": "her2st-he.safetensors", "merfish-dapi": "merfish-dapi.safetensors"}
+from .card import (  # noqa: F401  (the card is read and checked without torch in .card)
+    BUNDLED_MODELS,
+    CARD_BOUNDS,
+    CONFIG_INT_BOUNDS,
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_GENES,
+    META_KEY,
+    REQUIRED,
+    WEIGHTS_DIR,
+    _is_int,
+    check_card,
+    read_card,
+    resolve_model,
+)
 
 
 @dataclass
@@ -157,145 +165,6 @@ def save_bundle(
 
     with atomic_file(path) as tmp:  # a crash mid-write leaves the old bundle in place
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(card)})
-    return card
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """Map a bundled model name (``her2st-he``, ``merfish-dapi``) or a path to a file path."""
-    s = str(name_or_path)
-    if s in BUNDLED_MODELS:
-        p = WEIGHTS_DIR / BUNDLED_MODELS[s]
-        if not p.exists():
-            raise BundleError(f"{s}: the bundled demo model file {p} is not installed with this package")
-        return p
-    return Path(s)
-
-
-def read_card(path: str | Path) -> dict:
-    """Read only the model card of a bundle (no tensors)."""
-    from safetensors import safe_open
-
-    p = resolve_model(path)
-    if not p.exists():
-        raise BundleError(f"{p}: no such model file")
-    if p.is_dir():
-        raise BundleError(f"{p}: is a folder, not a model bundle (.safetensors)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise BundleError(f"{p}: not a model bundle (unreadable or truncated safetensors file: {e})") from None
-    if META_KEY not in meta:
-        raise BundleError(f"{p}: not a napari-gdt bundle (safetensors metadata has no '{META_KEY}' card)")
-    try:
-        card = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{p}: model card is not valid JSON ({e})") from None
-    except RecursionError:
-        raise BundleError(f"{p}: model card is nested too deeply to read") from None
-    return check_card(card, str(p))
-
-
-# Bounds of the card's numeric fields (validated before any model is built).
-CARD_BOUNDS = {"px_per_bin": (1, 1024), "tile_px": (1, 16384), "halo_px": (0, 16384)}
-MAX_GENES = 100_000
-#: Any integer in an architecture's ``config`` (channels, widths, counts) lies in this range, so an
-#: architecture needs no list of its own keys here; it may add its own checks as ``check_config``.
-CONFIG_INT_BOUNDS = (0, 1 << 20)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_config(config: dict, arch: str, source: str) -> None:
-    def walk(v, where, depth=0):
-        if depth > 4:
-            raise BundleError(f"{source}: field {where!r} is nested too deeply")
-        if isinstance(v, bool) or v is None or isinstance(v, str):
-            return
-        if _is_int(v):
-            lo, hi = CONFIG_INT_BOUNDS
-            if not lo <= v <= hi:
-                raise BundleError(f"{source}: field {where!r} is {v}, outside [{lo}, {hi}]")
-            return
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                raise BundleError(f"{source}: field {where!r} is {v}, not a finite number")
-            return
-        if isinstance(v, list):
-            if len(v) > 1024:
-                raise BundleError(f"{source}: field {where!r} lists {len(v)} values (at most 1024)")
-            for i, x in enumerate(v):
-                walk(x, f"{where}[{i}]", depth + 1)
-            return
-        if isinstance(v, dict):
-            for k, x in v.items():
-                walk(x, f"{where}.{k}", depth + 1)
-            return
-        raise BundleError(f"{source}: field {where!r} has an unexpected type {type(v).__name__}")
-
-    for k, v in config.items():
-        walk(v, f"config.{k}")
-    from .registry import ARCHITECTURES, _load_builtin
-
-    _load_builtin()
-    cls = ARCHITECTURES.get(arch)
-    hook = getattr(cls, "check_config", None)
-    if callable(hook):
-        try:
-            hook(config)
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"{source}: field 'config' does not fit architecture {arch!r}: {e}") from None
-
-
-def check_card(card, source: str) -> dict:
-    """Check a model card's structure, types and bounds (no model is built). Returns the card."""
-    if not isinstance(card, dict):
-        raise BundleError(f"{source}: model card must be a JSON object, got {type(card).__name__}")
-    p = source
-    if card.get("format") != FORMAT:
-        raise BundleError(f"{p}: field 'format' is {card.get('format')!r}, expected {FORMAT!r}")
-    fv = card.get("format_version", -1)
-    if not _is_int(fv):
-        raise BundleError(f"{p}: field 'format_version' must be an integer, got {fv!r}")
-    if fv > FORMAT_VERSION:
-        raise BundleError(f"{p}: field 'format_version' {card.get('format_version')} is newer than this napari-gdt supports ({FORMAT_VERSION})")
-    for k in REQUIRED:
-        if k not in card:
-            raise BundleError(f"{p}: model card lacks field {k!r}")
-    if not (isinstance(card["arch"], str) and card["arch"]):
-        raise BundleError(f"{p}: field 'arch' must be an architecture name, got {card['arch']!r}")
-    if not isinstance(card["config"], dict):
-        raise BundleError(f"{p}: field 'config' must be an object, got {type(card['config']).__name__}")
-    genes = card["genes"]
-    if not (isinstance(genes, list) and genes):
-        raise BundleError(f"{p}: field 'genes' must be a non-empty list of gene names")
-    if len(genes) > MAX_GENES:
-        raise BundleError(f"{p}: field 'genes' lists {len(genes)} genes (at most {MAX_GENES})")
-    for i, g in enumerate(genes):
-        if not (isinstance(g, str) and g.strip() and g == g.strip()):
-            raise BundleError(f"{p}: field 'genes' entry {i} is {g!r}, not a gene name (text without surrounding blanks)")
-    for k, (lo, hi) in CARD_BOUNDS.items():
-        v = card[k]
-        if not (_is_int(v) and lo <= v <= hi):
-            raise BundleError(f"{p}: field {k!r} must be an integer in [{lo}, {hi}], got {v!r}")
-    u = card["um_per_px"]
-    if not (isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) and 0 < u <= 1e4):
-        raise BundleError(f"{p}: field 'um_per_px' must be a number in (0, 10000], got {u!r}")
-    out = card["output"]
-    if not isinstance(out, dict) or not isinstance(out.get("kind"), str):
-        raise BundleError(f"{p}: field 'output' must be an object with a 'kind' (he or fluorescence), got {out!r}")
-    ch = out.get("channels", [])
-    if not (isinstance(ch, list) and len(ch) <= 1024 and all(isinstance(c, str) for c in ch)):
-        raise BundleError(f"{p}: field 'output.channels' must be a list of channel names, got {ch!r}")
-    for k in ("name",):
-        if k in card and not isinstance(card[k], str):
-            raise BundleError(f"{p}: field {k!r} must be text, got {card[k]!r}")
-    for k in ("provenance", "validation", "normalisation"):
-        if k in card and not isinstance(card[k], dict):
-            raise BundleError(f"{p}: field {k!r} must be an object, got {type(card[k]).__name__}")
-    _check_config(card["config"], card["arch"], p)
     return card
 
 

@@ -15,8 +15,8 @@ def format_card(card: dict) -> str:
         f"model        {card.get('name', '?')}",
         f"architecture {card['arch']}  (format {card['format']} v{card['format_version']})",
         f"genes        {len(genes)}: {', '.join(genes[:8])}{' ...' if len(genes) > 8 else ''}",
-        f"px per bin   {card['px_per_bin']}  ({card['px_per_bin'] * card['um_per_px']:.2f} µm bins)",
-        f"µm per px    {card['um_per_px']}",
+        f"px per bin   {card['px_per_bin']}  (one expression bin = {card['px_per_bin'] * card['um_per_px']:.2f} µm)",
+        f"µm per px    {float(card['um_per_px']):.4g}  (micrometres of tissue per output pixel)",
         f"output       {out['kind']}: {', '.join(out.get('channels', []))}",
         f"tile / halo  {card['tile_px']} px / {card['halo_px']} px",
         f"input        {json.dumps(card.get('normalisation', {}))}",
@@ -28,14 +28,14 @@ def format_card(card: dict) -> str:
     val = card.get("validation") or {}
     if val:
         lines.append("validation")
-        lines += [f"  {k}: {v}" for k, v in _validation_lines(val)]
+        lines += [f"  {k}:{'' if v.startswith(chr(10)) else ' '}{v}" for k, v in _validation_lines(val)]
     lines.append("(napari-gdt info MODEL --json prints every field in full)")
     return "\n".join(lines)
 
 
-_MORPH = (("nuclei_density_ratio", "density"), ("nuclear_area_ratio", "nuclear area"), ("area_fraction_ratio", "area fraction"),
-          ("tile_spearman_nuclei", "tile rho nuclei"), ("tile_spearman_area_fraction", "tile rho area fraction"),
-          ("tissue_iou", "tissue IoU"), ("density_cv_ratio_100um", "density CV ratio 100 µm"), ("lattice_ratio", "lattice ratio"))
+_RATIOS = (("nuclei_density_ratio", "density"), ("nuclear_area_ratio", "nuclear area"), ("area_fraction_ratio", "area fraction"))
+_RHOS = (("tile_spearman_nuclei", "nuclei"), ("tile_spearman_area_fraction", "area fraction"))
+_FIDELITY = (("tissue_iou", "tissue IoU"), ("density_cv_ratio_100um", "density CV ratio 100 µm"), ("lattice_ratio", "lattice ratio"))
 
 
 def _short(v, n: int = 160) -> str:
@@ -58,7 +58,8 @@ def _provenance_lines(prov: dict):
             if rest:
                 yield "data (other)", _short(rest)
         elif k == "commands" and isinstance(v, list):
-            yield k, f"{len(v)} command(s); the last is 'command'"
+            yield k, ("1 training run (its command is below)" if len(v) == 1
+                      else f"{len(v)} training runs (resumed {len(v) - 1} time(s)); the command below is the last")
         elif k == "history" and isinstance(v, list):
             last = v[-1] if v else {}
             yield k, f"{len(v)} checkpoint(s), last: {_short(last, 120)}"
@@ -67,6 +68,8 @@ def _provenance_lines(prov: dict):
             parent = v.get("parent") or {}
             yield k, (f"{v.get('from')} (step {parent.get('step', '?')}): {v.get('shared')} genes shared, {len(new)} new"
                       f"{' (' + ', '.join(new[:10]) + (' …' if len(new) > 10 else '') + ')' if new else ''}, {len(v.get('dropped') or [])} dropped")
+        elif isinstance(v, float):
+            yield k, f"{v:.4g}"
         else:
             yield k, _short(v, 400 if k == "command" else 160)
 
@@ -78,8 +81,18 @@ def _validation_lines(val: dict):
                 if not isinstance(m, dict):
                     yield f"morphometrics[{label}]", _short(m)
                     continue
-                parts = [f"{name} {m[key]:.3f}" for key, name in _MORPH if isinstance(m.get(key), (int, float))]
+                ratios = [f"{name} {m[key]:.2f}" for key, name in _RATIOS if isinstance(m.get(key), (int, float))]
+                rhos = [f"{name} {m[key]:.2f}" for key, name in _RHOS if isinstance(m.get(key), (int, float))]
+                units = f"{m['n_units']} {m.get('units', 'tiles')}" if m.get("n_units") else str(m.get("units", "tiles"))
+                parts = []
+                if ratios:
+                    parts.append("generated / real (1 = same): " + ", ".join(ratios))
+                if rhos:
+                    parts.append(f"Spearman ρ over {units} (rank agreement of generated and real, 1 = same order, 0 = none): " + ", ".join(rhos))
                 better = m.get("better_than_baseline")
+                fid = [f"{name} {m[key]:.2f}" for key, name in _FIDELITY if isinstance(m.get(key), (int, float))]
+                if fid:
+                    parts.append("fidelity: " + ", ".join(fid))
                 if isinstance(better, dict) and better and all(isinstance(b, dict) for b in better.values()):
                     # the table of napari-gdt evaluate >= the fidelity yardstick: per key, per baseline
                     names = sorted({n for row in better.values() for n in row})
@@ -88,8 +101,8 @@ def _validation_lines(val: dict):
                         if row:
                             parts.append(f"better than {n}: " + ("all" if all(row.values()) else ", ".join(k2 for k2, b in row.items() if b) or "none"))
                 elif isinstance(better, dict):
-                    parts.append("better than baseline: " + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none"))
-                yield f"morphometrics[{label}]", "; ".join(parts) if parts else _short(m)
+                    parts.append("better than a flat-image baseline: " + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none"))
+                yield f"morphometrics[{label}]", ("\n    " + "\n    ".join(parts)) if parts else _short(m)
         elif k == "held_out_patches" and isinstance(v, dict):
             yield k, ", ".join(f"{kk} {vv:.4g}" if isinstance(vv, float) else f"{kk} {vv}" for kk, vv in v.items())
         else:

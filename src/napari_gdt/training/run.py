@@ -109,7 +109,11 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         "data": data
         or {
             "images": [describe(p) for p in images],
-            "canvases": [{"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)} for c in canvases],
+            "canvases": [
+                {"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)}
+                | ({"bin_px": float(c.meta["bin_px"])} if c.meta.get("bin_px") else {})  # spot canvases: image px per bin
+                for c in canvases
+            ],
             "validation": [describe(p) for p in (val_images or [])],
         },
         "commands": commands,
@@ -125,6 +129,11 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
     }
     if getattr(trainer, "init_info", None):
         prov["init_from"] = trainer.init_info
+    # A shared card names files by their public sample-data name or bare file name, never by a
+    # path of the machine that trained it (commands and init_from included); long floats rounded.
+    from ..models.card import clean_card
+
+    shareable = clean_card({"provenance": prov, "validation": validation or ({"held_out_patches": trainer.history[-1]} if trainer.history else {})})
     return save_bundle(
         out,
         trainer.G_ema,
@@ -133,8 +142,8 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         output={"kind": kind, "channels": channels},
         tile_px=tile_px,
         name=name,
-        provenance=prov,
-        validation=validation or ({"held_out_patches": trainer.history[-1]} if trainer.history else {}),
+        provenance=shareable["provenance"],
+        validation=shareable["validation"],
     )
 
 
