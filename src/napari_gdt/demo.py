@@ -213,7 +213,10 @@ def _camera(viewer):
 def fit_view(viewer, box, margin: float = 0.03) -> None:
     """Centre the camera on ``box`` (y0, y1, x0, x1 in world px) and zoom so that it fits the canvas."""
     y0, y1, x0, x1 = box
-    ch, cw = (int(v) for v in viewer.window._qt_viewer.canvas.size)
+    try:
+        ch, cw = (int(v) for v in viewer.window._qt_viewer.canvas.size)
+    except (AttributeError, RuntimeError):  # the viewer was closed before this (delayed) fit ran
+        return
     if ch < 8 or cw < 8:  # not laid out yet: a zoom of 0 would crash the draw; the shown window fits again
         return
     cam = _camera(viewer)
