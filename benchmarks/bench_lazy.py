@@ -190,7 +190,7 @@ def responsiveness(a) -> dict:
     meter.stop()
     res.update({"dask_max_gap_ms": meter.max_ms, "dask_side_px": side})
     viewer.layers.remove(dl)
-    w._shutdown()
+    w.session.close()
     viewer.close()
     return res
 
@@ -329,7 +329,7 @@ def scale(a) -> dict:
         "rss_after_zoom_mb": rss_end, "level_after_zoom": k, "zoom_wait_s": time.perf_counter() - t1, "stats": st,
     }
     w.cancel()
-    w._shutdown()
+    w.session.close()
     viewer.close()
     return res
 

@@ -14,16 +14,16 @@ CARD_MARKER = "<!-- card-results -->"
 
 #: Core packages in the order of the API reference, with one line about each.
 API_PACKAGES = [
-    ("models", "Models", "Generator architectures, the model bundle (`.safetensors` + card), device choice, IST-editing import."),
+    ("models", "Models", "Generator architectures, coordinate-hashed noise, the model bundle (`.safetensors` + card), device choice, IST-editing import."),
     ("expression", "Expression", "The expression canvas and the readers that make one from Xenium, MERFISH, CosMx, spots, AnnData."),
     ("editing", "Editing", "Regions, edit operations (pure functions), recipes, undo history."),
-    ("rendering", "Rendering", "Tile geometry, coordinate-hashed noise, the tile renderer, caches and the lazy pyramid."),
+    ("rendering", "Rendering", "Tile geometry, the tile renderer, caches and the lazy pyramid."),
     ("analysis", "Analysis", "Nuclear morphometrics and comparison tables."),
-    ("export", "Export", "Figures, screenshots and the streaming OME-Zarr export."),
+    ("export", "Export", "Figures, screenshots and the streaming OME-Zarr export (render workers, cluster)."),
     ("training", "Training", "Paired patch sampling, losses, the training loop, evaluation."),
 ]
 #: Single modules listed after the packages.
-API_MODULES = [("napari_gdt.data", "Sample data"), ("napari_gdt.errors", "Errors"), ("napari_gdt.synthetic", "Synthetic data for tests")]
+API_MODULES = [("napari_gdt.session", "The Session (viewer state, Qt-free)"), ("napari_gdt.pixels", "Pixel rules"), ("napari_gdt.data", "Sample data"), ("napari_gdt.errors", "Errors"), ("napari_gdt.synthetic", "Synthetic data for tests")]
 
 
 def _cli_markdown() -> str:

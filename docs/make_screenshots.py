@@ -67,31 +67,17 @@ def _save(img: np.ndarray, path: Path) -> None:
 
 
 def _ensure_widgets(viewer, widgets: dict) -> dict:
-    """The demo provides the dock widgets; add the ones an older demo lacks, wired to its session."""
-    gen = widgets["generator"]
-    if "expression" not in widgets:
-        from napari_gdt.widgets.expression import ExpressionWidget
+    """The demo provides the dock widgets; add the ones an older demo lacks, given the demo's Session."""
+    session = widgets["generator"].session
+    from napari_gdt.widgets.compare import CompareWidget
+    from napari_gdt.widgets.editing import EditingWidget
+    from napari_gdt.widgets.expression import ExpressionWidget
 
-        w = ExpressionWidget(viewer)
-        w.set_px_per_bin(gen.bundle.px_per_bin)
-        w.set_canvas(gen.canvas)
-        viewer.window.add_dock_widget(w, name="Expression canvas", area="right")
-        widgets["expression"] = w
-    if "editing" not in widgets:
-        from napari_gdt.widgets.editing import EditingWidget
-
-        w = EditingWidget(viewer, generator=gen)
-        if w.canvas is None:  # an editing panel follows its generator panel; older ones need this
-            w.set_session(gen.bundle, gen.canvas, seed=gen.seed_spin.value())
-        viewer.window.add_dock_widget(w, name="What-if editing", area="right")
-        widgets["editing"] = w
-    if "compare" not in widgets:
-        from napari_gdt.widgets.compare import CompareWidget
-
-        w = CompareWidget(viewer)
-        w.set_bundle(gen.bundle)
-        viewer.window.add_dock_widget(w, name="Compare and export", area="right")
-        widgets["compare"] = w
+    for key, cls, name in (("expression", ExpressionWidget, "Expression canvas"), ("editing", EditingWidget, "What-if editing"),
+                           ("compare", CompareWidget, "Compare and export")):
+        if key not in widgets:
+            widgets[key] = cls(viewer, session=session)
+            viewer.window.add_dock_widget(widgets[key], name=name, area="right")
     return widgets
 
 

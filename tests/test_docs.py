@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TUTORIAL_PAGES = sorted((DOCS / "tutorials").glob("*.md")) + [DOCS / "quickstart.md"]
 CORE_PACKAGES = ["models", "expression", "editing", "rendering", "analysis", "export", "training"]
-CORE_MODULES = ["napari_gdt.data", "napari_gdt.errors", "napari_gdt.synthetic"]
+CORE_MODULES = ["napari_gdt.data", "napari_gdt.errors", "napari_gdt.pixels", "napari_gdt.session", "napari_gdt.synthetic"]
 BLOCK_TIMEOUT_S = 300
 
 FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)

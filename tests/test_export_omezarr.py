@@ -12,6 +12,7 @@ import zarr
 
 from napari_gdt.errors import GDTError
 from napari_gdt.export import omezarr_render as oz
+from napari_gdt.export.workers import bundle_for
 from napari_gdt.models.bundle import save_bundle
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -109,11 +110,35 @@ def _cli(*args, env_extra=None):
     return subprocess.run([sys.executable, "-m", "napari_gdt.cli", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+# The kill hook lives here, not in the library: the child process wraps the chunk task so that it dies
+# (os._exit, no cleanup, like kill -9) right after the N-th level-0 chunk is written, then runs the CLI.
+_KILLED_CLI = """
+import os, sys
+from napari_gdt.export import omezarr_render as oz
+from napari_gdt.export.workers import bundle_for
+from napari_gdt.cli import main
+n, task, done = int(sys.argv[1]), oz.render_chunk, [0]
+def killed_after_n(*a, **k):
+    res = task(*a, **k)
+    done[0] += not res["skipped"]
+    if done[0] >= n:
+        os._exit(137)
+    return res
+oz.render_chunk = killed_after_n
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _killed_cli(n_chunks, *args):
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", _KILLED_CLI, str(n_chunks), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_killed_render_resumes_to_identical_output(files, reference, capsys):
     d, m, c = files
     out = d / "killed.ome.zarr"
     args = ("render", "--model", str(m), "--expression", str(c), "--out", str(out), "--region", REGION, "--chunk-px", "256", "--levels", "3", "--device", "cpu")
-    r = _cli(*args, env_extra={oz._EXIT_AFTER_ENV: "2"})
+    r = _killed_cli(2, *args)
     assert r.returncode == 137, r.stderr  # died abruptly, like kill -9
     done = sorted(p.name for p in (out / oz.MARKER_DIR / "0").glob("*.json"))
     assert len(done) == 2 and not (out / oz.MARKER_DIR / "1").exists()
@@ -162,7 +187,7 @@ def test_rerun_with_other_settings_is_refused(files, reference, tmp_path, capsys
 def test_worker_refuses_a_different_model_file(files):
     d, m, c = files
     with pytest.raises(GDTError, match="differs from the client's"):
-        oz._bundle_for(str(m), "0" * 64, "cpu")
+        bundle_for(str(m), "0" * 64, "cpu")
 
 
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])

@@ -154,7 +154,9 @@ def test_ui_stays_responsive_while_tiles_compute(make_napari_viewer, small_bundl
     w.generate()
     cam.zoom = 1.0
     qtbot.wait(200)
-    k, view = w._visible_region(w.pyramid and viewer.layers["generated"])
+    from napari_gdt.widgets.layers import visible_region
+
+    k, view = visible_region(viewer, viewer.layers["generated"])
     assert k == 0 and view.y1 - view.y0 < 2560 and view.x1 - view.x0 < 2560  # the camera's view, not the whole slide
     c0 = w.renderer.stats["computed"]
     # Up to 3 measurements, keeping the best: a transient load spike on a shared machine can stall one
@@ -187,11 +189,11 @@ def test_progress_in_activity_dock_cancellable(make_napari_viewer, small_bundle,
     w.set_bundle(small_bundle)
     w.set_canvas(synthetic_canvas((96, 96), seed=0))
     w.generate()
-    qtbot.waitUntil(lambda: w._progress is not None, timeout=5000)
-    p = w._progress
+    qtbot.waitUntil(lambda: w.binding.progress_bar is not None, timeout=5000)
+    p = w.binding.progress_bar
     assert p.total >= 1 and p.desc.startswith("generating tiles")
     p.cancel()  # what the activity dock's Cancel button does
-    assert w._progress is None and w.scheduler.queued == 0
+    assert w.binding.progress_bar is None and w.scheduler.queued == 0
     w.wait(60)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_gdt.models.base import trace_geometry
-from napari_gdt.rendering.noise import batched_noise, coord_noise
+from napari_gdt.models.noise import batched_noise, coord_noise
 from napari_gdt.rendering.tiles import Region, TileRenderer
 
 REGION = Region(0, 1024, 0, 1024)

@@ -52,8 +52,8 @@ def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
         return DemoData("synthetic", untrained_bundle(canvas.genes), canvas, None, ["EPCAM", "COL1A1", "PTPRC"], "he")
     if dataset in ("her2st", "merfish"):
         from .data import ENV_VAR, OfflineError
+        from .pixels import read_image
         from .training.recipes import demo_canvas
-        from .training.sampling import read_image
 
         try:
             canvas, image_path, model = demo_canvas(dataset)
@@ -159,30 +159,33 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = "auto"):
-    """Create a napari viewer with the demo layers and all dock widgets; return ``(viewer, widgets)``."""
+    """Create a napari viewer with the demo layers and all dock widgets; return ``(viewer, widgets)``.
+
+    One :class:`~napari_gdt.session.Session` holds the model, canvas, seed, edits and pyramids;
+    every panel is given it (``widgets["session"]``).
+    """
     d = load_demo_data(dataset, device=device)  # first: missing data fail before napari is imported
     import napari
 
+    from .session import Session
     from .widgets.compare import CompareWidget
     from .widgets.editing import EditingWidget
     from .widgets.expression import ExpressionWidget
     from .widgets.generator import GeneratorWidget
+    from .widgets.layers import session_for
 
     viewer = napari.Viewer(show=show, title=f"napari-gdt demo: {d.name}")
     ppb = d.bundle.px_per_bin
-    expr = ExpressionWidget(viewer)
-    expr.set_px_per_bin(ppb)
-    expr.set_canvas(d.canvas)
+    session = Session(d.bundle, d.canvas, device=device)
+    session_for(viewer, session)  # panels opened later from napari's menu share it
+    expr = ExpressionWidget(viewer, session=session)
     if d.image is not None:
         expr.add_image(d.image, name="real")
     expr.show_genes(d.genes)
-    gen = GeneratorWidget(viewer)
-    gen.set_bundle(d.bundle)
-    gen.set_canvas(d.canvas)
+    gen = GeneratorWidget(viewer, session=session)
     gen.generate()
-    edit = EditingWidget(viewer, generator=gen)
-    comp = CompareWidget(viewer)
-    comp.set_bundle(d.bundle)
+    edit = EditingWidget(viewer, session=session)
+    comp = CompareWidget(viewer, session=session)
     viewer.window.add_dock_widget(expr, name="Expression canvas", area="right")
     gen_dock = viewer.window.add_dock_widget(gen, name="Generated tissue", area="right", tabify=True)
     viewer.window.add_dock_widget(edit, name="What-if editing", area="right", tabify=True)
@@ -192,7 +195,7 @@ def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = 
         if layer.name in d.genes:
             layer.visible = False
     box = tissue_box(d.canvas, ppb)
-    widgets = {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d, "tissue_box": box, "dock": gen_dock}
+    widgets = {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d, "session": session, "tissue_box": box, "dock": gen_dock}
     fit_view(viewer, box)
     if show:
         from qtpy.QtCore import QTimer
@@ -210,7 +213,10 @@ def _camera(viewer):
 def fit_view(viewer, box, margin: float = 0.03) -> None:
     """Centre the camera on ``box`` (y0, y1, x0, x1 in world px) and zoom so that it fits the canvas."""
     y0, y1, x0, x1 = box
-    ch, cw = (int(v) for v in viewer.window._qt_viewer.canvas.size)
+    try:
+        ch, cw = (int(v) for v in viewer.window._qt_viewer.canvas.size)
+    except (AttributeError, RuntimeError):  # the viewer was closed before this (delayed) fit ran
+        return
     if ch < 8 or cw < 8:  # not laid out yet: a zoom of 0 would crash the draw; the shown window fits again
         return
     cam = _camera(viewer)
@@ -326,9 +332,7 @@ def open_demo(
     # A shown window is needed for a non-black screenshot (works under Xvfb).
     viewer, w = build_demo_viewer(dataset, show=True)
     if restore:
-        edit = w["editing"]
-        edit._sync_from_generator()
-        path = edit.restore_autosave()
+        path = w["editing"].restore_autosave()  # the panel shares the demo's Session
         print(f"restored the editing session {path}")
     if screenshot or detail:
         d = w["data"]

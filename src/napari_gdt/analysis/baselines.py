@@ -274,7 +274,7 @@ def her2st_training_pairs(bundle, sections=("C2", "C3", "C4"), tile_px: int = 25
     (spread spots, 32 he.jpg px per bin, the model's gene panel). Needs the sample data."""
     from ..data import fetch_her2st
     from ..expression.spots import read_st
-    from ..training.sampling import read_image
+    from ..pixels import read_image
 
     pairs = []
     for s in sections:
@@ -294,9 +294,9 @@ MERFISH_TRAIN_REGION = "0:1040,0:864"
 def merfish_training_pairs(bundle, tile_px: int = 128, progress=print) -> list[dict]:
     """:func:`unit_pairs` of the MERFISH field outside the held-out quarter (``0:1040,0:864``)."""
     from ..data import fetch_merfish
+    from ..expression.samples import merfish_canvas
+    from ..pixels import read_image
     from ..rendering.tiles import parse_region
-    from ..training.recipes import merfish_canvas
-    from ..training.sampling import read_image
 
     p = fetch_merfish()
     img = read_image(p["dapi"])

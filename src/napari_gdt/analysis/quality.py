@@ -35,7 +35,7 @@ KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "ti
 
 def real_on_model_grid(image: np.ndarray, canvas: ExpressionCanvas, px_per_bin: int, region) -> np.ndarray:
     """The real image resampled onto output px ``region`` of the model grid, float32 (H, W, C) in [0, 1]."""
-    from ..training.sampling import resample_to_model_grid
+    from ..pixels import resample_to_model_grid
 
     T = np.array([[1.0, 0.0, region.y0 / px_per_bin], [0.0, 1.0, region.x0 / px_per_bin], [0.0, 0.0, 1.0]])
     return resample_to_model_grid(image, np.asarray(canvas.affine) @ T, px_per_bin, region.shape)

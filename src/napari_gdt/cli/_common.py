@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CanvasError, GDTError
+from ..pixels import to_uint8  # re-exported: the quantisation rule lives in napari_gdt.pixels
 
 
 def add_model_args(p, required=True):
@@ -49,12 +50,6 @@ def progress_bar(total: int, desc: str):
         bar.refresh()
 
     return update, bar
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """float [0, 1] (H, W, C) -> uint8, squeezing a single channel."""
-    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return u8[..., 0] if u8.ndim == 3 and u8.shape[-1] == 1 else u8
 
 
 IMAGE_EXTS = (".npy", ".png", ".tif", ".tiff")

@@ -154,7 +154,7 @@ def run(args):
     from ..analysis.quality import KEYS, tissue_region
     from ..errors import GDTError
     from ..rendering.tiles import parse_region
-    from ..training.sampling import read_image
+    from ..pixels import read_image
     from .render import build_renderer
 
     if args.seeds < 1:

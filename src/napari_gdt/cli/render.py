@@ -53,6 +53,43 @@ def build_renderer(args, bundle, canvas):
     return TileRenderer(bundle, canvas, seed=args.seed, tile_px=args.tile_px, device=args.device, batch_size=args.batch_size, cache=cache, zero_fill=args.zero_fill)
 
 
+def _render_omezarr(args, bundle, region) -> int:
+    """``napari-gdt render ... --out OUT.ome.zarr``: the argparse adapter of :func:`napari_gdt.export.omezarr_render.render_to_omezarr`."""
+    from ..export.omezarr_render import render_to_omezarr
+
+    s = render_to_omezarr(
+        args.model,
+        args.expression,
+        args.out,
+        region=region,
+        edits=args.edits,
+        tile_px=args.tile_px,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        ngff=args.ngff,
+        progress=True,
+        chunk_px=args.chunk_px,
+        levels=args.levels,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        zero_fill=args.zero_fill,
+        overwrite=args.overwrite,
+        cache=args.cache,
+        torch_threads=args.torch_threads,
+        bundle=bundle,
+    )
+    h, w = s["shape"]
+    print(
+        f"rendered {h}x{w} px to {s['out']} (OME-Zarr {s['ngff']}, {s['levels']} levels, {s['mode']}): "
+        f"{s['computed']} tiles computed, {s['cached']} from cache; "
+        f"{s['rendered']} chunks rendered, {s['skipped']} skipped (already done) of {s['chunks']}",
+        file=sys.stdout,
+    )
+    return 0
+
+
 def run(args):
     from ..errors import GDTError
     from ..rendering.tiles import parse_region
@@ -71,9 +108,7 @@ def run(args):
     if getattr(args, "into_spatialdata", False):
         return _into_spatialdata(args, bundle, canvas, region)
     if out.lower().rstrip("/").endswith(".ome.zarr"):
-        from ..export import omezarr_render
-
-        return omezarr_render.run_cli(args, bundle, canvas, region)
+        return _render_omezarr(args, bundle, region)
     if args.workers or args.scheduler:
         raise GDTError("--workers/--scheduler apply to .ome.zarr output only")
     r = build_renderer(args, bundle, canvas)

@@ -114,6 +114,21 @@ class EditHistory:
         self._changed()
         return e
 
+    def state(self) -> tuple[list, list]:
+        """A copy of (edits, redo stack), for :meth:`set_state` (e.g. to roll back a failed edit)."""
+        return copy.deepcopy(self.recipe.edits), copy.deepcopy(self._redo)
+
+    def set_state(self, state: tuple[list, list]) -> None:
+        """Restore (edits, redo stack) taken by :meth:`state`."""
+        edits, redo = state
+        self.recipe.edits[:] = copy.deepcopy(edits)
+        self._redo[:] = copy.deepcopy(redo)
+        self._changed()
+
+    def touch(self) -> None:
+        """Announce a change made in place (e.g. painted labels): autosave and notify."""
+        self._changed()
+
     def clear(self) -> None:
         self.recipe.edits.clear()
         self._redo.clear()

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CanvasError, GDTError
+from ..pixels import quantise, real_image_fill, resample_to_grid  # re-exported: the resampling rule lives in napari_gdt.pixels
 
 __all__ = [
     "GENE_COLOURS",
@@ -40,6 +41,7 @@ __all__ = [
     "expression_region",
     "nice_scalebar_um",
     "open_real_image",
+    "figure_panels",
     "real_panel_image",
     "render_figure",
     "resample_to_grid",
@@ -139,72 +141,13 @@ def to_display(img: np.ndarray) -> np.ndarray:
     return a
 
 
-def resample_to_grid(image, grid_to_image: np.ndarray, shape: tuple[int, int], order: int = 1, antialias: bool = True) -> np.ndarray:
-    """Sample ``image`` on a regular output grid through an affine map.
-
-    Only the bounding box of the grid's footprint is read from ``image``,
-    so ``image`` may be a large lazy array (numpy memmap, dask, zarr).
-
-    Parameters
-    ----------
-    image : array-like, ``(H, W)`` or ``(H, W, C)``
-    grid_to_image : (3, 3) ndarray
-        Homogeneous map from output grid ``(row, col, 1)`` to image ``(row, col, 1)``
-        (pixel centres at integer coordinates).
-    shape : (h, w)
-        Output grid shape.
-    order : int
-        Spline order (0 nearest, 1 linear).
-    antialias : bool
-        Gaussian-smooth before sampling when the grid is coarser than the image.
-
-    Returns
-    -------
-    ndarray, ``(h, w)`` or ``(h, w, C)``, float32 in the input's value units.
-    Grid points outside the image's pixel area ``[-0.5, H - 0.5) x [-0.5, W - 0.5)``
-    (in pixel-centre index coordinates) are 0; those inside are clamped at the edge.
-    """
-    from scipy import ndimage
-
-    M = np.asarray(grid_to_image, dtype=float)
-    h, w = int(shape[0]), int(shape[1])
-    H, W = int(image.shape[0]), int(image.shape[1])
-    chans = image.shape[2:] if len(image.shape) > 2 else ()
-    out = np.zeros((h, w) + tuple(chans), dtype=np.float32)
-    corners = M @ np.array([[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1], [1, 1, 1, 1]], dtype=float)
-    step = float(np.sqrt(abs(np.linalg.det(M[:2, :2])))) if h and w else 1.0
-    pad = math.ceil(2 * max(step, 1.0)) + 2
-    r0 = max(math.floor(corners[0].min()) - pad, 0)
-    r1 = min(math.ceil(corners[0].max()) + pad + 1, H)
-    c0 = max(math.floor(corners[1].min()) - pad, 0)
-    c1 = min(math.ceil(corners[1].max()) + pad + 1, W)
-    if r0 >= r1 or c0 >= c1 or h == 0 or w == 0:
-        return out
-    crop = np.asarray(image[r0:r1, c0:c1]).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    rows = M[0, 0] * yy + M[0, 1] * xx + M[0, 2] - r0
-    cols = M[1, 0] * yy + M[1, 1] * xx + M[1, 2] - c0
-    coords = np.stack([rows, cols])
-    sigma = (step - 1.0) / 2.0 if (antialias and step > 1.5 and order > 0) else 0.0
-    planes = [crop] if crop.ndim == 2 else [crop[..., i] for i in range(crop.shape[-1])]
-    # a grid point inside the image's pixel area [-0.5, H - 0.5) takes the (edge-clamped) image value, others 0
-    inside = (rows + r0 >= -0.5) & (rows + r0 < H - 0.5) & (cols + c0 >= -0.5) & (cols + c0 < W - 0.5)
-    res = []
-    for p in planes:
-        if sigma > 0:
-            p = ndimage.gaussian_filter(p, sigma)
-        v = ndimage.map_coordinates(p, coords, order=order, mode="nearest")
-        v[~inside] = 0.0
-        res.append(v)
-    return (res[0] if crop.ndim == 2 else np.stack(res, axis=-1)).astype(np.float32)
-
-
 def real_panel_image(image, canvas_affine: np.ndarray, px_per_bin: int, region) -> np.ndarray:
     """The paired real image on the generated px grid of ``region`` (float in [0, 1]).
 
     Output px ``(y, x)`` maps to real px ``canvas_affine @ (y / ppb, x / ppb, 1)``, in continuous
     coordinates where pixel (or bin) ``i`` spans ``[i, i + 1)``; each output pixel samples the
     real image at its centre (bilinear, smoothed first when the real image is finer).
+    Pixels outside the real image take :func:`napari_gdt.pixels.fill_value` (white for H&E, dark for DAPI).
     """
     ppb = float(px_per_bin)
     # continuous coordinates (pixel i spans [i, i + 1)); sample at output pixel centres
@@ -213,7 +156,7 @@ def real_panel_image(image, canvas_affine: np.ndarray, px_per_bin: int, region) 
     to_index = np.array([[1.0, 0, -0.5], [0, 1.0, -0.5], [0, 0, 1.0]])
     M = to_index @ np.asarray(canvas_affine, dtype=float) @ out_to_bins @ grid_to_out
     dtype = getattr(image, "dtype", np.dtype(np.float32))
-    img = resample_to_grid(image, M, region.shape, order=1)
+    img = resample_to_grid(image, M, region.shape, order=1, fill=real_image_fill(image))
     if dtype == np.uint8:
         img = img / 255.0
     elif dtype == np.uint16:
@@ -389,10 +332,10 @@ def compose_figure(
             cb.ax.tick_params(labelsize=6)
             if p.colorbar_label:
                 cb.set_label(p.colorbar_label, fontsize=6)
-        elif p.image.ndim == 2:
-            ax.imshow(p.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        elif p.image.ndim == 2:  # 8-bit by the one quantisation rule, like every other output
+            ax.imshow(quantise(p.image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         else:
-            ax.imshow(np.clip(p.image, 0.0, 1.0), interpolation="nearest")
+            ax.imshow(quantise(p.image), interpolation="nearest")
         ax.set_title(p.label, fontsize=9, pad=4)
         if i == 0:
             length_px = scalebar_um / um_per_px
@@ -468,7 +411,7 @@ def render_figure(
     panel_width_in: float = 2.4,
     progress=None,
 ) -> FigureInfo:
-    """Render ``region`` through the tile renderer(s) and write the figure.
+    """Render ``region`` through the tile renderer(s) and write the figure (:func:`figure_panels` + :func:`compose_figure`).
 
     Parameters
     ----------
@@ -486,9 +429,15 @@ def render_figure(
     genes : list of str, optional
         Genes of the ``expression`` panel (default: the 3 with most counts in the region).
     """
+    built = figure_panels(renderer, region, edited_renderer, real_image, panels, genes, progress)
+    return compose_figure(built, out, um_per_px=renderer.bundle.um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in)
+
+
+def figure_panels(renderer, region, edited_renderer=None, real_image=None, panels: Sequence[str] | None = None,
+                  genes: Sequence[str] | None = None, progress=None) -> list[Panel]:
+    """The panels of a figure of ``region`` (float images in [0, 1]; see :func:`render_figure`), before layout."""
     region = renderer.check_region(region)
     ppb = renderer.bundle.px_per_bin
-    um_per_px = renderer.bundle.um_per_px
     if panels is None:
         panels = default_panels(real_image is not None, edited_renderer is not None, bool(genes))
     panels = list(panels)
@@ -525,4 +474,4 @@ def render_figure(
             counts = expression_region(expr_canvas, list(genes), region, ppb)
             label = "expression (edited)" if edited_renderer is not None else "expression"
             built.append(Panel("expression", label, expression_composite(counts), legend=[(g, GENE_COLOURS[k]) for k, g in enumerate(genes)]))
-    return compose_figure(built, out, um_per_px=um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in)
+    return built

@@ -60,11 +60,17 @@ import numpy as np
 
 from ..data import file_sha256
 from ..errors import GDTError
+from ..pixels import downsample2x, quantise
+from . import workers as worker_state
+from .cluster import Distributed, GDTWorkerPlugin, InProcess, peak_rss_sampled, start_rss_sampler
+from .workers import clear_worker_cache, tune_malloc
 
 __all__ = [
     "RenderJob",
     "render_to_omezarr",
-    "run_cli",
+    "clear_worker_cache",
+    "peak_rss_sampled",
+    "start_rss_sampler",
     "warm_cache_from_omezarr",
     "quantise_uint8",
     "downsample2x",
@@ -78,31 +84,12 @@ __all__ = [
 ATTR = "napari_gdt"
 MARKER_DIR = "napari_gdt_chunks"
 KIND = "generated-slide"
-# Hidden test hook: exit abruptly (no cleanup) after this many level-0 chunks (simulates a kill).
-_EXIT_AFTER_ENV = "NAPARI_GDT_TEST_EXIT_AFTER_CHUNKS"
 
 
 # --------------------------------------------------------------------------- pixel helpers
 def quantise_uint8(img: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8 as ``floor(clip(x, 0, 1) * 255 + 0.5)`` (same as ``cli._common.to_uint8``, no squeeze)."""
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def downsample2x(block: np.ndarray) -> np.ndarray:
-    """2x2 mean over the last two axes of ``(C, h, w)``; an odd last row/column is edge-replicated.
-
-    uint8 input is averaged exactly in integers and rounded half up; float input
-    is averaged in float32.
-    """
-    c, h, w = block.shape
-    if h % 2 or w % 2:
-        block = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
-    c, h, w = block.shape
-    if block.dtype == np.uint8:
-        s = block.reshape(c, h // 2, 2, w // 2, 2).astype(np.uint16).sum(axis=(2, 4))
-        return ((s + 2) // 4).astype(np.uint8)
-    b = block.astype(np.float32).reshape(c, h // 2, 2, w // 2, 2)
-    return ((b[:, :, 0, :, 0] + b[:, :, 0, :, 1]) + (b[:, :, 1, :, 0] + b[:, :, 1, :, 1])) * np.float32(0.25)
+    """float [0, 1] -> uint8 by :func:`napari_gdt.pixels.quantise` (no squeeze)."""
+    return quantise(img, np.uint8)
 
 
 def default_levels(shape: tuple[int, int], min_px: int = 256) -> int:
@@ -182,73 +169,6 @@ def level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
     return h, w
 
 
-# --------------------------------------------------------------------------- per-process caches
-_LOCK = threading.RLock()
-_BUNDLES: dict[tuple, object] = {}
-_RENDERERS: dict[tuple, object] = {}
-_LOADS = [0]  # model loads in this process (tests check: once per worker)
-_TASKS = [0]  # level-0 chunks rendered in this process
-_MAX_RENDERERS = 4
-
-
-def _bundle_for(model: str, digest: str, device: str):
-    """Load a bundle once per process, keyed by (path, digest, device); check the digest."""
-    from ..models.bundle import load_bundle
-    from ..models.device import get_device
-
-    key = (str(model), digest, str(device))
-    with _LOCK:
-        b = _BUNDLES.get(key)
-        if b is None:
-            b = load_bundle(model, device=get_device(device))
-            _LOADS[0] += 1
-            if digest and b.digest != digest:
-                raise GDTError(
-                    f"{model}: the model file seen by this worker (digest {b.digest[:12]}) differs from the client's "
-                    f"({digest[:12]}); every worker must see the same model file at the same path"
-                )
-            _BUNDLES[key] = b
-        return b
-
-
-def _renderer_for(job: RenderJob):
-    """A TileRenderer for the job, built once per process (model loaded once, canvas opened once)."""
-    from ..expression.canvas import ExpressionCanvas
-    from ..rendering.tiles import TileRenderer
-
-    key = (job.model, job.digest, job.canvas, job.edits, job.seed, job.tile_px, job.device, job.batch_size, job.zero_fill, job.cache)
-    with _LOCK:
-        r = _RENDERERS.get(key)
-        if r is not None:
-            return r
-        bundle = _bundle_for(job.model, job.digest, job.device)
-        p = Path(job.canvas)
-        if not p.exists():
-            raise GDTError(f"{p}: no such expression canvas (on this worker; the canvas must be visible to every worker at the same path)")
-        canvas = ExpressionCanvas.from_ome_zarr(p)
-        if job.edits:
-            from ..editing.recipe import apply_recipe_file  # lazy: the editing engine is optional here
-
-            canvas = apply_recipe_file(job.edits, canvas, px_per_bin=bundle.px_per_bin)
-        cache = None
-        if job.cache:
-            from ..rendering.cache import open_cache
-
-            cache = open_cache(job.cache)
-        r = TileRenderer(bundle, canvas, seed=job.seed, tile_px=job.tile_px, device=job.device, batch_size=job.batch_size, cache=cache, zero_fill=job.zero_fill)
-        while len(_RENDERERS) >= _MAX_RENDERERS:  # long-lived processes: keep the latest few
-            _RENDERERS.pop(next(iter(_RENDERERS)))
-        _RENDERERS[key] = r
-        return r
-
-
-def clear_worker_cache() -> None:
-    """Forget loaded models and renderers of this process (tests, long-lived workers)."""
-    with _LOCK:
-        _BUNDLES.clear()
-        _RENDERERS.clear()
-
-
 def _open_level(out: str, level: int, mode: str = "r+"):
     import zarr
 
@@ -277,7 +197,7 @@ def _chunk_ok(job: RenderJob, level: int, cy: int, cx: int, arr=None) -> bool:
         y0, y1, x0, x1 = _chunk_box(job, level, cy, cx)
         data = arr[:, y0:y1, x0:x1]
         return rec.get("sha256") == _sha256(data)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a missing, truncated or undecodable chunk, whatever the codec raises: render it again
         return False
 
 
@@ -302,7 +222,7 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
     cpu0 = time.process_time()
     # Canvas reads are small dask graphs: run them here, not back on the cluster.
     with dask.config.set(scheduler="synchronous"):
-        r = _renderer_for(job)
+        r = worker_state.renderer_for(job)
         from ..rendering.tiles import Region
 
         ry0, ry1, rx0, rx1 = job.region
@@ -324,7 +244,7 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
 
         r.compute_tiles(specs, windows=windows, on_tile=place)
         del windows
-        _TASKS[0] += 1
+        worker_state.count("chunks_rendered", 1)
     data = np.moveaxis(img, -1, 0)
     data = quantise_uint8(data) if job.dtype == "uint8" else np.ascontiguousarray(data, dtype=np.float32)
     arr = _open_level(job.out, 0)
@@ -353,195 +273,6 @@ def downsample_chunk(job: RenderJob, level: int, cy: int, cx: int, verify: bool 
     dst[:, y0:y1, x0:x1] = data
     _write_marker(job, level, cy, cx, {"sha256": _sha256(data)})
     return {"chunk": (cy, cx), "level": level, "skipped": False, "cpu": time.process_time() - cpu0}
-
-
-# --------------------------------------------------------------------------- worker plugin
-try:  # distributed is a dependency, but keep this module importable without it
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
-except ImportError:  # pragma: no cover
-    _WorkerPluginBase = object
-
-
-_PEAK = [0]
-
-
-def start_rss_sampler(interval: float = 0.2) -> None:
-    """Sample this process's current RSS in a daemon thread and keep the maximum.
-
-    ``ru_maxrss`` is not used for reports: on Linux it carries over the parent's RSS
-    through fork + exec, so spawned workers would report their parent's peak.
-    """
-    if getattr(start_rss_sampler, "_started", False):
-        return
-    start_rss_sampler._started = True
-    import psutil
-
-    proc = psutil.Process()
-
-    def loop():
-        while True:
-            try:
-                _PEAK[0] = max(_PEAK[0], proc.memory_info().rss)
-            except Exception:  # the process is shutting down
-                return
-            time.sleep(interval)
-
-    threading.Thread(target=loop, name="napari-gdt-rss", daemon=True).start()
-
-
-def peak_rss_sampled() -> int:
-    """Largest RSS (bytes) seen by :func:`start_rss_sampler`, or the current RSS."""
-    import psutil
-
-    return max(_PEAK[0], psutil.Process().memory_info().rss)
-
-
-class GDTWorkerPlugin(_WorkerPluginBase):
-    """Set up each worker once: torch threads, and load the model (and canvas) before any task.
-
-    It carries only the :class:`RenderJob` (paths and numbers), never weights.
-    """
-
-    name = "napari-gdt-render"
-
-    def __init__(self, job: RenderJob, torch_threads: int | None = None):
-        self.job = job
-        self.torch_threads = torch_threads
-
-    def setup(self, worker=None):
-        import torch
-
-        start_rss_sampler()
-        _MALLOC_TUNED[0] = tune_malloc()
-        if self.torch_threads:
-            torch.set_num_threads(int(self.torch_threads))
-        try:
-            _renderer_for(self.job)
-        except Exception as e:  # tasks raise the same error with its message; don't kill the worker
-            import logging
-
-            logging.getLogger(__name__).warning("napari-gdt: could not preload the model on this worker: %s", e)
-
-
-_MALLOC_TUNED = [False]
-
-
-def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
-    """Keep tile-batch buffers in the heap for this render process (glibc only).
-
-    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they hand
-    freed memory back to the OS. Setting it also switches off glibc's adaptive mmap
-    threshold, so every buffer over 128 KiB (each feature map of a tile batch) is a fresh
-    ``mmap`` whose pages the kernel faults in and zeroes again, call after call: it halved
-    level-0 throughput in ``benchmarks/bench_export.py`` (same 16 chunks: 14.2 s in a dask
-    worker, 7.0 s in-process). This sets the mmap threshold to ``mmap_threshold`` (32 MiB,
-    the most glibc's adaptive rule reaches by itself) and the trim threshold to
-    ``trim_threshold`` (64 MiB), so memory stays bounded (at most ``trim_threshold`` of
-    free heap is kept for reuse). Larger values keep even the biggest feature maps of a
-    batch in the heap and run faster still (256/512 MiB: 32k² level 0 166 s instead of
-    192 s) at the price of more retained memory (worker peak 812 MB instead of 647 MB).
-    Called in every render worker by the worker plugin (an in-process render leaves the
-    calling process's allocator alone: call this first in a batch script to get the same).
-    Returns True when applied; ``NAPARI_GDT_MALLOC_TUNE=0`` in the environment leaves
-    the allocator alone.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("NAPARI_GDT_MALLOC_TUNE", "1") == "0":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, int(mmap_threshold)) == 1
-        return bool(libc.mallopt(m_trim_threshold, int(trim_threshold)) == 1 and ok)
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to undo
-        return False
-
-
-def _worker_info() -> dict:
-    """Per-worker facts for the summary: device, torch threads, peak RSS (bytes)."""
-    import resource
-
-    import torch
-
-    info = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "model_loads": _LOADS[0], "chunks_rendered": _TASKS[0], "malloc_tuned": _MALLOC_TUNED[0]}
-    info["devices"] = sorted({str(b.device) for b in _BUNDLES.values()})
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    info["cpu_seconds"] = ru.ru_utime + ru.ru_stime
-    rss = ru.ru_maxrss
-    info["ru_maxrss"] = int(rss if sys.platform == "darwin" else rss * 1024)  # includes the parent's RSS at spawn on Linux
-    info["peak_rss"] = peak_rss_sampled()  # sampled every 0.2 s since the plugin's setup
-    return info
-
-
-# --------------------------------------------------------------------------- executors
-class _InProcess:
-    """Runs tasks one after the other in this process (same task functions as the cluster)."""
-
-    nthreads = 1
-
-    def map_bounded(self, fn, argsets, on_result):
-        for a in argsets:
-            on_result(fn(*a))
-
-    def close(self):
-        pass
-
-
-class _Distributed:
-    def __init__(self, job: RenderJob, workers: int | None, scheduler: str | None, processes: bool, torch_threads: int | None):
-        from distributed import Client, LocalCluster
-
-        self.cluster = None
-        if scheduler:
-            try:
-                self.client = Client(scheduler)
-            except (OSError, TimeoutError) as e:
-                raise GDTError(f"cannot reach the dask scheduler at {scheduler!r}: {e}") from None
-        else:
-            n = int(workers)
-            if n < 1:
-                raise GDTError(f"--workers must be >= 1, got {n}")
-            if torch_threads is None:
-                torch_threads = max(1, (os.cpu_count() or 1) // n)
-            saved = dict(os.environ)
-            try:
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None, silence_logs=40)
-            finally:  # the nanny sets OMP_NUM_THREADS=1 etc. in *this* process's environment; undo that
-                for k in set(os.environ) - set(saved):
-                    del os.environ[k]
-                os.environ.update(saved)
-            self.client = Client(self.cluster)
-        self.client.register_plugin(GDTWorkerPlugin(job, torch_threads))
-        self.nthreads = max(1, sum(self.client.nthreads().values()))
-
-    def map_bounded(self, fn, argsets, on_result, max_in_flight=None):
-        """Submit tasks with at most ``max_in_flight`` pending; results are small dicts."""
-        from distributed import as_completed
-
-        argsets = iter(argsets)
-        limit = max_in_flight or max(2, 2 * self.nthreads)
-        pending = as_completed()
-        n = 0
-        for a in argsets:
-            pending.add(self.client.submit(fn, *a, pure=False))
-            n += 1
-            if n >= limit:
-                break
-        for fut in pending:
-            on_result(fut.result())
-            fut.release()
-            nxt = next(argsets, None)
-            if nxt is not None:
-                pending.add(self.client.submit(fn, *nxt, pure=False))
-
-    def worker_info(self) -> dict:
-        return self.client.run(_worker_info)
-
-    def close(self):
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
 
 
 # --------------------------------------------------------------------------- metadata
@@ -781,7 +512,7 @@ def render_to_omezarr(
     canvas_path = str(Path(canvas_path).resolve())
     edits = str(Path(edits).resolve()) if edits else None
     # Seed this process's model cache with the loaded bundle (in-process runs reuse it).
-    _BUNDLES.setdefault((model_path, bundle.digest, str(device)), bundle)
+    worker_state.seed_bundle(model_path, bundle.digest, str(device), bundle)
 
     from ..expression.canvas import ExpressionCanvas
 
@@ -833,7 +564,7 @@ def render_to_omezarr(
 
     mode = "in-process" if not (workers or scheduler) else (f"scheduler {scheduler}" if scheduler else f"LocalCluster({workers})")
     t_setup = time.perf_counter()
-    ex = _InProcess() if not (workers or scheduler) else _Distributed(job, workers, scheduler, processes, torch_threads)
+    ex = InProcess() if not (workers or scheduler) else Distributed(job, workers, scheduler, processes, torch_threads)
     timings = {"prepare": t_setup - t0, "cluster": time.perf_counter() - t_setup}
     grids = [job.chunk_grid(lvl) for lvl in range(levels)]
     n_chunks = [gy * gx for gy, gx in grids]
@@ -841,7 +572,6 @@ def render_to_omezarr(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(n_chunks), desc="level 0", unit="chunk", disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
-    exit_after = int(os.environ.get(_EXIT_AFTER_ENV, "0") or 0)
     try:
 
         def on_level0(res):
@@ -851,9 +581,6 @@ def render_to_omezarr(
             stats["task_cpu"] += res["cpu"]
             bar.update(1)
             bar.set_postfix(tiles=stats["computed"], skipped=stats["skipped"], refresh=False)
-            if exit_after and stats["rendered"] >= exit_after:
-                bar.close()
-                os._exit(137)  # test hook: die like a killed process, without any cleanup
 
         gy, gx = grids[0]
         t1 = time.perf_counter()
@@ -871,7 +598,7 @@ def render_to_omezarr(
             gy, gx = grids[lvl]
             ex.map_bounded(downsample_chunk, ((job, lvl, cy, cx) for cy in range(gy) for cx in range(gx)), on_level)
         timings["pyramid"] = time.perf_counter() - t1
-        info = ex.worker_info() if isinstance(ex, _Distributed) else None
+        info = ex.worker_info() if isinstance(ex, Distributed) else None
     finally:
         bar.close()
         ex.close()
@@ -896,41 +623,6 @@ def render_to_omezarr(
     if info is not None:
         summary["workers"] = info
     return summary
-
-
-def run_cli(args, bundle, canvas, region) -> int:
-    """``napari-gdt render ... --out OUT.ome.zarr`` (called by :mod:`napari_gdt.cli.render`)."""
-    s = render_to_omezarr(
-        args.model,
-        args.expression,
-        args.out,
-        region=region,
-        edits=getattr(args, "edits", None),
-        tile_px=getattr(args, "tile_px", None),
-        seed=getattr(args, "seed", 0),
-        device=getattr(args, "device", "auto"),
-        workers=getattr(args, "workers", None),
-        scheduler=getattr(args, "scheduler", None),
-        ngff=getattr(args, "ngff", "0.4") or "0.4",
-        progress=True,
-        chunk_px=getattr(args, "chunk_px", None),
-        levels=getattr(args, "levels", None),
-        dtype=getattr(args, "dtype", "uint8") or "uint8",
-        batch_size=getattr(args, "batch_size", 8),
-        zero_fill=getattr(args, "zero_fill", False),
-        overwrite=getattr(args, "overwrite", False),
-        cache=getattr(args, "cache", None),
-        torch_threads=getattr(args, "torch_threads", None),
-        bundle=bundle,
-    )
-    h, w = s["shape"]
-    print(
-        f"rendered {h}x{w} px to {s['out']} (OME-Zarr {s['ngff']}, {s['levels']} levels, {s['mode']}): "
-        f"{s['computed']} tiles computed, {s['cached']} from cache; "
-        f"{s['rendered']} chunks rendered, {s['skipped']} skipped (already done) of {s['chunks']}",
-        file=sys.stdout,
-    )
-    return 0
 
 
 # --------------------------------------------------------------------------- cache warming

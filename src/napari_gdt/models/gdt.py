@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..rendering.noise import batched_noise
+from .noise import batched_noise
 from .base import TiledGenerator
 
 __all__ = ["GDTGenerator", "ModConv"]

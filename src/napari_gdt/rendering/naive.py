@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..rendering.noise import batched_noise
+from ..models.noise import batched_noise
 from .tiles import Region
 
 

@@ -52,33 +52,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..pixels import downsample2x, downsample2x_mask, quantise
 from .scheduler import Job, TileScheduler
 from .tiles import Region, TileRenderer, TileSpec
 
 __all__ = ["LazyArray", "PreviewMap", "PyramidLevel", "TilePyramid", "quantise"]
 
 
-def quantise(x: np.ndarray, dtype=np.uint8) -> np.ndarray:
-    """float [0, 1] -> ``dtype`` (uint8: ``round(255 x)``, same as the CLI's PNG/TIFF); float dtypes pass through."""
-    if np.dtype(dtype) == np.uint8:
-        return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.asarray(x, dtype=dtype)
-
-
 def _down2(img: np.ndarray, mask: np.ndarray | None):
-    """2x2 mean of ``img`` (h, w, C) (edge-replicated to even size) and 2x2 *all* of ``mask``."""
-    h, w = img.shape[:2]
-    if h % 2 or w % 2:
-        img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if mask is not None:
-            mask = np.pad(mask, ((0, h % 2), (0, w % 2)), mode="edge")
-    if img.dtype == np.uint8:
-        a = img.astype(np.uint16)
-        out = ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4).astype(np.uint8)
-    else:
-        out = ((img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2]) / 4).astype(img.dtype)
-    m = None if mask is None else (mask[0::2, 0::2] & mask[1::2, 0::2] & mask[0::2, 1::2] & mask[1::2, 1::2])
-    return out, m
+    """2x2 mean of ``img`` (h, w, C) and 2x2 *all* of ``mask`` (the rules of :mod:`napari_gdt.pixels`)."""
+    return downsample2x(img, axes=(0, 1)).astype(img.dtype, copy=False), None if mask is None else downsample2x_mask(mask)
 
 
 class CanvasBlocks:

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..expression.samples import MERFISH_EXTENT_UM, merfish_canvas  # re-exported (analysis uses them too)
+
 __all__ = ["HER2ST_MARKERS", "MERFISH_EXTENT_UM", "her2st_panel", "merfish_canvas", "prepare_her2st", "prepare_merfish"]
 
 HER2ST_TRAIN = ("C2", "C3", "C4")
 HER2ST_VAL = ("C5",)
-MERFISH_EXTENT_UM = {"x0": 6400.029, "x1": 6900.037, "y0": 4699.967, "y1": 5150.007}
 
 
 # Markers a HER2+ breast-cancer what-if needs (HER2 amplicon, luminal keratins, proliferation,
@@ -90,37 +91,10 @@ def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "s
     return res
 
 
-def merfish_canvas(transcripts_csv, image_shape, bin_px: int = 64, genes=None):
-    """Bin MERFISH z0 transcripts on ``bin_px`` DAPI pixels (canvas affine: bins -> DAPI px)."""
-    import pandas as pd
-
-    from ..expression.canvas import ExpressionCanvas
-
-    df = pd.read_csv(transcripts_csv)
-    df = df[~df["gene"].astype(str).str.startswith("Blank")]
-    H, W = image_shape
-    e = MERFISH_EXTENT_UM
-    um_x, um_y = (e["x1"] - e["x0"]) / W, (e["y1"] - e["y0"]) / H
-    col = (df["global_x"].to_numpy() - e["x0"]) / um_x
-    row = (df["global_y"].to_numpy() - e["y0"]) / um_y
-    all_genes = sorted(df["gene"].astype(str).unique()) if genes is None else list(genes)
-    gi = {g: i for i, g in enumerate(all_genes)}
-    g = df["gene"].astype(str).map(gi)
-    ok = g.notna().to_numpy() & (row >= -0.5) & (col >= -0.5) & (row < H - 0.5) & (col < W - 0.5)
-    Hb, Wb = -(-H // bin_px), -(-W // bin_px)
-    by = np.floor((row[ok] + 0.5) / bin_px).astype(int)
-    bx = np.floor((col[ok] + 0.5) / bin_px).astype(int)
-    counts = np.zeros((len(all_genes), Hb, Wb), dtype=np.float32)
-    np.add.at(counts, (g[ok].astype(int).to_numpy(), by, bx), 1.0)
-    um_per_px = 0.5 * (um_x + um_y)
-    affine = np.diag([float(bin_px), float(bin_px), 1.0])
-    return ExpressionCanvas(counts, all_genes, bin_um=bin_px * um_per_px, affine=affine, meta={"format": "merfish", "files": [str(transcripts_csv)], "um_per_px": um_per_px, "total_counts": float(counts.sum())})
-
-
 def prepare_merfish(out_dir, bin_px: int = 64) -> dict:
     """Write the MERFISH z0 canvas (``bin_px`` DAPI px per bin) into ``out_dir``; returns its path and the DAPI image path."""
     from ..data import fetch_merfish
-    from .sampling import read_image
+    from ..pixels import read_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +127,7 @@ def demo_canvas(dataset: str = "her2st", section: str = "C5", genes=None):
         p = fetch_her2st(section)
         return read_st(p["counts"], p["spots"], 32, image=p["image"], mode="spread", genes=genes), p["image"], "her2st-he"
     if dataset == "merfish":
-        from .sampling import read_image
+        from ..pixels import read_image
 
         genes = genes or read_card("merfish-dapi")["genes"]
         p = fetch_merfish()

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 from .loop import DEFAULT_ARCH, TrainConfig, Trainer
-from .sampling import PairedSection, read_image
+from ..pixels import read_image
+from .sampling import PairedSection
 
 __all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
 

@@ -1,6 +1,6 @@
 """Paired patch sampling: expression windows and the matching real-image tiles.
 
-The real image is resampled once onto the model's output-pixel grid: output
+The real image is resampled once (by :func:`napari_gdt.pixels.resample_to_model_grid`) onto the model's output-pixel grid: output
 pixel ``p`` (in the canvas' output frame, ``px_per_bin`` px per bin) sits at
 real-image pixel ``canvas.affine @ (p / px_per_bin)``. A window of ``n`` bins
 starting at bin ``b0`` produces ``geometry.out_len(n)`` px starting at
@@ -11,96 +11,15 @@ Augmentation (rot90 and flips) is applied identically to both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import GDTError, ReaderError
+from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 from ..models.base import Geometry
+from ..pixels import read_image, resample_to_model_grid  # re-exported: the rules live in napari_gdt.pixels
 
 __all__ = ["PairedSection", "PatchSampler", "augment", "read_image", "resample_to_model_grid"]
-
-
-def read_image(path) -> np.ndarray:
-    """Read a real image as ``(H, W, C)`` uint8/uint16 (greyscale gets C=1)."""
-    p = Path(path)
-    if not p.exists():
-        raise ReaderError(f"{p}: no such image file")
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        img = tifffile.imread(str(p))
-    else:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(p) as im:
-                img = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I", "RGB") else im)
-        except Exception as e:
-            raise ReaderError(f"{p}: not a readable image ({e})") from None
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.ndim != 3:
-        raise ReaderError(f"{p}: expected a 2-D greyscale or RGB image, got shape {img.shape}")
-    if img.shape[-1] == 4:
-        img = img[..., :3]
-    return img
-
-
-def _to_unit(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535.0
-    img = img.astype(np.float32)
-    return img / max(float(img.max()), 1e-6) if img.max() > 1.0 else img
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-def resample_to_model_grid(img: np.ndarray, canvas_affine: np.ndarray, px_per_bin: int, out_shape: tuple[int, int]) -> np.ndarray:
-    """Resample a real image onto the model's output grid; returns float32 ``(H, W, C)`` in [0, 1].
-
-    ``canvas_affine`` maps bins to real-image pixels. Output pixel ``p`` maps to
-    real pixel ``A @ (p / px_per_bin)``. A pure integer down-scale with an
-    aligned origin is done by block averaging (exact area mean); anything else
-    by Gaussian pre-smoothing and linear interpolation.
-    """
-    A = np.asarray(canvas_affine, dtype=float) @ np.diag([1.0 / px_per_bin, 1.0 / px_per_bin, 1.0])
-    H, W = int(out_shape[0]), int(out_shape[1])
-    C = img.shape[-1]
-    sy, sx = A[0, 0], A[1, 1]
-    ty, tx = A[0, 2], A[1, 2]
-    axis_aligned = abs(A[0, 1]) < 1e-9 and abs(A[1, 0]) < 1e-9
-    if axis_aligned and abs(sy - round(sy)) < 1e-9 and abs(sx - round(sx)) < 1e-9 and round(sy) == round(sx) and round(sy) >= 1 and abs(ty - round(ty)) < 1e-9 and abs(tx - round(tx)) < 1e-9:
-        s, oy, ox = int(round(sy)), int(round(ty)), int(round(tx))
-        out = np.ones((H, W, C), dtype=np.float32) if C == 3 else np.zeros((H, W, C), dtype=np.float32)
-        # rows/cols of the output fully inside the image
-        y_lo, x_lo = max(0, _ceil_div(-oy, s)), max(0, _ceil_div(-ox, s))
-        y_hi = min(H, (img.shape[0] - oy) // s)
-        x_hi = min(W, (img.shape[1] - ox) // s)
-        if y_hi > y_lo and x_hi > x_lo:
-            for c in range(C):  # per channel keeps peak memory low
-                blk = img[oy + y_lo * s : oy + y_hi * s, ox + x_lo * s : ox + x_hi * s, c]
-                blk = _to_unit(blk).reshape(y_hi - y_lo, s, x_hi - x_lo, s).mean(axis=(1, 3))
-                out[y_lo:y_hi, x_lo:x_hi, c] = blk
-        return out
-    from scipy import ndimage
-
-    scale = max(abs(sy), abs(sx))
-    out = np.empty((H, W, C), dtype=np.float32)
-    M = A[:2, :2]
-    off = A[:2, 2]
-    for c in range(C):
-        ch = _to_unit(img[..., c])
-        if scale > 1.5:
-            ch = ndimage.gaussian_filter(ch, sigma=0.4 * scale)
-        out[..., c] = ndimage.affine_transform(ch, M, offset=off, output_shape=(H, W), order=1, mode="constant", cval=1.0 if C == 3 else 0.0)
-    return out
 
 
 @dataclass

@@ -15,173 +15,52 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtWidgets import QFileDialog, QWidget
 
+from ..errors import GDTError
 from ..rendering.world import bin_layer_transform, image_world_affine
-from qtpy.QtCore import QSortFilterProxyModel, QStringListModel, Qt
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListView,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from ..session import Session
+from .expression_ui import ExpressionForm
+from .layer_tools import contrast_for, gene_colormap
+from .layers import session_for
 
 # distinct additive colours (hex), one per shown gene, cycled
 PALETTE = ["#ff00ff", "#00ff00", "#00ffff", "#ffff00", "#ff4040", "#4080ff", "#ff8000", "#a040ff", "#80ff80", "#ffffff"]
 EXPRESSION_TAG = "napari_gdt_expression"
+#: world scale before a model is loaded (then the model card's px_per_bin is used)
+DEFAULT_PX_PER_BIN = 16
 
 
-def gene_colormap(hex_colour: str):
-    """A black -> colour napari colormap for additive display."""
-    from napari.utils.colormaps import Colormap
+class ExpressionWidget(ExpressionForm, QWidget):
+    """Open or convert an expression canvas, show genes as additive channels, add the real image.
 
-    h = hex_colour.lstrip("#")
-    rgb = [int(h[i : i + 2], 16) / 255 for i in (0, 2, 4)]
-    return Colormap([[0, 0, 0, 1], rgb + [1]], name=f"gdt-{h}", display_name=f"gdt {hex_colour}")
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer, optional
+    session : Session, optional
+        The canvas opened here becomes the Session's; the world scale (px per bin) is the
+        Session's model card's (default: the viewer's Session).
+    """
 
-
-def contrast_for(plane, percentile: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
-    """Contrast limits ``(0, hi)`` from a strided sample of a 2-D (dask or numpy) plane: ``hi`` is a
-    percentile of the non-zero counts (at least 1)."""
-    h, w = plane.shape
-    s = max(1, int(np.ceil(np.sqrt(h * w / max_samples))))
-    sample = np.asarray(plane[::s, ::s], dtype=np.float32)
-    nz = sample[sample > 0]
-    hi = float(np.percentile(nz, percentile)) if nz.size else 1.0
-    return 0.0, max(hi, 1.0)
-
-
-class ExpressionWidget(QWidget):
-    """Open or convert an expression canvas, show genes as additive channels, add the real image."""
-
-    def __init__(self, napari_viewer=None, parent=None):
+    def __init__(self, napari_viewer=None, session: Session | None = None, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.session = session_for(napari_viewer, session)
+        self._scale_without_model = DEFAULT_PX_PER_BIN
         self.canvas = None
         self.gene_layers: list = []
         self.image_layer = None
         self._worker = None
 
-        # ---- open
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("canvas .ome.zarr")
-        self.path_edit.setToolTip("An expression canvas written by 'napari-gdt convert'")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose a canvas folder")
-        browse.clicked.connect(self._browse_canvas)
-        self.open_btn = QPushButton("Open canvas")
-        self.open_btn.setToolTip("Open the canvas (lazily) and list its genes")
-        self.open_btn.clicked.connect(self._open_clicked)
-        open_row = QHBoxLayout()
-        open_row.addWidget(self.path_edit)
-        open_row.addWidget(browse)
-
-        # ---- convert
-        conv = QGroupBox("Convert a file")
-        self.input_edit = QLineEdit()
-        self.input_edit.setPlaceholderText("transcripts.parquet, detected_transcripts.csv, *_tx_file.csv, .h5ad, …")
-        self.input_edit.setToolTip("Input file or folder (Xenium, MERFISH, CosMx, CSV/Parquet, AnnData, Space Ranger)")
-        self.format_combo = QComboBox()
-        self.format_combo.addItems(["auto", "xenium", "merfish", "cosmx", "csv", "anndata", "visium", "visium_hd", "st", "spatialdata"])
-        self.format_combo.setToolTip("Input format; auto detects it from the name and columns")
-        self.bin_spin = QDoubleSpinBox()
-        self.bin_spin.setRange(0.01, 10000.0)
-        self.bin_spin.setDecimals(2)
-        self.bin_spin.setValue(10.0)
-        self.bin_spin.setSuffix(" µm")
-        self.bin_spin.setToolTip("Bin edge in µm")
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("output canvas .ome.zarr")
-        self.out_edit.setToolTip("Where to write the converted canvas (a folder ending in .ome.zarr)")
-        self.conv_image_edit = QLineEdit()
-        self.conv_image_edit.setPlaceholderText("(optional) paired image")
-        self.conv_image_edit.setToolTip("The real image measured on the same tissue; the canvas records where its bins fall on it")
-        self.convert_btn = QPushButton("Convert")
-        self.convert_btn.setToolTip("Convert in the background, then open the canvas")
-        self.convert_btn.clicked.connect(self._convert_clicked)
-        cf = QFormLayout(conv)
-        cf.addRow("Input", self.input_edit)
-        cf.addRow("Format", self.format_combo)
-        cf.addRow("Bin", self.bin_spin)
-        cf.addRow("Image", self.conv_image_edit)
-        cf.addRow("Output", self.out_edit)
-        cf.addRow("", self.convert_btn)
-
-        # ---- genes
-        self.info_label = QLabel("no canvas")
-        self.info_label.setWordWrap(True)
-        self.filter_edit = QLineEdit()
-        self.filter_edit.setPlaceholderText("search genes…")
-        self.filter_edit.setToolTip("Filter the gene list (case-insensitive substring)")
-        self.gene_model = QStringListModel([])
-        self.gene_proxy = QSortFilterProxyModel(self)
-        self.gene_proxy.setSourceModel(self.gene_model)
-        self.gene_proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        self.filter_edit.textChanged.connect(self.gene_proxy.setFilterFixedString)
-        self.gene_view = QListView()
-        self.gene_view.setModel(self.gene_proxy)
-        self.gene_view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.gene_view.setUniformItemSizes(True)  # fast layout with thousands of rows
-        self.gene_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.gene_view.setToolTip("Select genes (Ctrl/Shift-click), then 'Show selected'")
-        self.gene_view.doubleClicked.connect(lambda _i: self.show_genes())
-        self.show_btn = QPushButton("Show selected")
-        self.show_btn.setToolTip("Show the selected genes as additive coloured channels")
-        self.show_btn.clicked.connect(lambda: self.show_genes())
-        self.clear_btn = QPushButton("Clear")
-        self.clear_btn.setToolTip("Remove the expression layers added here")
-        self.clear_btn.clicked.connect(self.clear_genes)
-        self.ppb_spin = QSpinBox()
-        self.ppb_spin.setRange(1, 1024)
-        self.ppb_spin.setValue(16)
-        self.ppb_spin.setToolTip("Output pixels per expression bin (the model's px_per_bin): sets the world scale")
-        self.pct_spin = QDoubleSpinBox()
-        self.pct_spin.setRange(50.0, 100.0)
-        self.pct_spin.setValue(99.5)
-        self.pct_spin.setSuffix(" %")
-        self.pct_spin.setToolTip("Upper contrast limit: this percentile of each gene's non-zero counts")
-        self.pct_spin.valueChanged.connect(lambda _v: self.update_contrast())
-        self.legend = QLabel("")
-        self.legend.setTextFormat(Qt.TextFormat.RichText)
-        self.legend.setToolTip("Colour of each shown gene")
-
-        # ---- image
-        self.image_edit = QLineEdit()
-        self.image_edit.setPlaceholderText("real image (H&E or DAPI)")
-        self.image_edit.setToolTip("Path of the real H&E or DAPI image paired with this canvas")
-        self.image_btn = QPushButton("Add image")
-        self.image_btn.setToolTip("Add the paired real image, placed with the canvas affine")
-        self.image_btn.clicked.connect(self._image_clicked)
-        img_row = QHBoxLayout()
-        img_row.addWidget(self.image_edit)
-        img_row.addWidget(self.image_btn)
-
-        btns = QHBoxLayout()
-        btns.addWidget(self.show_btn)
-        btns.addWidget(self.clear_btn)
-        form = QFormLayout()
-        form.addRow("px per bin", self.ppb_spin)
-        form.addRow("Contrast", self.pct_spin)
-        lay = QVBoxLayout(self)
-        lay.addLayout(open_row)
-        lay.addWidget(self.open_btn)
-        lay.addWidget(conv)
-        lay.addWidget(self.info_label)
-        lay.addWidget(self.filter_edit)
-        lay.addWidget(self.gene_view, stretch=1)
-        lay.addLayout(btns)
-        lay.addLayout(form)
-        lay.addWidget(self.legend)
-        lay.addLayout(img_row)
+        self.setup_ui()
+        ev = self.session.events
+        self._links = [(ev.bundle, self._on_bundle), (ev.canvas, self._on_canvas)]
+        for sig, slot in self._links:
+            sig.connect(slot)
+        self.destroyed.connect(lambda *_: [sig.disconnect(slot) for sig, slot in self._links])
+        self._show_scale()
+        if self.session.canvas is not None:
+            self.set_canvas(self.session.canvas)
 
     # ------------------------------------------------------------ helpers
     def _notify_error(self, e: Exception):
@@ -196,12 +75,34 @@ class ExpressionWidget(QWidget):
 
     @property
     def px_per_bin(self) -> int:
-        return int(self.ppb_spin.value())
+        """Output px per bin: the Session's model card's (one source); before a model is loaded, the default scale."""
+        ppb = self.session.px_per_bin
+        return int(ppb) if ppb is not None else int(self._scale_without_model)
+
+    def _show_scale(self) -> None:
+        src = "from the model card" if self.session.px_per_bin is not None else "no model loaded yet"
+        self.ppb_label.setText(f"{self.px_per_bin}  ({src})")
+
+    def _on_bundle(self, bundle) -> None:
+        self._rescale()
+
+    def _on_canvas(self, canvas) -> None:
+        if canvas is not None and canvas is not self.canvas:
+            self.set_canvas(canvas)
 
     def set_px_per_bin(self, ppb: int) -> None:
-        """Set the world scale (a model's ``px_per_bin``) and rescale the layers shown."""
-        self.ppb_spin.setValue(int(ppb))
-        tf = bin_layer_transform(ppb)
+        """Set the world scale before a model is loaded (with a model it is the card's; a different value is refused)."""
+        if self.session.px_per_bin is not None and int(ppb) != self.session.px_per_bin:
+            raise GDTError(
+                f"px per bin comes from the model card ({self.session.px_per_bin}); {int(ppb)} would disagree with the model"
+            )
+        self._scale_without_model = int(ppb)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        """Place the layers shown at the current world scale."""
+        self._show_scale()
+        tf = bin_layer_transform(self.px_per_bin)
         for layer in self.gene_layers:
             layer.scale, layer.translate = tf["scale"], tf["translate"]
         if self.image_layer is not None and self.canvas is not None:
@@ -209,7 +110,6 @@ class ExpressionWidget(QWidget):
 
     # ------------------------------------------------------------- canvas
     def _open_clicked(self):
-        from ..errors import GDTError
 
         try:
             self.open_canvas(self.path_edit.text().strip())
@@ -226,8 +126,10 @@ class ExpressionWidget(QWidget):
         return canvas
 
     def set_canvas(self, canvas) -> None:
+        """Show ``canvas``'s genes; it becomes the Session's canvas."""
         self.clear_genes()
         self.canvas = canvas
+        self.session.canvas = canvas
         self.gene_model.setStringList(list(canvas.genes))
         g, h, w = canvas.shape
         tot = canvas.meta.get("total_counts")
@@ -298,7 +200,6 @@ class ExpressionWidget(QWidget):
         return image_world_affine(self.canvas.affine, self.px_per_bin)
 
     def _image_clicked(self):
-        from ..errors import GDTError
 
         try:
             self.add_image(self.image_edit.text().strip())
@@ -327,7 +228,12 @@ class ExpressionWidget(QWidget):
         if self.image_layer is not None and self.image_layer in self.viewer.layers:
             self.viewer.layers.remove(self.image_layer)
         self.image_layer = self.viewer.add_image(
-            data, name=name, rgb=rgb, multiscale=len(levels) > 1, affine=self.image_affine(), metadata={"napari_gdt_real_image": True}
+            data,
+            name=name,
+            rgb=rgb,
+            multiscale=len(levels) > 1,
+            affine=self.image_affine(),
+            metadata={"napari_gdt_real_image": True},
         )
         self.viewer.layers.move(self.viewer.layers.index(self.image_layer), 0)
         return self.image_layer
@@ -336,9 +242,17 @@ class ExpressionWidget(QWidget):
     def _convert_clicked(self):
         self.convert(self.input_edit.text().strip(), self.out_edit.text().strip(), blocking=False)
 
-    def convert(self, inputs, out, fmt: str | None = None, bin_um: float | None = None, image: str | None = None, blocking: bool = False, **opts):
+    def convert(
+        self,
+        inputs,
+        out,
+        fmt: str | None = None,
+        bin_um: float | None = None,
+        image: str | None = None,
+        blocking: bool = False,
+        **opts,
+    ):
         """Convert ``inputs`` to the canvas ``out`` (in a worker thread unless ``blocking``), then open it."""
-        from ..errors import GDTError
         from ..expression.readers import read_any
 
         fmt = fmt or self.format_combo.currentText()
