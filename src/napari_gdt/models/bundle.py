@@ -128,7 +128,7 @@ def _card_for(model: TiledGenerator, genes, px_per_bin, um_per_px, output, tile_
         "output": output,
         "tile_px": int(tile_px),
         "halo_px": int(geo.halo_px),
-        "normalisation": extra.pop("normalisation", {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True}),
+        "normalisation": extra.pop("normalisation", getattr(model, "normalisation", None) or {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True}),
         "provenance": extra.pop("provenance", {}),
         "validation": extra.pop("validation", {}),
     }
