@@ -32,8 +32,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", default="gdt-v1", choices=["gdt-v1", "gdt-v2"])
     a = ap.parse_args()
-    bundle = untrained_bundle()
+    bundle = untrained_bundle(arch=a.arch)
     ppb = bundle.px_per_bin
     n_bins = a.size // ppb + 8
     canvas = synthetic_canvas((n_bins, n_bins), genes=bundle.genes, seed=1)
@@ -53,6 +54,8 @@ def main():
     print(f"max |128-px tiles - one tile|          = {d128_one:.3g}   (goal <= 1e-5)")
     print(f"shuffled order identical bytes         = {shuffled.tobytes() == outs[128].tobytes()}")
     print(f"seam ratio (border step / other steps) = {seam_profile(outs[128], 128):.3f}  padding-free, 128-px tiles")
+    if a.arch != "gdt-v1":
+        return  # the zero-padding contrast runs gdt-v1's layer plan
     n128 = naive_padded_render(bundle, canvas, region, tile_px=128, seed=a.seed)
     n_one = naive_padded_render(bundle, canvas, region, tile_px=a.size, seed=a.seed)
     print(f"contrast: zero padding + naive tiling (same weights)")

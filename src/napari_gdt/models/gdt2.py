@@ -139,7 +139,7 @@ class GDT2Generator(TiledGenerator):
         n_bin_convs: int = 3,
         depth_window: int = 5,
         n_struct: int = 4,
-        stage_channels: list[int] | tuple[int, ...] = (48, 32, 24, 16),
+        stage_channels: list[int] | tuple[int, ...] = (48, 32, 20, 12),
         stage_convs: list[int] | tuple[int, ...] = (1, 1, 1, 2),
         latent_dim: int = 32,
         cp: float = 1e4,
