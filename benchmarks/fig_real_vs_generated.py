@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--centre", default=None, help="Y,X output px of the zoom centre (default: the densest tissue bin)")
     ap.add_argument("--whole-max", type=int, default=1400, help="longest edge of the whole-tissue panel (px)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-whole", action="store_true", help="only the two zooms")
     a = ap.parse_args(argv)
 
     import torch
@@ -75,7 +76,8 @@ def main(argv=None):
         img.save(path)
         print(f"{path}: region {region.y0}:{region.y1},{region.x0}:{region.x1} ({(region.y1 - region.y0) * um:.0f} x {(region.x1 - region.x0) * um:.0f} µm), panels real | {' | '.join(str(b.card.get('name')) + ' ' + b.card.get('arch', '') for b in bundles)}")
 
-    panel(whole, "whole", a.whole_max)
+    if not a.no_whole:
+        panel(whole, "whole", a.whole_max)
     for name, size_um in (("1mm", 1000.0), ("250um", 250.0)):
         h = int(round(size_um / um))
         y0 = int(np.clip(cy - h // 2, 0, Hb * ppb - h))

@@ -93,8 +93,12 @@ def g_hinge_loss(fake_logits) -> torch.Tensor:
 
 
 def r1_penalty(real_logits, real: torch.Tensor) -> torch.Tensor:
-    """R1: mean over the batch of the squared gradient norm of the real logits w.r.t. the real images."""
-    tot = sum(r.sum() for r in _each(real_logits))
+    """R1: mean over the batch of the squared gradient norm of each image's real score w.r.t. the image.
+
+    An image's score is the mean of its patch logits (summed over scales), so the penalty does not
+    grow with the number of patches a logit map holds.
+    """
+    tot = sum(r.mean(dim=tuple(range(1, r.dim()))).sum() for r in _each(real_logits))
     (g,) = torch.autograd.grad(tot, real, create_graph=True)
     return g.pow(2).sum(dim=(1, 2, 3)).mean()
 
