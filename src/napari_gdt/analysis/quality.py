@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 
-__all__ = ["KEYS", "compare_to_baseline", "evaluate", "real_on_model_grid", "record_validation", "spot_units", "tissue_region"]
+__all__ = ["KEYS", "compare_to_baseline", "evaluate", "flat_baseline", "prepare_real", "real_on_model_grid", "record_validation", "score_generated", "spot_units", "tissue_region"]
 
 KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "tile_spearman_nuclei", "tile_spearman_area_fraction")
 
@@ -130,6 +130,55 @@ def compare_to_baseline(res: dict, baseline_key: str = "baseline") -> dict:
     return {k: _badness(res, k) < _badness(b, k) for k in KEYS}
 
 
+def prepare_real(bundle, canvas: ExpressionCanvas, image: np.ndarray, region, tile_px: int = 256) -> dict:
+    """The real side of :func:`evaluate` for output px ``region`` (computed once, reused over seeds).
+
+    Returns a dict: ``real`` (the real image on the model grid; (H, W) for DAPI), ``mask`` (real
+    tissue mask, None for DAPI), ``units``, ``real_stats``, ``real_labels`` (nuclei labels),
+    ``real_units`` (per-unit table),
+    ``kind``, ``um``, ``tile_px``, ``region``.
+    """
+    from . import morphometrics as mm
+
+    ppb = bundle.px_per_bin
+    um = bundle.um_per_px
+    kind = "he" if bundle.output_kind == "he" else "dapi"
+    real = real_on_model_grid(image, canvas, ppb, region)
+    want = int(getattr(bundle, "out_channels", 0) or (3 if kind == "he" else 1))
+    if real.shape[-1] != want:
+        raise GDTError(f"the real image has {real.shape[-1]} channel(s) but the model outputs {want}")
+    if kind == "dapi":
+        real = real[..., 0]
+    mask = mm.tissue_mask(real, kind, um) if kind == "he" else None
+    if mask is not None and not mask.any():
+        raise GDTError(f"no tissue found in region {region} of the real image")
+    units = spot_units(canvas, ppb, region)
+    if units is not None and len(units[0]) < 3:
+        units = None
+    rs = mm.measure_nuclei(real, kind, um, mask=mask)
+    real_units = _units(real, kind, um, units, tile_px, mask)
+    return {"real": real, "mask": mask, "units": units, "real_stats": rs.as_dict(), "real_labels": rs.labels, "real_units": real_units, "kind": kind, "um": float(um), "tile_px": int(tile_px), "region": region}
+
+
+def score_generated(prep: dict, gen: np.ndarray) -> tuple[dict, dict]:
+    """The :data:`KEYS` of a generated image against :func:`prepare_real`'s real side, and its global stats."""
+    if prep["kind"] == "dapi" and gen.ndim == 3:
+        gen = gen[..., 0]
+    if gen.shape[:2] != prep["real"].shape[:2]:
+        raise GDTError(f"generated image {gen.shape[:2]} and real image {prep['real'].shape[:2]} differ in shape")
+    return _compare(prep["real_stats"], prep["real_units"], gen, prep["kind"], prep["um"], prep["mask"], prep["units"], prep["tile_px"])
+
+
+def flat_baseline(prep: dict) -> np.ndarray:
+    """The trivial baseline image: the real tissue's mean colour inside tissue, the real background outside."""
+    real, mask = prep["real"], prep["mask"]
+    if prep["kind"] == "he":
+        flat = real.copy()
+        flat[mask] = real[mask].mean(axis=0)
+        return flat
+    return np.full_like(real, real.mean())
+
+
 def evaluate(
     bundle,
     canvas: ExpressionCanvas,
@@ -149,52 +198,35 @@ def evaluate(
     ``canvas.affine`` maps bins to). ``region`` is a
     :class:`~napari_gdt.rendering.tiles.Region` in output px (default: the whole canvas).
     ``renderer`` may be a prepared :class:`TileRenderer` (e.g. with edits applied).
+    For the fidelity yardstick (tissue outline, architecture, lattice, baselines fitted on
+    training sections, seeds, edits) see :func:`napari_gdt.analysis.fidelity.evaluate_model`.
     """
     from scipy import ndimage as ndi
 
     from ..rendering.tiles import TileRenderer
-    from . import morphometrics as mm
 
     r = renderer or TileRenderer(bundle, canvas, seed=seed, device=device, batch_size=4)
     region = r.check_region(region if region is not None else tissue_region(canvas, bundle.px_per_bin, r.shape_px))
-    ppb = bundle.px_per_bin
     um = bundle.um_per_px
-    kind = "he" if bundle.output_kind == "he" else "dapi"
     gen = r.render_region(region, progress=progress)
-    real = real_on_model_grid(image, canvas, ppb, region)
-    if real.shape[-1] != gen.shape[-1]:
-        raise GDTError(f"the real image has {real.shape[-1]} channel(s) but the model outputs {gen.shape[-1]}")
-    if kind == "dapi":
-        gen, real = gen[..., 0], real[..., 0]
-    mask = mm.tissue_mask(real, kind, um) if kind == "he" else None
-    if mask is not None and not mask.any():
-        raise GDTError(f"no tissue found in region {region} of the real image")
-    units = spot_units(canvas, ppb, region)
-    if units is not None and len(units[0]) < 3:
-        units = None
-    real_stats = mm.measure_nuclei(real, kind, um, mask=mask).as_dict()
-    real_units = _units(real, kind, um, units, tile_px, mask)
-    res, gen_stats = _compare(real_stats, real_units, gen, kind, um, mask, units, tile_px)
-    # baselines
-    if kind == "he":
-        m = mask
-        flat = real.copy()
-        flat[m] = real[m].mean(axis=0)
-    else:
-        flat = np.full_like(real, real.mean())
-    res["baseline"], _ = _compare(real_stats, real_units, flat, kind, um, mask, units, tile_px)
+    prep = prepare_real(bundle, canvas, image, region, tile_px)
+    real, kind = prep["real"], prep["kind"]
+    if gen.shape[-1] != (3 if kind == "he" else 1) and gen.ndim == 3:
+        raise GDTError(f"the real image has {3 if kind == 'he' else 1} channel(s) but the model outputs {gen.shape[-1]}")
+    res, gen_stats = score_generated(prep, gen)
+    res["baseline"], _ = score_generated(prep, flat_baseline(prep))
     res["better_than_baseline"] = compare_to_baseline(res, "baseline")
     if blur_baseline:
         s = blur_um / um
         blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
-        res["baseline_blur"], _ = _compare(real_stats, real_units, blur, kind, um, mask, units, tile_px)
+        res["baseline_blur"], _ = score_generated(prep, blur)
         res["better_than_baseline_blur"] = compare_to_baseline(res, "baseline_blur")
     res.update(
         {
-            "real": real_stats,
+            "real": prep["real_stats"],
             "generated": gen_stats,
-            "units": "spot footprints" if units is not None else f"tiles of {tile_px} px",
-            "n_units": len(real_units),
+            "units": "spot footprints" if prep["units"] is not None else f"tiles of {tile_px} px",
+            "n_units": len(prep["real_units"]),
             "region": str(region),
             "um_per_px": float(um),
             "kind": kind,

@@ -39,7 +39,8 @@ def format_card(card: dict) -> str:
 
 
 _MORPH = (("nuclei_density_ratio", "density"), ("nuclear_area_ratio", "nuclear area"), ("area_fraction_ratio", "area fraction"),
-          ("tile_spearman_nuclei", "tile rho nuclei"), ("tile_spearman_area_fraction", "tile rho area fraction"))
+          ("tile_spearman_nuclei", "tile rho nuclei"), ("tile_spearman_area_fraction", "tile rho area fraction"),
+          ("tissue_iou", "tissue IoU"), ("density_cv_ratio_100um", "density CV ratio 100 µm"), ("lattice_ratio", "lattice ratio"))
 
 
 def _short(v, n: int = 160) -> str:
@@ -84,7 +85,14 @@ def _validation_lines(val: dict):
                     continue
                 parts = [f"{name} {m[key]:.3f}" for key, name in _MORPH if isinstance(m.get(key), (int, float))]
                 better = m.get("better_than_baseline")
-                if isinstance(better, dict):
+                if isinstance(better, dict) and better and all(isinstance(b, dict) for b in better.values()):
+                    # the table of napari-gdt evaluate >= the fidelity yardstick: per key, per baseline
+                    names = sorted({n for row in better.values() for n in row})
+                    for n in names:
+                        row = {k2: b.get(n) for k2, b in better.items() if b.get(n) is not None}
+                        if row:
+                            parts.append(f"better than {n}: " + ("all" if all(row.values()) else ", ".join(k2 for k2, b in row.items() if b) or "none"))
+                elif isinstance(better, dict):
                     parts.append("better than baseline: " + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none"))
                 yield f"morphometrics[{label}]", "; ".join(parts) if parts else _short(m)
         elif k == "held_out_patches" and isinstance(v, dict):
