@@ -23,30 +23,27 @@ import numpy as np
 
 
 def _descriptors(img, mask, patch, stride, rng=None, n=None):
+    """Mean-free 4x4-block-mean descriptors of the mostly-tissue patches on a ``stride`` grid."""
     import torch
     import torch.nn.functional as F
+    from scipy import ndimage as ndi
 
     t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
     pooled = F.avg_pool2d(t, 4)  # (1, C, H/4, W/4)
-    k = patch // 4
+    k, s = patch // 4, max(stride // 4, 1)
     H, W = img.shape[:2]
-    ys = np.arange(0, H - patch + 1, stride)
-    xs = np.arange(0, W - patch + 1, stride)
-    yy, xx = np.meshgrid(ys, xs, indexing="ij")
-    yy, xx = yy.ravel(), xx.ravel()
-    # keep positions whose patch is mostly tissue
-    from scipy import ndimage as ndi
-
+    ny = (pooled.shape[-2] - k) // s + 1
+    nx = (pooled.shape[-1] - k) // s + 1
+    yy, xx = np.meshgrid(np.arange(ny) * s * 4, np.arange(nx) * s * 4, indexing="ij")
     frac = ndi.uniform_filter(mask.astype(np.float32), patch)[np.clip(yy + patch // 2, 0, H - 1), np.clip(xx + patch // 2, 0, W - 1)]
-    keep = frac > 0.9
-    yy, xx = yy[keep], xx[keep]
-    if n is not None and len(yy) > n:
-        sel = rng.choice(len(yy), n, replace=False)
-        yy, xx = yy[sel], xx[sel]
-    p = pooled[0]
-    out = torch.stack([p[:, y // 4 : y // 4 + k, x // 4 : x // 4 + k] for y, x in zip(yy, xx)]) if len(yy) else torch.zeros(0, img.shape[2], k, k)
-    out = out - out.mean(dim=(2, 3), keepdim=True)
-    return out.reshape(len(out), -1).half(), np.stack([yy, xx], 1)
+    keep = (frac > 0.9).ravel()
+    idx = np.nonzero(keep)[0]
+    if n is not None and len(idx) > n:
+        idx = np.sort(rng.choice(idx, n, replace=False))
+    cols = F.unfold(pooled, k, stride=s)[0]  # (C*k*k, ny*nx)
+    d = cols[:, torch.from_numpy(idx)].T.reshape(len(idx), img.shape[2], k * k)
+    d = d - d.mean(dim=2, keepdim=True)
+    return d.reshape(len(idx), -1).half(), np.stack([yy.ravel()[idx], xx.ravel()[idx]], 1)
 
 
 def nearest(q, bank, chunk=4096):

@@ -158,6 +158,13 @@ def test_bundle_round_trip_and_registry(tmp_path, tiny_bundle, canvas):
     c = TileRenderer(b, canvas, seed=1, tile_px=64, device="cpu").render_region(region)
     assert a.tobytes() == c.tobytes()
     assert isinstance(build("gdt-v2", card["config"]), GDT2Generator)
+    from napari_gdt.errors import BundleError
+    from napari_gdt.models.bundle import set_card_fields
+
+    assert set_card_fields(p, model_version=2)["model_version"] == 2
+    assert read_card(p)["model_version"] == 2 and load_bundle(p).model.config == b.model.config
+    with pytest.raises(BundleError, match="arch"):
+        set_card_fields(p, arch="gdt-v1")
     # gdt-v1 bundles still load (the shipped her2st-he may be either)
     from napari_gdt.synthetic import untrained_bundle
 
