@@ -11,7 +11,7 @@ from napari_gdt.models.gdt2 import GDT2Generator, composition, depth_features, s
 from napari_gdt.rendering.tiles import Region, TileRenderer
 from napari_gdt.synthetic import SYNTHETIC_GENES, synthetic_canvas
 
-TINY = dict(emb_ch=8, n_bin_convs=2, depth_window=3, n_struct=2, stage_channels=[8, 8, 6], stage_convs=[1, 1, 2], latent_dim=8)
+TINY = {"emb_ch": 8, "n_bin_convs": 2, "depth_window": 3, "n_struct": 2, "stage_channels": [8, 8, 6], "stage_convs": [1, 1, 2], "latent_dim": 8}
 
 
 def _tiny_model(seed=0, **kw):
@@ -68,7 +68,7 @@ def test_origin_bookkeeping_output_depends_on_the_right_bins():
     x2[:, 0, 8, 8] *= 20
     b = m(x2, o, m.styles(0), 0)
     diff = (a - b).abs().amax(dim=(0, 1)) > 0
-    ys, xs = torch.nonzero(diff, as_tuple=True)
+    ys, _ = torch.nonzero(diff, as_tuple=True)
     assert len(ys)
     # absolute px of the changed output lie within halo of bin 8's pixels
     lo, hi = 8 * g.px_per_bin - g.halo_px, 9 * g.px_per_bin + g.halo_px

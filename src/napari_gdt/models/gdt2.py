@@ -149,18 +149,18 @@ class GDT2Generator(TiledGenerator):
             raise ValueError("depth_window must be odd and >= 1")
         if len(stage_convs) != len(stage_channels):
             raise ValueError("stage_convs needs one entry per stage")
-        self.config = dict(
-            n_genes=int(n_genes),
-            out_channels=int(out_channels),
-            emb_ch=int(emb_ch),
-            n_bin_convs=int(n_bin_convs),
-            depth_window=int(depth_window),
-            n_struct=int(n_struct),
-            stage_channels=[int(c) for c in stage_channels],
-            stage_convs=[int(c) for c in stage_convs],
-            latent_dim=int(latent_dim),
-            cp=float(cp),
-        )
+        self.config = {
+            "n_genes": int(n_genes),
+            "out_channels": int(out_channels),
+            "emb_ch": int(emb_ch),
+            "n_bin_convs": int(n_bin_convs),
+            "depth_window": int(depth_window),
+            "n_struct": int(n_struct),
+            "stage_channels": [int(c) for c in stage_channels],
+            "stage_convs": [int(c) for c in stage_convs],
+            "latent_dim": int(latent_dim),
+            "cp": float(cp),
+        }
         self.n_genes = int(n_genes)
         self.out_channels = int(out_channels)
         self.latent_dim = int(latent_dim)

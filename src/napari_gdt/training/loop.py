@@ -24,7 +24,16 @@ import torch
 from ..data import file_sha256
 from ..errors import GDTError
 from ..models.registry import build as build_arch
-from .losses import MultiScaleDiscriminator, PatchDiscriminator, d_hinge_loss, g_hinge_loss, haematoxylin_loss, r1_penalty, reconstruction_loss, thin_counts
+from .losses import (
+    MultiScaleDiscriminator,
+    PatchDiscriminator,
+    d_hinge_loss,
+    g_hinge_loss,
+    haematoxylin_loss,
+    r1_penalty,
+    reconstruction_loss,
+    thin_counts,
+)
 from .sampling import PairedSection, PatchSampler
 
 __all__ = ["DEFAULT_ARCH", "DEFAULT_ARCHS", "TrainConfig", "Trainer", "compute_gene_scale"]

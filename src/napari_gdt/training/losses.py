@@ -17,8 +17,15 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 __all__ = [
-    "MultiScaleDiscriminator", "PatchDiscriminator", "d_hinge_loss", "g_hinge_loss", "r1_penalty", "reconstruction_loss",
-    "haematoxylin_od", "haematoxylin_loss", "thin_counts",
+    "MultiScaleDiscriminator",
+    "PatchDiscriminator",
+    "d_hinge_loss",
+    "g_hinge_loss",
+    "haematoxylin_loss",
+    "haematoxylin_od",
+    "r1_penalty",
+    "reconstruction_loss",
+    "thin_counts",
 ]
 
 
