@@ -113,6 +113,8 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
             for k in list(KEYS) + [k for k in FIDELITY_KEYS if k in r]:
                 g = _fmt(r.get(k)) + (f" ± {sd[k]:.2g}" if sd.get(k) is not None else "")
                 out.append(f"| {k} | {g} | " + " | ".join(_fmt(base[b].get(k)) if k in base[b] else "" for b in names) + " |")
+            for k, v in (r.get("depth_normalised") or {}).items():
+                out.append(f"| {k}, every bin at the same depth | {_fmt(v)} |" + " |" * len(names))
             c = r.get("c2st")
             if isinstance(c, dict):
                 for v in ("rgb", "lum"):

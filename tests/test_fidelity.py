@@ -173,7 +173,7 @@ def test_c2st_same_section_halves_near_half_and_blurred_near_one(stationary):
     from scipy import ndimage as ndi
 
     a, b = stationary[:, :512], stationary[:, 512:]
-    p = {"steps": 80, "batch": 16}
+    p = {"steps": 60, "batch": 16}
     same = c2st.two_sample_test(a, b, variant="rgb", **p)
     blur = np.stack([ndi.gaussian_filter(b[..., c], 1.5) for c in range(3)], -1)
     blurred = c2st.two_sample_test(a, blur, variant="lum", **p)
@@ -282,7 +282,7 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     p = _synthetic_setup(tmp_path)
     m = str(tmp_path / "m.safetensors")
     args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu", "--seeds", "2",
-            "--edits", str(tmp_path / "edit.json"), "--record-baselines"]  # fmt: skip
+            "--edits", str(tmp_path / "edit.json"), "--record-baselines", "--depth-normalised"]  # fmt: skip
     for k in ("train1", "train2"):
         args += ["--train-expression", p[k][0], "--train-image", p[k][1]]
     assert main(args) == 0
@@ -296,7 +296,8 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     e = res["edit_effect"]
     assert 0.5 * 80 * 80 < e["edited_px"] <= 80 * 80 and e["mean_abs_dpixel_255"] > 0  # bins with zero counts stay unchanged
     assert {"delta", "seed_sd", "effect_size"} <= set(e["metrics"]["edit_region.mean_luminance"])
-    assert {"render", "tissue_iou", "density_cv", "lattice", "nucleus_distributions"} <= set(res["timings_s"])
+    assert {"render", "tissue_iou", "density_cv", "lattice", "nucleus_distributions", "depth_normalised"} <= set(res["timings_s"])
+    assert set(res["depth_normalised"]) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
     assert len(read_card(m)["baselines"]["fitted_on"]) == 2
     # the card's record is used next time, and says so
     assert main(["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu"]) == 0
@@ -356,3 +357,18 @@ def test_real_c5_two_sample_test_halves_and_blur(c5_crop):
     blurred = c2st.two_sample_test(top, blur, m[:512], m[512:], variant="lum", steps=80, batch=16)
     assert same["accuracy"] < 0.75, same  # two halves of one section: near chance (tissue differs a little)
     assert blurred["accuracy"] > 0.9, blurred
+
+
+def test_depth_normalise_equalises_bin_totals():
+    from napari_gdt.synthetic import synthetic_canvas
+
+    c = synthetic_canvas((20, 30), seed=0)
+    c.data[:, 0, 0] = 0  # an empty bin stays empty
+    d = fidelity.depth_normalise(c)
+    tot = np.asarray(d.data.sum(axis=0))
+    assert tot[0, 0] == 0
+    nz = tot[tot > 0]
+    assert np.allclose(nz, nz[0], rtol=1e-4) and nz[0] == pytest.approx(np.median(np.asarray(c.data.sum(axis=0))[tot > 0]), rel=1e-4)
+    # the composition of each bin is kept
+    a, b = np.asarray(c.data[:, 5, 5]), np.asarray(d.data[:, 5, 5])
+    assert np.allclose(a / a.sum(), b / b.sum(), atol=1e-6)

@@ -42,6 +42,7 @@ __all__ = [
     "FIDELITY_KEYS",
     "density_cv",
     "density_cv_ratio",
+    "depth_normalise",
     "evaluate_model",
     "fidelity_report",
     "lattice_excess",
@@ -594,6 +595,7 @@ def evaluate_model(
     train_pairs=None,
     c2st: bool = False,
     control=None,
+    depth_normalised: bool = False,
     blur_baseline: bool = False,
     renderer_kwargs: dict | None = None,
     progress=None,
@@ -624,6 +626,10 @@ def evaluate_model(
     train_pairs : list of dict, optional
         :func:`napari_gdt.analysis.baselines.unit_pairs` of training sections, used when there is no
         record. Never pass the scored section.
+    depth_normalised : bool
+        Also render a copy of the canvas with every bin scaled to the same total count (the median
+        of the non-empty bins) and report its spatial correlations under ``depth_normalised``: how
+        much of ``tile_spearman_*`` is sequencing depth.
     c2st : bool
         Run the classifier two-sample test (:mod:`napari_gdt.analysis.c2st`; about a minute per
         comparison on one core).
@@ -708,6 +714,7 @@ def evaluate_model(
         if prep["mask"] is not None:
             emask &= prep["mask"]
     c2st_res: dict = {}
+    dn_canvas, dn_runs = None, []
     for i, s in enumerate(seeds_l):
         say(f"seed {s} ({i + 1}/{len(seeds_l)})")
         runs = [("unedited", canvas)] + ([("edited", edited)] if edited is not None else [])
@@ -725,6 +732,15 @@ def evaluate_model(
             if emask is not None:
                 with _timed(T, "edit_region"):
                     out["edit_region"] = _region_stats(g, kind, um, emask)
+            if depth_normalised and name == "unedited":
+                with _timed(T, "depth_normalised"):
+                    if dn_canvas is None:
+                        dn_canvas = depth_normalise(canvas)
+                    gd = renderer(dn_canvas, s).render_region(region)
+                    if kind == "dapi" and gd.ndim == 3:
+                        gd = gd[..., 0]
+                    dn, _ = quality.score_generated(prep, gd)
+                    dn_runs.append({k: dn[k] for k in ("tile_spearman_nuclei", "tile_spearman_area_fraction")})
             if c2st and name == runs[-1][0]:
                 from .c2st import two_sample_test
 
@@ -782,6 +798,12 @@ def evaluate_model(
             c2st_res[v]["generated"].pop("ci95")
             sd[f"c2st.{v}.generated.accuracy"], ps[f"c2st.{v}.generated.accuracy"] = s_, accs
         res["c2st"] = c2st_res
+    if depth_normalised:
+        res["depth_normalised"] = {}
+        for k in ("tile_spearman_nuclei", "tile_spearman_area_fraction"):
+            m_, s_ = _mean_sd([d[k] for d in dn_runs])
+            res["depth_normalised"][k] = m_
+            sd[f"depth_normalised.{k}"], ps[f"depth_normalised.{k}"] = s_, [d[k] for d in dn_runs]
     res["baseline"] = res_base["flat"]
     res["baselines"] = res_base
     res["baselines_source"] = source
@@ -834,3 +856,24 @@ def evaluate_model(
     res["timings_s"] = {k: round(v, 2) for k, v in T.items()}
     res["timings_s"]["n_renders"] = len(seeds_l) * (2 if edited is not None else 1)
     return res
+
+
+def depth_normalise(canvas):
+    """A lazy copy of ``canvas`` with every non-empty bin scaled to the same total count.
+
+    The common total is the median total of the non-empty bins, so the overall level of expression
+    stays; only the spatial variation of sequencing depth (and of cell density, which it carries)
+    is removed. Empty bins stay empty.
+    """
+    import dask.array as da
+
+    from ..expression.canvas import ExpressionCanvas
+
+    tot = canvas.data.sum(axis=0)
+    t = np.asarray(tot)
+    nz = t[t > 0]
+    if nz.size == 0:
+        return canvas
+    med = float(np.median(nz))
+    data = da.where(tot[None] > 0, canvas.data / da.maximum(tot[None], 1e-9) * med, 0.0).astype(np.float32)
+    return ExpressionCanvas(data, list(canvas.genes), canvas.bin_um, canvas.affine.copy(), dict(canvas.meta))

@@ -32,7 +32,8 @@ def register(sub):
     p.add_argument("--tile", type=int, default=256, help="tile edge (output px) for non-spot data (default 256)")
     p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
     p.add_argument("--blur-baseline", action="store_true", help="also report a blurred-real-image baseline (baseline_blur)")
-    p.add_argument("--c2st", action="store_true", help="run the classifier two-sample test (about 30 s per comparison on one core)")
+    p.add_argument("--c2st", action="store_true", help="run the classifier two-sample test (about a minute per comparison on one core)")
+    p.add_argument("--depth-normalised", action="store_true", help="also score the canvas with every bin scaled to the same total count (how much of the Spearman is sequencing depth)")
     p.add_argument("--control-image", metavar="REAL2", help="two-sample test control: another real section (default for her2st-he: C4; merfish-dapi: the field's left quarter)")
     p.add_argument("--control-expression", metavar="CANVAS2", help="the canvas registered to --control-image")
     b = p.add_argument_group("baselines (library_size, ridge; fitted on training sections only)")
@@ -176,7 +177,7 @@ def run(args):
     rk = {"tile_px": args.tile_px, "batch_size": args.batch_size, "cache": r.cache, "zero_fill": args.zero_fill}
     res = evaluate_model(
         bundle, canvas, real, region=region, seeds=args.seeds, seed=args.seed, edits=edits, tile_px=args.tile, device=args.device,
-        baselines=rec, c2st=args.c2st, control=control, blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
+        baselines=rec, c2st=args.c2st, control=control, depth_normalised=args.depth_normalised, blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
     )  # fmt: skip
     res["baselines_source"] = source
     if fitted:
@@ -216,6 +217,8 @@ def run(args):
         print(f"{k:30s} {pm(k):>16s} " + " ".join(f"{f((B.get(b) or {}).get(k)):>8s}" for b in ("flat", "library_size", "ridge")))
     for k in FIDELITY_KEYS:
         print(f"{k:30s} {pm(k):>16s}")
+    for k, v in (res.get("depth_normalised") or {}).items():
+        print(f"{k + ' (depth normalised)':30s} {f(v):>16s}")
     if "c2st" in res:
         for v in ("rgb", "lum"):
             c = res["c2st"][v]
