@@ -38,9 +38,10 @@ def main():
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     add_device_args(ap, sweep=False)
+    ap.add_argument("--arch", default="gdt-v1", choices=["gdt-v1", "gdt-v2"])
     a = ap.parse_args()
     dev = device_of(a)
-    bundle = untrained_bundle()
+    bundle = untrained_bundle(arch=a.arch)
     ppb = bundle.px_per_bin
     n_bins = a.size // ppb + 8
     canvas = synthetic_canvas((n_bins, n_bins), genes=bundle.genes, seed=1)
@@ -61,6 +62,8 @@ def main():
     print(f"shuffled order identical bytes         = {shuffled.tobytes() == outs[128].tobytes()}")
     print(f"seam ratio (border step / other steps) = {seam_profile(outs[128], 128):.3f}  padding-free, 128-px tiles")
     print(f"peak {'device memory' if dev.type != 'cpu' else 'process RSS'}: {fmt_bytes(peak_memory(dev))}")
+    if a.arch != "gdt-v1":
+        return  # the zero-padding contrast runs gdt-v1's layer plan
     n128 = naive_padded_render(bundle, canvas, region, tile_px=128, seed=a.seed)
     n_one = naive_padded_render(bundle, canvas, region, tile_px=a.size, seed=a.seed)
     print(f"contrast: zero padding + naive tiling (same weights)")

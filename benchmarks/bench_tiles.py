@@ -40,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--small-model", action="store_true", help="the tiny test model instead of the default gdt-v1 size")
     ap.add_argument("--full", action="store_true", help="2048x2048 px region, 5 repeats")
     add_device_args(ap)
+    ap.add_argument("--arch", default="gdt-v1", choices=["gdt-v1", "gdt-v2"], help="architecture of the untrained model (default size of each)")
     a = ap.parse_args(argv)
     if a.full:
         a.region_px, a.repeats = 2048, 5
@@ -50,7 +51,7 @@ def main(argv=None):
     from napari_gdt.synthetic import synthetic_canvas, untrained_bundle
 
     cfg = dict(stage_channels=(32, 24, 16, 16), emb_ch=32) if a.small_model else {}
-    bundle = untrained_bundle(out_channels=3, seed=0, **cfg)
+    bundle = untrained_bundle(out_channels=3, seed=0, arch=a.arch, **(cfg if a.arch == "gdt-v1" else {}))
     ppb = bundle.px_per_bin
     nb = a.region_px // ppb + 16  # margin so every tile has an interior window of the same shape
     canvas = synthetic_canvas((nb, nb), seed=0)
@@ -96,7 +97,7 @@ def main(argv=None):
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     print(f"bench_tiles: {n} tiles of {a.tile_px} px ({a.region_px}x{a.region_px} px), batch {a.batch_size}, "
-          f"model {'small' if a.small_model else 'default gdt-v1'}, device {dev}, precision {r.precision}"
+          f"model {'small' if a.small_model else 'default ' + a.arch}, device {dev}, precision {r.precision}"
           f"{', channels_last' if r.channels_last else ''}, torch threads {torch.get_num_threads()}, median of {a.repeats}; "
           f"peak {'device memory' if dev.type != 'cpu' else 'process RSS'} {fmt_bytes(peak_memory(dev))}")
     print("  (wall: elapsed time; cpu: this process's CPU time, robust to other jobs on a shared machine)")

@@ -35,17 +35,20 @@ def synthetic_canvas(n_bins: tuple[int, int] = (64, 64), genes: list[str] | None
     return ExpressionCanvas(counts, genes, bin_um=bin_um, meta={"source": "synthetic", "seed": seed})
 
 
-def untrained_bundle(genes: list[str] | None = None, out_channels: int = 3, seed: int = 0, um_per_px: float = 1.0, **config) -> GeneratorBundle:
-    """A randomly initialised ``gdt-v1`` generator (for demos before training, tests, benchmarks)."""
+def untrained_bundle(genes: list[str] | None = None, out_channels: int = 3, seed: int = 0, um_per_px: float = 1.0, arch: str = "gdt-v1", **config) -> GeneratorBundle:
+    """A randomly initialised generator (``arch`` ``gdt-v1`` or ``gdt-v2``; for demos before training, tests, benchmarks)."""
     import torch
+
+    from .models.gdt2 import GDT2Generator
 
     genes = list(genes or SYNTHETIC_GENES)
     torch.manual_seed(seed)
-    model = GDTGenerator(n_genes=len(genes), out_channels=out_channels, **config)
+    cls = {"gdt-v1": GDTGenerator, "gdt-v2": GDT2Generator}[arch]
+    model = cls(n_genes=len(genes), out_channels=out_channels, **config)
     with torch.no_grad():
         for p in model.noise_strength:
             p.fill_(0.2)
         for conv in model.convs:  # give styles some effect
             conv.affine.weight.normal_(0, 0.3)
         model.to_img.weight.mul_(4.0)
-    return bundle_from_model(model, genes, um_per_px=um_per_px, name="untrained-gdt-v1", provenance={"trained": False, "init_seed": seed})
+    return bundle_from_model(model, genes, um_per_px=um_per_px, name=f"untrained-{arch}", provenance={"trained": False, "init_seed": seed})

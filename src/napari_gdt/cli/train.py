@@ -10,7 +10,7 @@ def register(sub):
         "train",
         help="train a generator on registered images and expression canvases",
         description=(
-            "Train a padding-free gdt-v1 generator on paired patches (expression window + image tile). "
+            "Train a padding-free generator (gdt-v1, or gdt-v2 with --arch) on paired patches (expression window + image tile). "
             "Give --image/--expression once per section (paired by order). Checkpoints go to --ckpt-dir "
             "(default OUT.ckpt/); --resume CKPT continues a run (the step counter goes on; --steps is the total)."
         ),
@@ -36,6 +36,11 @@ def register(sub):
         help="with --init-from: keep every generator weight of the starting model and learn only the input weights of the "
         "genes it lacks (the discriminator trains as usual)",
     )
+    p.add_argument("--arch", default=None, choices=["gdt-v1", "gdt-v2"], help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own)")
+    p.add_argument("--d-scales", type=int, default=1, help="discriminators at 1, 1/2, ... resolution (default 1)")
+    p.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on real images (default 0 = off)")
+    p.add_argument("--depth-aug", type=float, default=0.0, metavar="P", help="probability of thinning a window's counts to a random depth in [1/20, 1] (default 0)")
+    p.add_argument("--keep-every", type=int, default=0, metavar="N", help="keep the bundle of every Nth step as CKPT_DIR/stepN.safetensors, to choose among them later (default 0 = no)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
     p.add_argument("--amp", default="auto", choices=["auto", "fp32", "bf16"],
                    help="mixed precision of the training step (default auto: bf16 autocast on a CUDA GPU that supports it, else fp32)")

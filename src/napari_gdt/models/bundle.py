@@ -20,6 +20,7 @@ Card fields (``format_version`` 1)::
     normalisation   how raw counts are normalised (documentation of the model's own step)
     provenance      training data, command, time, steps, software versions
     validation      validation metrics (may be empty)
+    model_version   (optional) version of a named model: 2 when a retrained model replaced version 1
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..errors import BundleError
 from .base import TiledGenerator
 from .registry import build
 
-__all__ = ["GeneratorBundle", "save_bundle", "load_bundle", "bundle_from_model", "resolve_model", "read_card", "BUNDLED_MODELS", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["GeneratorBundle", "save_bundle", "load_bundle", "bundle_from_model", "resolve_model", "read_card", "set_card_fields", "BUNDLED_MODELS", "FORMAT", "FORMAT_VERSION"]
 
 from .card import (  # noqa: F401  (the card is read and checked without torch in .card)
     BUNDLED_MODELS,
@@ -137,7 +138,7 @@ def _card_for(model: TiledGenerator, genes, px_per_bin, um_per_px, output, tile_
         "output": output,
         "tile_px": int(tile_px),
         "halo_px": int(geo.halo_px),
-        "normalisation": extra.pop("normalisation", {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True}),
+        "normalisation": extra.pop("normalisation", getattr(model, "normalisation", None) or {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True}),
         "provenance": extra.pop("provenance", {}),
         "validation": extra.pop("validation", {}),
     }
@@ -357,3 +358,27 @@ def bundle_from_model(model: TiledGenerator, genes, um_per_px=1.0, output=None, 
 def _default_channels(n: int) -> list[str]:
     return ["R", "G", "B"] if n == 3 else (["DAPI"] if n == 1 else [f"ch{i}" for i in range(n)])
 
+
+
+def set_card_fields(path: str | Path, **fields) -> dict:
+    """Rewrite the card of the bundle file ``path`` with ``fields`` set (tensors unchanged); returns the card.
+
+    For fields that describe a finished model, e.g. ``model_version`` when a retrained model
+    replaces a bundled one under the same name. Architecture fields cannot be changed this way.
+    """
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    p = Path(path)
+    card = read_card(p)
+    fixed = set(REQUIRED) | {"format", "format_version"}
+    bad = sorted(set(fields) & fixed)
+    if bad:
+        raise BundleError(f"{p}: field(s) {', '.join(bad)} describe the architecture and cannot be set")
+    tensors = load_file(str(p))
+    card.update(fields)
+    tmp = p.with_suffix(".tmp.safetensors")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(card)})
+    os.replace(tmp, p)
+    return card

@@ -31,8 +31,10 @@ def build(arch: str, config: dict, source: str = "bundle") -> TiledGenerator:
 
 def _load_builtin() -> None:
     from .gdt import GDTGenerator
+    from .gdt2 import GDT2Generator
 
     ARCHITECTURES.setdefault(GDTGenerator.arch, GDTGenerator)
+    ARCHITECTURES.setdefault(GDT2Generator.arch, GDT2Generator)
     try:  # optional architectures register themselves on import
         from . import ist  # noqa: F401
     except ImportError:

@@ -24,13 +24,27 @@ import torch
 from ..data import file_sha256
 from ..errors import GDTError
 from ..models.device import autocast, default_amp
-from ..models.gdt import GDTGenerator
-from .losses import PatchDiscriminator, d_hinge_loss, g_hinge_loss, haematoxylin_loss, reconstruction_loss
+from ..models.registry import build as build_arch
+from .losses import (
+    MultiScaleDiscriminator,
+    PatchDiscriminator,
+    d_hinge_loss,
+    g_hinge_loss,
+    haematoxylin_loss,
+    r1_penalty,
+    reconstruction_loss,
+    thin_counts,
+)
 from .sampling import PairedSection, PatchSampler
 
-__all__ = ["DEFAULT_ARCH", "TrainConfig", "Trainer", "compute_gene_scale"]
+__all__ = ["DEFAULT_ARCH", "DEFAULT_ARCHS", "TrainConfig", "Trainer", "compute_gene_scale"]
 
 DEFAULT_ARCH = dict(emb_ch=64, n_bin_convs=1, stage_channels=[64, 32, 24, 16], convs_per_stage=1, latent_dim=32, log1p=True)
+# default config per architecture (--arch); gdt-v2: see napari_gdt.models.gdt2
+DEFAULT_ARCHS = {
+    "gdt-v1": DEFAULT_ARCH,
+    "gdt-v2": dict(emb_ch=64, n_bin_convs=3, depth_window=5, n_struct=4, stage_channels=[48, 32, 20, 12], stage_convs=[1, 1, 1, 2], latent_dim=32),
+}
 
 
 @dataclass
@@ -57,6 +71,13 @@ class TrainConfig:
     train_only_new_genes: bool = False  # with init_from: only the new genes' input weights of the generator learn
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
+    model: str = "gdt-v1"  # architecture name in the registry (--arch)
+    d_scales: int = 1  # discriminators at full, 1/2, ... resolution
+    r1_gamma: float = 0.0  # R1 penalty on real images (0 = off), applied lazily every r1_every steps
+    r1_every: int = 4
+    depth_aug: float = 0.0  # probability of thinning a training window's counts (depth augmentation)
+    depth_min: float = 0.05  # smallest thinning factor (log-uniform in [depth_min, 1])
+    keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
 def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.ndarray:
@@ -79,7 +100,7 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
 
 
 class Trainer:
-    """Train a ``gdt-v1`` generator on paired sections.
+    """Train a generator (``cfg.model``: ``gdt-v1`` or ``gdt-v2``) on paired sections.
 
     Parameters
     ----------
@@ -117,9 +138,12 @@ class Trainer:
         self.log_file = log
         torch.manual_seed(cfg.seed)
         out_ch = sections[0].image.shape[-1]
-        self.G = GDTGenerator(n_genes=len(self.genes), out_channels=out_ch, **cfg.arch).to(self.device)
+        self.G = build_arch(cfg.model, dict(n_genes=len(self.genes), out_channels=out_ch, **cfg.arch), source="--arch-config").to(self.device)
         with torch.no_grad():
-            self.G.gene_scale.copy_(torch.from_numpy(compute_gene_scale(sections, cfg.arch.get("log1p", True))))
+            if hasattr(self.G, "fit_input_scale"):  # the architecture normalises its own way (gdt-v2: composition)
+                self.G.fit_input_scale([s.counts for s in sections])
+            else:
+                self.G.gene_scale.copy_(torch.from_numpy(compute_gene_scale(sections, cfg.arch.get("log1p", True))))
             # start the output bias at the mean colour of the data: faster, steadier start
             mean = np.mean([s.image.reshape(-1, out_ch).mean(axis=0) for s in sections], axis=0).clip(0.02, 0.98)
             self.G.to_img.bias.copy_(torch.from_numpy(np.log(mean / (1 - mean)).astype(np.float32)))
@@ -128,7 +152,8 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval()
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
-        self.D = PatchDiscriminator(out_ch, n_genes=len(self.genes) if cfg.d_cond else 0).to(self.device)
+        n_cond = len(self.genes) if cfg.d_cond else 0
+        self.D = (MultiScaleDiscriminator(out_ch, n_genes=n_cond, scales=cfg.d_scales) if cfg.d_scales > 1 else PatchDiscriminator(out_ch, n_genes=n_cond)).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
         self.geo = self.G.geometry
@@ -152,6 +177,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "genes": self.genes,
             "arch": dict(self.G.config),
+            "model_arch": self.G.arch,
             "cfg": json.dumps(asdict(self.cfg)),
             "history": json.dumps(self.history),
             "rng": json.dumps(self.sampler.rng.bit_generator.state),
@@ -307,7 +333,7 @@ class Trainer:
             raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
         if "genes" not in st or "arch" not in st:
             raise GDTError(f"{p}: checkpoint lacks field 'genes' or 'arch'")
-        return {"genes": list(st["genes"]), "arch": dict(st["arch"]), "cfg": json.loads(st.get("cfg", "{}")), "step": int(st.get("step", 0))}
+        return {"genes": list(st["genes"]), "arch": dict(st["arch"]), "model": st.get("model_arch", "gdt-v1"), "cfg": json.loads(st.get("cfg", "{}")), "step": int(st.get("step", 0))}
 
     # ---------------------------------------------------------------- training
     def _batch(self, sampler, batch):
@@ -323,16 +349,25 @@ class Trainer:
         cfg = self.cfg
         G, D = self.G, self.D
         counts, real, origins = self._batch(self.sampler, cfg.batch_size)
+        if cfg.depth_aug > 0:  # the same tissue sequenced shallower: the picture must not change
+            counts = thin_counts(counts, cfg.depth_aug, cfg.depth_min)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         cond = G.normalise(counts)
         off, ppb = self.geo.offset, self.geo.px_per_bin
         # discriminator
         with torch.no_grad():
             fake = G(counts, origins, self._styles(G, counts.shape[0]), seed)
-        d_loss = d_hinge_loss(D(real, cond, off, ppb), D(fake, cond, off, ppb))
+        r1_now = cfg.r1_gamma > 0 and self.step % cfg.r1_every == 0
+        if r1_now:
+            real.requires_grad_(True)
+        real_logits = D(real, cond, off, ppb)
+        d_loss = d_hinge_loss(real_logits, D(fake, cond, off, ppb))
+        if r1_now:
+            d_loss = d_loss + cfg.r1_gamma * 0.5 * cfg.r1_every * r1_penalty(real_logits, real)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
+        real = real.detach()
         # generator
         fake = G(counts, origins, self._styles(G, counts.shape[0]), seed)
         adv = g_hinge_loss(D(fake, cond, off, ppb))
@@ -457,3 +492,9 @@ class Trainer:
             self.save_checkpoint()
         if on_checkpoint is not None:
             on_checkpoint(self)
+        if self.ckpt_dir is not None and self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+            import shutil
+
+            out = getattr(self, "out_bundle", None)  # the bundle on_checkpoint just wrote (run.py)
+            if out is not None and Path(out).exists():
+                shutil.copyfile(out, self.ckpt_dir / f"step{self.step}.safetensors")

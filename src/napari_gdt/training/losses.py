@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-__all__ = ["PatchDiscriminator", "d_hinge_loss", "g_hinge_loss", "reconstruction_loss", "haematoxylin_od", "haematoxylin_loss"]
+__all__ = [
+    "MultiScaleDiscriminator",
+    "PatchDiscriminator",
+    "d_hinge_loss",
+    "g_hinge_loss",
+    "haematoxylin_loss",
+    "haematoxylin_od",
+    "r1_penalty",
+    "reconstruction_loss",
+    "thin_counts",
+]
 
 
 class PatchDiscriminator(nn.Module):
@@ -54,14 +64,74 @@ class PatchDiscriminator(nn.Module):
         return self.head(f)
 
 
-def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator: ``mean(relu(1 - real)) + mean(relu(1 + fake))``."""
-    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+class MultiScaleDiscriminator(nn.Module):
+    """``scales`` conditional :class:`PatchDiscriminator` s, on the image average-pooled by 1, 2, 4, ...
+
+    The coarser ones see more tissue per logit (receptive field about 46 px x 2**i): the
+    arrangement of nests and fibres, not only nuclear texture. Returns a list of logit maps.
+    """
+
+    def __init__(self, in_ch: int, n_genes: int = 0, scales: int = 2, ch: int = 32, cond_ch: int = 16):
+        super().__init__()
+        self.config = dict(in_ch=int(in_ch), n_genes=int(n_genes), scales=int(scales), ch=int(ch), cond_ch=int(cond_ch))
+        self.ds = nn.ModuleList(PatchDiscriminator(in_ch, n_genes, ch, cond_ch) for _ in range(scales))
+
+    def forward(self, img, cond=None, offset: int = 0, px_per_bin: int = 1) -> list:
+        out = []
+        for i, d in enumerate(self.ds):
+            f = 2**i
+            x = F.avg_pool2d(img, f) if f > 1 else img
+            out.append(d(x, cond, offset // f, max(px_per_bin // f, 1)))
+        return out
 
 
-def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the generator: ``-mean(fake logits)``."""
-    return -fake_logits.mean()
+def _each(x):
+    return x if isinstance(x, list | tuple) else [x]
+
+
+def d_hinge_loss(real_logits, fake_logits) -> torch.Tensor:
+    """Hinge loss of the discriminator: ``mean(relu(1 - real)) + mean(relu(1 + fake))`` (summed over scales)."""
+    return sum(F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean() for r, f in zip(_each(real_logits), _each(fake_logits)))
+
+
+def g_hinge_loss(fake_logits) -> torch.Tensor:
+    """Hinge loss of the generator: ``-mean(fake logits)`` (summed over scales)."""
+    return sum(-f.mean() for f in _each(fake_logits))
+
+
+def r1_penalty(real_logits, real: torch.Tensor) -> torch.Tensor:
+    """R1: mean over the batch of the squared gradient norm of each image's real score w.r.t. the image.
+
+    An image's score is the mean of its patch logits (summed over scales), so the penalty does not
+    grow with the number of patches a logit map holds.
+    """
+    tot = sum(r.mean(dim=tuple(range(1, r.dim()))).sum() for r in _each(real_logits))
+    (g,) = torch.autograd.grad(tot, real, create_graph=True)
+    return g.pow(2).sum(dim=(1, 2, 3)).mean()
+
+
+def thin_counts(counts: torch.Tensor, p: float = 0.5, f_min: float = 0.05, generator=None) -> torch.Tensor:
+    """Depth augmentation: each window, with probability ``p``, sequenced ``f`` times as deep.
+
+    ``f`` is log-uniform in ``[f_min, 1]``. Integer counts (binned transcripts) are thinned
+    binomially, exactly. Fractional counts (spot canvases spread over bins) are thinned as
+    Poisson(``f * counts``) and then averaged over 5 x 5 bins: thinning a spot's counts and
+    spreading them gives a smooth field, not independent noise per bin. The result is
+    rescaled by ``1 / f`` (architectures that read depth would otherwise only see shallower data).
+    """
+    out = counts.clone()
+    b = counts.shape[0]
+    pick = torch.rand(b, generator=generator) < p
+    for i in torch.nonzero(pick).flatten().tolist():
+        f = float(torch.exp(torch.empty(1).uniform_(math.log(f_min), 0.0, generator=generator)))
+        c = counts[i].clamp_min(0)
+        if torch.equal(c, c.round()):
+            t = torch.binomial(c, torch.full_like(c, f), generator=generator)
+        else:
+            t = torch.poisson(c * f, generator=generator)
+            t = F.avg_pool2d(t[None], 5, stride=1, padding=2, count_include_pad=False)[0]
+        out[i] = t / f
+    return out
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, pool: int = 8) -> torch.Tensor:

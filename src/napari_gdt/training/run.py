@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
-from .loop import DEFAULT_ARCH, TrainConfig, Trainer
 from ..pixels import read_image
+from .loop import DEFAULT_ARCHS, TrainConfig, Trainer
 from .sampling import PairedSection
 
 __all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
@@ -152,7 +152,7 @@ def train_from_args(args, argv=None) -> int:
     import torch
 
     from ..models.device import get_device
-    from ..models.gdt import GDTGenerator
+    from ..models.registry import ARCHITECTURES, _load_builtin
     from ..rendering.tiles import parse_region
 
     t0 = time.time()
@@ -167,10 +167,15 @@ def train_from_args(args, argv=None) -> int:
 
     check_not_input(out, list(args.expression or []) + list(args.image or []) + [getattr(args, "init_from", None)])
     check_output(out, overwrite=getattr(args, "overwrite", False), what="model bundle")
-    arch = dict(DEFAULT_ARCH)
+    _load_builtin()
+    model = getattr(args, "arch", None) or "gdt-v1"
+    if model not in DEFAULT_ARCHS:
+        raise GDTError(f"--arch: unknown architecture {model!r} (choose {', '.join(sorted(DEFAULT_ARCHS))})")
+    arch = dict(DEFAULT_ARCHS[model])
     prior = None
     if args.resume:
         prior = Trainer.peek(args.resume)
+        model = prior.get("model", "gdt-v1")
         arch = prior["arch"]
         arch.pop("n_genes", None)
         arch.pop("out_channels", None)
@@ -181,10 +186,12 @@ def train_from_args(args, argv=None) -> int:
             arch.update(json.loads(args.arch_config))
         except json.JSONDecodeError as e:
             raise GDTError(f"--arch-config is not valid JSON ({e})") from None
+    if getattr(args, "init_from", None) and model != "gdt-v1":
+        raise GDTError(f"--init-from works with gdt-v1 models only (this run's --arch is {model})")
     try:
-        ppb = GDTGenerator(n_genes=1, out_channels=1, **arch).geometry.px_per_bin
-    except TypeError as e:
-        raise GDTError(f"--arch-config does not fit gdt-v1: {e}") from None
+        ppb = ARCHITECTURES[model](n_genes=1, out_channels=1, **arch).geometry.px_per_bin
+    except (TypeError, ValueError) as e:
+        raise GDTError(f"--arch-config does not fit {model}: {e}") from None
     val_region = None
     if args.val_region:
         r = parse_region(args.val_region)
@@ -226,19 +233,25 @@ def train_from_args(args, argv=None) -> int:
         time_limit_min=float(args.time_limit),
         train_only_new_genes=bool(getattr(args, "train_only_new_genes", False)),
         arch=arch,
+        model=model,
+        d_scales=int(getattr(args, "d_scales", 1) or 1),
+        r1_gamma=float(getattr(args, "r1_gamma", 0.0) or 0.0),
+        depth_aug=float(getattr(args, "depth_aug", 0.0) or 0.0),
+        keep_every=int(getattr(args, "keep_every", 0) or 0),
     )
     if prior is not None:  # keep the run's loss settings; only the length/time may change
         pc = prior["cfg"]
-        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad", "train_only_new_genes"):
+        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad", "train_only_new_genes", "d_scales", "r1_gamma", "r1_every", "depth_aug", "depth_min"):
             if k in pc:
                 setattr(cfg, k, pc[k])
         # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
-        for k, default in (("lambda_hem", 0.0), ("hem_pool", 16)):
+        for k, default in (("lambda_hem", 0.0), ("hem_pool", 16), ("keep_every", 0)):
             if k in pc and getattr(cfg, k) == default:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
     trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto"))
+    trainer.out_bundle = out  # --keep-every copies it next to the checkpoints
     commands = []
     if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
         raise GDTError("--train-only-new-genes needs --init-from (the model whose weights stay)")

@@ -1,0 +1,230 @@
+"""gdt-v2: geometry, exact tiles, depth-invariant input, bundle round trip, training (synthetic, fast)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_gdt.models.gdt2 import GDT2Generator, composition, depth_features, smooth_up2
+from napari_gdt.rendering.tiles import Region, TileRenderer
+from napari_gdt.synthetic import SYNTHETIC_GENES, synthetic_canvas
+
+TINY = {"emb_ch": 8, "n_bin_convs": 2, "depth_window": 3, "n_struct": 2, "stage_channels": [8, 8, 6], "stage_convs": [1, 1, 2], "latent_dim": 8}
+
+
+def _tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = GDT2Generator(n_genes=len(SYNTHETIC_GENES), out_channels=3, **{**TINY, **kw})
+    with torch.no_grad():
+        for p in m.noise_strength:
+            p.fill_(0.3)
+        for c in m.convs:
+            c.affine.weight.normal_(0, 0.3)
+        m.to_img.weight.mul_(4.0)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle():
+    from napari_gdt.models.bundle import bundle_from_model
+
+    return bundle_from_model(_tiny_model(), SYNTHETIC_GENES, name="tiny-v2")
+
+
+@pytest.fixture(scope="module")
+def canvas():
+    c = synthetic_canvas((48, 48), seed=2)
+    d = np.asarray(c.data, dtype=np.float32).copy()
+    d[:, :, :6] = 0  # an unmeasured strip: coverage changes inside the region
+    c.data = d
+    return c
+
+
+def test_geometry_matches_forward_and_receptive_field():
+    m = _tiny_model()
+    g = m.geometry
+    assert g.px_per_bin == 8
+    for n in (12, 15, 20):
+        y = m(torch.rand(2, m.n_genes, n, n) * 5, torch.zeros(2, 2, dtype=torch.int64), m.styles(0), 0)
+        assert y.shape == (2, 3, g.out_len(n), g.out_len(n))
+    # the default her2st config sees >= 150 µm (24 µm bins): >= 3 bins of context each side
+    from napari_gdt.training.loop import DEFAULT_ARCHS
+
+    big = GDT2Generator(n_genes=4, **DEFAULT_ARCHS["gdt-v2"]).geometry
+    assert big.halo_px >= 3 * big.px_per_bin
+
+
+def test_origin_bookkeeping_output_depends_on_the_right_bins():
+    """A change in one bin moves only output pixels inside the traced halo of that bin."""
+    m = _tiny_model()
+    g = m.geometry
+    n = 16
+    x = torch.rand(1, m.n_genes, n, n) * 5 + 0.5
+    o = torch.zeros(1, 2, dtype=torch.int64)
+    a = m(x, o, m.styles(0), 0)
+    x2 = x.clone()
+    x2[:, 0, 8, 8] *= 20
+    b = m(x2, o, m.styles(0), 0)
+    diff = (a - b).abs().amax(dim=(0, 1)) > 0
+    ys, _ = torch.nonzero(diff, as_tuple=True)
+    assert len(ys)
+    # absolute px of the changed output lie within halo of bin 8's pixels
+    lo, hi = 8 * g.px_per_bin - g.halo_px, 9 * g.px_per_bin + g.halo_px
+    assert (ys + g.offset).min() >= lo and (ys + g.offset).max() < hi
+
+
+def test_tiles_match_exactly_in_any_order(tiny_bundle, canvas):
+    region = Region(0, 320, 0, 320)
+    outs = {}
+    for T in (64, 160, 320):
+        outs[T] = TileRenderer(tiny_bundle, canvas, seed=3, tile_px=T, device="cpu").render_region(region)
+    a = outs[64]
+    assert a.std() > 0.01
+    assert np.abs(a - outs[160]).max() <= 1e-5
+    assert np.abs(a - outs[320]).max() <= 1e-5
+    # shuffled order: identical bytes. 16 tiles in two full batches of 8 (oneDNN may pick another
+    # convolution algorithm for a smaller batch of tiny inputs, which changes the last bits)
+    sub = Region(0, 256, 0, 256)
+    r = TileRenderer(tiny_bundle, canvas, seed=3, tile_px=64, device="cpu", batch_size=8)
+    ref = r.render_region(sub)
+    perm = np.random.default_rng(0).permutation(len(r.tiles_for(sub)))
+    assert len(perm) == 16
+    r2 = TileRenderer(tiny_bundle, canvas, seed=3, tile_px=64, device="cpu", batch_size=8)
+    assert r2.render_region(sub, order=perm).tobytes() == ref.tobytes()
+    # the seed moves the structure latents: a different picture
+    other = TileRenderer(tiny_bundle, canvas, seed=4, tile_px=64, device="cpu").render_region(region)
+    assert np.abs(other - a).mean() > 1e-3
+
+
+def test_smooth_upsampling_is_bilinear_and_window_free():
+    x = torch.randn(1, 2, 9, 11)
+    y = smooth_up2(x)
+    assert y.shape == (1, 2, 16, 20)
+    # nearest x2 then the valid [1, 2, 1] / 4 blur along each axis
+    k = torch.tensor([1.0, 2.0, 1.0]) / 4
+    near = F.interpolate(x, scale_factor=2, mode="nearest")
+    ref = F.conv2d(near.reshape(-1, 1, 18, 22), (k[:, None] * k[None, :])[None, None]).reshape(1, 2, 16, 20)
+    assert torch.allclose(y, ref, atol=1e-6)
+    # a sub-window gives the same values where they overlap
+    sub = smooth_up2(x[..., 3:8, 2:9])
+    assert torch.equal(sub, y[..., 6 : 6 + sub.shape[-2], 4 : 4 + sub.shape[-1]])
+    # no lattice: a smooth ramp stays a ramp (no steps at the bin period)
+    ramp = torch.arange(10.0).view(1, 1, 1, 10).expand(1, 1, 3, 10)
+    d = torch.diff(smooth_up2(ramp)[0, 0, 0])
+    assert torch.allclose(d, torch.full_like(d, 0.5))
+
+
+def test_input_normalisation_is_depth_invariant():
+    rng = np.random.default_rng(0)
+    c = torch.from_numpy(rng.gamma(2.0, 3.0, size=(1, 10, 12, 12)).astype(np.float32))
+    c[:, :, :, :3] = 0  # unmeasured
+    for f in (1 / 15, 0.37, 8.0):
+        assert torch.allclose(composition(c * f), composition(c), atol=1e-5)
+        cov_a, rel_a = depth_features(c, 5)
+        cov_b, rel_b = depth_features(c * f, 5)
+        assert torch.equal(cov_a, cov_b)
+        assert torch.allclose(rel_a, rel_b, atol=1e-5)
+    cov, rel = depth_features(c, 5)
+    assert cov[0, 0, :, :3].sum() == 0 and cov[0, 0, :, 3:].min() == 1
+    assert float(rel[0, 0, 2:-2, 2:-2].abs().max()) > 0.01  # relative depth is informative...
+    # ... and a bin shallower than its neighbourhood reads negative
+    c2 = c.clone()
+    c2[:, :, 6, 8] *= 0.1
+    assert depth_features(c2, 5)[1][0, 0, 6, 8] < depth_features(c, 5)[1][0, 0, 6, 8] - 1.0
+    # the whole generator: a global depth factor leaves the picture unchanged
+    m = _tiny_model()
+    x = torch.from_numpy(rng.gamma(2.0, 3.0, size=(1, m.n_genes, 14, 14)).astype(np.float32))
+    o = torch.tensor([[3, -2]])
+    a = m(x, o, m.styles(1), 7)
+    b = m(x / 15, o, m.styles(1), 7)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bundle_round_trip_and_registry(tmp_path, tiny_bundle, canvas):
+    from napari_gdt.models.bundle import load_bundle, read_card, save_bundle
+    from napari_gdt.models.registry import build
+
+    p = tmp_path / "v2.safetensors"
+    save_bundle(p, tiny_bundle.model, SYNTHETIC_GENES, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, name="tiny-v2", provenance={"trained": False})
+    card = read_card(p)
+    assert card["arch"] == "gdt-v2" and card["config"]["depth_window"] == 3
+    assert "composition" in card["normalisation"] and card["normalisation"]["relative_depth_window_bins"] == 3
+    b = load_bundle(p)
+    assert isinstance(b.model, GDT2Generator)
+    region = Region(40, 200, 16, 176)
+    a = TileRenderer(tiny_bundle, canvas, seed=1, tile_px=64, device="cpu").render_region(region)
+    c = TileRenderer(b, canvas, seed=1, tile_px=64, device="cpu").render_region(region)
+    assert a.tobytes() == c.tobytes()
+    assert isinstance(build("gdt-v2", card["config"]), GDT2Generator)
+    from napari_gdt.errors import BundleError
+    from napari_gdt.models.bundle import set_card_fields
+
+    assert set_card_fields(p, model_version=2)["model_version"] == 2
+    assert read_card(p)["model_version"] == 2 and load_bundle(p).model.config == b.model.config
+    with pytest.raises(BundleError, match="arch"):
+        set_card_fields(p, arch="gdt-v1")
+    # gdt-v1 bundles still load (the shipped her2st-he may be either)
+    from napari_gdt.synthetic import untrained_bundle
+
+    v1 = tmp_path / "v1.safetensors"
+    u = untrained_bundle(stage_channels=(8, 8, 8), emb_ch=8)
+    save_bundle(v1, u.model, u.genes, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, name="v1")
+    assert load_bundle(v1).card["arch"] == "gdt-v1"
+
+
+def test_thin_counts_binomial_and_smooth():
+    from napari_gdt.training.losses import thin_counts
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.full((64, 3, 20, 20), 30.0)
+    same = thin_counts(c, p=0.0, generator=g)
+    assert torch.equal(same, c)
+    t = thin_counts(c, p=1.0, f_min=0.05, generator=g)
+    assert not torch.equal(t, c)
+    assert abs(float(t.mean()) / 30.0 - 1.0) < 0.05  # rescaled by 1/f: unbiased
+    # integer counts are thinned binomially: t * f is an integer <= c
+    frac = torch.full((4, 3, 10, 10), 2.5)
+    tf = thin_counts(frac, p=1.0, generator=g)
+    assert tf.std() > 0 and tf.min() >= 0
+
+
+def test_train_gdt_v2_and_resume(tmp_path):
+    from skimage.io import imsave
+
+    from napari_gdt.cli import main
+    from napari_gdt.models.bundle import read_card
+
+    c = synthetic_canvas((40, 40), genes=[f"G{i}" for i in range(6)], seed=3)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(tmp_path / "c.ome.zarr")
+    rate = np.asarray(c.data[0], dtype=float)
+    dark = np.kron(rate / rate.max(), np.ones((8, 8)))
+    img = np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1)
+    imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    arch = json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr"),
+            "--out", str(out), "--arch-config", arch, "--patch-bins", "16", "--batch-size", "2", "--device", "cpu", "--threads", "1",
+            "--d-scales", "2", "--r1-gamma", "0.1", "--depth-aug", "0.5", "--keep-every", "2", "--no-eval"]
+    assert main(args + ["--steps", "2", "--ckpt-every", "2"]) == 0
+    card = read_card(out)
+    assert card["arch"] == "gdt-v2" and card["provenance"]["config"]["model"] == "gdt-v2"
+    assert card["provenance"]["config"]["d_scales"] == 2
+    assert (tmp_path / "m.ckpt" / "step2.safetensors").exists()
+    ck = tmp_path / "m.ckpt" / "last.pt"
+    assert torch.load(ck, weights_only=True)["model_arch"] == "gdt-v2"
+    resume = ["train", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr"), "--out", str(out),
+              "--resume", str(ck), "--steps", "3", "--device", "cpu", "--threads", "1", "--no-eval"]
+    assert main(resume) == 0
+    card = read_card(out)
+    assert card["arch"] == "gdt-v2" and card["provenance"]["steps"] == 3
+
+
+def test_init_from_refuses_gdt_v2(tmp_path, capsys):
+    from napari_gdt.cli import main
+
+    rc = main(["train", "--arch", "gdt-v2", "--image", "x.png", "--expression", "c.ome.zarr", "--out", str(tmp_path / "m.safetensors"), "--init-from", "her2st-he"])
+    assert rc == 2
+    assert "gdt-v1" in capsys.readouterr().err
