@@ -39,9 +39,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, help="write here instead of in place (one input only)")
-    ap.add_argument("--canvas-bin-px", type=float, default=None,
-                    help="record this many image px per bin for training canvases whose entry lacks it "
-                         "(spot-data models; her2st-he was trained on 32 he.jpg px per bin)")
+    ap.add_argument(
+        "--canvas-bin-px",
+        type=float,
+        default=None,
+        help="record this many image px per bin for training canvases whose entry lacks it "
+        "(spot-data models; her2st-he was trained on 32 he.jpg px per bin)",
+    )
     args = ap.parse_args(argv)
     if args.out and len(args.bundles) != 1:
         ap.error("--out takes exactly one input bundle")

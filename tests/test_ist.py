@@ -221,7 +221,13 @@ def test_config_inferred_from_shapes():
         assert infer_ist_config(sd) == dict(PUBLISHED_CONFIG, out_channels=C_)
     sd = random_ist_state(1)
     cfg = infer_ist_config(sd)
-    assert cfg["n_genes"] == 6 and cfg["stage_channels"] == [12, 8, 6, 4] and cfg["base_channels"] == 6 and cfg["n_mlp"] == 4 and cfg["n_drive"] == 2
+    assert (
+        cfg["n_genes"] == 6
+        and cfg["stage_channels"] == [12, 8, 6, 4]
+        and cfg["base_channels"] == 6
+        and cfg["n_mlp"] == 4
+        and cfg["n_drive"] == 2
+    )
     m = ISTGenerator(**cfg)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == ist_layout(C=1, **SMALL)
     m.load_state_dict(sd, strict=True)

@@ -54,7 +54,9 @@ def _channels(img) -> np.ndarray:
     return a[..., :3]
 
 
-def extract_patches(img, mask, patch_px: int = 64, min_tissue: float = 0.9, stride: int | None = None, x_range=None) -> tuple[np.ndarray, np.ndarray]:
+def extract_patches(
+    img, mask, patch_px: int = 64, min_tissue: float = 0.9, stride: int | None = None, x_range=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Patches (N, C, p, p) float32 of ``img`` on a grid of ``stride`` (default ``patch_px``),
     kept when at least ``min_tissue`` of the patch is ``mask``; also their top-left corners (N, 2).
     ``x_range=(xa, xb)``: only patches lying wholly in columns [xa, xb)."""

@@ -312,7 +312,9 @@ def import_ist_checkpoint(
         )
     bad = sorted(k for k, v in sd.items() if v.dtype != torch.float32)
     if bad:
-        raise BundleError(f"{source}: tensor {bad[0]!r} has dtype {str(sd[bad[0]].dtype).replace('torch.', '')}, expected float32")
+        raise BundleError(
+            f"{source}: tensor {bad[0]!r} has dtype {str(sd[bad[0]].dtype).replace('torch.', '')}, expected float32"
+        )
     try:
         model = ISTGenerator(**config)
     except ValueError as e:

@@ -69,7 +69,9 @@ class TileScheduler:
     before touching widgets.
     """
 
-    def __init__(self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles", nice: int = 0):
+    def __init__(
+        self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles", nice: int = 0
+    ):
         self._cond = threading.Condition()
         self._channels: dict[str, dict[tuple, Job]] = {}
         self._running: list[Job] = []
