@@ -513,7 +513,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         try:
             return fn()
-        except Exception as e:  # one failed check must not hide the others
+        except Exception as e:  # noqa: BLE001 - one failed check must not hide the others
             tab.add(name, "-", f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "runs", False)
             import traceback
 

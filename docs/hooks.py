@@ -76,7 +76,7 @@ def _api_markdown() -> str:
         for m in mods:
             out += [f"::: {m}", "    options:", "      heading_level: 3", ""]
     out += ["## Other modules", ""]
-    for m, title in API_MODULES:
+    for m, _title in API_MODULES:
         if importlib.util.find_spec(m) is not None:
             out += [f"::: {m}", "    options:", "      heading_level: 3", ""]
     return "\n".join(out)

@@ -61,7 +61,10 @@ def _canvas_with_spots(H, W, bin_px=8, spots=None, d=40.0):
 
 def test_identical_image_scores_perfectly_and_beats_baseline():
     H = W = 256
-    dens = lambda y, x: 0.1 + 0.8 * (x / W)
+
+    def dens(y, x):
+        return 0.1 + 0.8 * (x / W)
+
     real = _he_with_nuclei(H, W, density_map=dens)
     spots = [[y, x] for y in range(30, 230, 50) for x in range(30, 230, 50)]
     c = _canvas_with_spots(H, W, spots=spots)

@@ -239,7 +239,7 @@ def fetch(rel: str) -> Path:
         )
     try:
         path = pooch.retrieve(url_for(rel), known_hash=f"sha256:{sha}", fname=Path(rel).name, path=dst, progressbar=False)
-    except Exception as e:  # network errors, hash mismatch
+    except Exception as e:  # noqa: BLE001 - pooch raises network, HTTP and hash errors of many types; all become one GDTError
         raise GDTError(
             f"could not download sample file {rel} from {url_for(rel)} ({type(e).__name__}: {e}). "
             f"Offline? Set {ENV_VAR} to a local folder with the sample data (her2st/, merfish_mouse_brain/, ...)"

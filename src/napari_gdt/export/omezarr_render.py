@@ -385,7 +385,7 @@ def read_settings(path) -> dict | None:
 
     try:
         g = zarr.open_group(str(path), mode="r")
-    except Exception:
+    except Exception:  # noqa: BLE001 - probe of an unknown path: any zarr failure means not ours
         return None
     s = dict(g.attrs).get(ATTR)
     return s if isinstance(s, dict) and s.get("kind") == KIND else None

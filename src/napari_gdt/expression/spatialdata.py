@@ -109,7 +109,7 @@ def open_store(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return sd.read_zarr(p)
-    except Exception as e:  # spatialdata raises many kinds
+    except Exception as e:  # noqa: BLE001 - spatialdata raises many kinds; all become one ReaderError
         raise ReaderError(
             f"{p}: not a readable SpatialData store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
@@ -822,9 +822,9 @@ def _exists(sdata, name: str) -> bool:
     try:
         if name in sdata:
             return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - membership test on a foreign object; fall back to the paths on disk
         pass
     try:
         return any(p.endswith("/" + name) for p in sdata.elements_paths_on_disk())
-    except Exception:
+    except Exception:  # noqa: BLE001 - older spatialdata or an unbacked object; treat as absent
         return False

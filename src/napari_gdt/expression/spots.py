@@ -295,7 +295,7 @@ def _image_shape(image) -> tuple[int, int] | None:
     try:
         with Image.open(p) as im:
             w, h = im.size
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file; all become one ReaderError
         raise ReaderError(f"{p}: not a readable image ({e})") from None
     return h, w
 
@@ -462,7 +462,7 @@ def read_anndata(
         raise ReaderError(f"{p}: no such file")
     try:
         adata = ad.read_h5ad(p)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - anndata/h5py raise many kinds; all become one ReaderError
         raise ReaderError(f"{p}: not a readable AnnData file ({e})") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ReaderError(f"{p}: AnnData has no observations or no variables")
@@ -715,7 +715,7 @@ def read_visium_hd(
     mat, barcodes, names = _read_10x_h5(h5)
     try:
         pos = pd.read_parquet(pos_file)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - pandas/pyarrow raise many kinds; all become one ReaderError
         raise ReaderError(f"{pos_file}: not a readable parquet table ({e})") from None
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
     for c in cols:

@@ -33,6 +33,7 @@ falls in the image. It is the identity when no image is given.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -139,7 +140,7 @@ def table_columns(path: str | Path) -> list[str]:
 
         try:
             return list(pq.read_schema(p).names)
-        except Exception as e:  # pyarrow raises ArrowInvalid for non-parquet bytes
+        except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid and others for non-parquet bytes
             raise ReaderError(f"{p}: not a readable Parquet file ({e})") from None
     opener = gzip.open if _is_gzip(p) else open
     try:
@@ -188,7 +189,7 @@ def _image_shape(image) -> tuple[int, int]:
         with Image.open(p) as im:
             w, h = im.size
         return int(h), int(w)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - PIL/tifffile raise many kinds; all become one ReaderError
         raise ReaderError(f"{p}: cannot read the image header ({e})") from None
 
 
@@ -524,7 +525,7 @@ class _CountingFile(io.RawIOBase):
     """A read-only file that remembers how many bytes were read (for progress)."""
 
     def __init__(self, path):
-        self._fh = open(path, "rb")
+        self._fh = open(path, "rb")  # noqa: SIM115 - the handle lives as long as this object; close() closes it
         self.pos = 0
 
     def readable(self):
@@ -549,7 +550,7 @@ def _iter_batches(path: Path, columns: list[str], float_cols: list[str], gene_co
 
         try:
             pf = pq.ParquetFile(path, read_dictionary=[gene_col])  # genes arrive dictionary-encoded
-        except Exception:
+        except Exception:  # noqa: BLE001 - no dictionary reading for that column/file; read it plainly
             pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         done = 0
@@ -932,10 +933,8 @@ def read_transcripts_table(
     }
     if image is not None:
         meta["image"] = str(image) if isinstance(image, (str, Path)) else "array"
-        try:
+        with contextlib.suppress(ReaderError):
             meta["image_shape"] = list(_image_shape(image))
-        except ReaderError:
-            pass
     if registration is not None:
         meta["um_to_image_px"] = registration.tolist()
     return sparse_to_canvas(counts, channel_genes, b, affine, meta, chunks=chunks)
@@ -1023,8 +1022,10 @@ def read_cosmx(
     if fovs:
         import pyarrow.compute as pc
 
-        def row_filter(batch, _f=np.asarray(fovs)):
+        fov_ids = np.asarray(fovs)
+
+        def row_filter(batch):
             col = batch.column(batch.schema.get_field_index("fov"))
-            return np.isin(pc.cast(col, "int64").to_numpy(zero_copy_only=False), _f)
+            return np.isin(pc.cast(col, "int64").to_numpy(zero_copy_only=False), fov_ids)
 
     return read_transcripts_table(p, bin_um=bin_um, um_per_px=um_per_px, _schema=schema, _row_filter=row_filter, **kw)
