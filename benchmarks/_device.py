@@ -188,12 +188,14 @@ def sweep(
 
 def print_sweep(res: dict, log=print) -> None:
     log(
-        f"  {'batch':>5} {'precision':>9} {'ch_last':>7} {'compiled':>8} | {'tiles/s':>9} {'Mpx/s':>8} | {'peak mem':>10} | {'max |diff| vs fp32':>18}"
+        f"  {'batch':>5} {'precision':>9} {'ch_last':>7} {'compiled':>8} | {'tiles/s':>9} {'Mpx/s':>8} | {'peak mem':>10} | "
+        f"{'max |diff| vs fp32':>18}"
     )
     for x in res["rows"]:
         mark = "  <- chosen" if x is res["best"] else ""
         log(
-            f"  {x['batch']:>5} {x['precision']:>9} {x['channels_last']!s:>7} {x['compiled']!s:>8} | {x['tiles_s']:>9.1f} {x['mpx_s']:>8.2f} | "
+            f"  {x['batch']:>5} {x['precision']:>9} {x['channels_last']!s:>7} {x['compiled']!s:>8} | {x['tiles_s']:>9.1f} "
+            f"{x['mpx_s']:>8.2f} | "
             f"{fmt_bytes(x['peak']):>10} | {x['diff']:>18.2e}{mark}"
         )
     log(f"  chosen: the fastest mode with max |diff| <= 1/255 ({PIXEL_TOL:.4f})")

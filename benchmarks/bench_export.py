@@ -210,7 +210,8 @@ def main(argv=None):
     make_model(model, a.tile_px)
     cores = os.cpu_count() or 1
     print(
-        f"machine: {cores} cores (shared), load average {os.getloadavg()[0]:.2f}; model gdt-v1 untrained, 8 ch/stage, {ppb} px/bin, "
+        f"machine: {cores} cores (shared), load average {os.getloadavg()[0]:.2f}; model gdt-v1 untrained, 8 ch/stage, {ppb} "
+        "px/bin, "
         f"{len(GENES)} genes; tile {a.tile_px} px, chunk {a.chunk_px} px, batch {a.batch}"
     )
     canvases = {}
@@ -258,8 +259,10 @@ def main(argv=None):
         th = next(iter(w.values()))["torch_threads"] if w else s["torch_threads"]
         ref_cpu = fwd[th][1] if th in fwd else fwd[1][1]
         print(
-            f"{label:>14} | {s['shape'][0]:>6}x{s['shape'][1]:<6} | {s['chunks']:>6} | {s['timings']['cluster']:>7.1f} | {s['timings']['level0']:>8.1f} | "
-            f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd_best:>7.2f} | {per_cpu:>8.3f} | {per_cpu / ref_cpu:>7.2f} | "
+            f"{label:>14} | {s['shape'][0]:>6}x{s['shape'][1]:<6} | {s['chunks']:>6} | {s['timings']['cluster']:>7.1f} | "
+            f"{s['timings']['level0']:>8.1f} | "
+            f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd_best:>7.2f} | {per_cpu:>8.3f} | "
+            f"{per_cpu / ref_cpu:>7.2f} | "
             f"{_rss_mb(s['client_peak_rss']):>9.0f} | {rss}"
         )
         return tp
@@ -273,7 +276,8 @@ def main(argv=None):
     )
     print("other load, not immune: a worker process's CPU time also counts dask's own threads (event loop, profiler).")
     print(
-        f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | {'x fwd':>7} | "
+        f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | "
+        f"{'x fwd':>7} | "
         f"{'Mpx/CPU-s':>8} | {'x fwd cpu':>7} | {'client MB':>9} | worker peak RSS MB"
     )
     results = {}
@@ -332,17 +336,21 @@ def main(argv=None):
         sp = s1["timings"]["level0"] / s2["timings"]["level0"]
         n, mx, tot = count_diff(Path(s1["out"]), Path(s2["out"]))
         print(
-            f"\nspeed-up 1 -> {a.workers_max} workers at {size}x{size}: {sp:.2f}x (level 0: {s1['timings']['level0']:.1f} s -> {s2['timings']['level0']:.1f} s)"
+            f"\nspeed-up 1 -> {a.workers_max} workers at {size}x{size}: {sp:.2f}x (level 0: {s1['timings']['level0']:.1f} s -> "
+            f"{s2['timings']['level0']:.1f} s)"
         )
         print(
-            f"level-0 values that differ between the 1- and {a.workers_max}-worker renders: {n} of {tot} ({100 * n / tot:.4f}%), max |diff| {mx}"
-            f" (1 worker uses {s1['workers'][next(iter(s1['workers']))]['torch_threads']} torch threads, each of {a.workers_max} uses "
+            f"level-0 values that differ between the 1- and {a.workers_max}-worker renders: {n} of {tot} "
+            f"({100 * n / tot:.4f}%), max |diff| {mx}"
+            f" (1 worker uses {s1['workers'][next(iter(s1['workers']))]['torch_threads']} torch threads, each of "
+            f"{a.workers_max} uses "
             f"{s2['workers'][next(iter(s2['workers']))]['torch_threads']})"
         )
     worst = max(max(v["peak_rss"] for v in s["workers"].values()) for s in results.values())
     client = max(s["client_peak_rss"] for s in results.values())
     print(
-        f"\nlargest peak RSS: client {_rss_mb(client):.0f} MB, worker {_rss_mb(worst):.0f} MB (goal < 1536 MB each, whatever the slide size)"
+        f"\nlargest peak RSS: client {_rss_mb(client):.0f} MB, worker {_rss_mb(worst):.0f} MB (goal < 1536 MB each, whatever "
+        "the slide size)"
     )
     if tmp is not None:
         tmp.cleanup()

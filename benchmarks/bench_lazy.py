@@ -394,12 +394,14 @@ def main(argv=None):
         r = responsiveness(a)
         print(
             f"responsiveness: max main-thread gap while panning with the lazy layer {r['lazy_max_gap_ms']:.0f} ms "
-            f"(p99 {r['lazy_p99_gap_ms']:.0f} ms, {r['lazy_tiles_during_pan']} tiles computed meanwhile, torch threads {r['torch_threads']}) "
+            f"(p99 {r['lazy_p99_gap_ms']:.0f} ms, {r['lazy_tiles_during_pan']} tiles computed meanwhile, torch threads "
+            f"{r['torch_threads']}) "
             f"-> {'PASS' if r['lazy_max_gap_ms'] <= 100 else 'FAIL'} (goal <= 100 ms)"
         )
         print(
             f"responsiveness: baseline, the same pan over an in-memory multiscale numpy image (nothing computed): max gap "
-            f"{r['baseline_max_gap_ms']:.0f} ms (p99 {r['baseline_p99_gap_ms']:.0f} ms): the floor of this machine, GL driver and load"
+            f"{r['baseline_max_gap_ms']:.0f} ms (p99 {r['baseline_p99_gap_ms']:.0f} ms): the floor of this machine, GL driver "
+            "and load"
         )
         print(
             f"responsiveness: contrast, plain dask layer computing on the UI thread ({r['dask_side_px']} px square): "
@@ -418,7 +420,8 @@ def main(argv=None):
         )
         T2 = r["T"] ** 2
         print(
-            f"throughput: on {r['device']}: lazy {r['lazy_px_s'] / T2:.1f} tiles/s vs bare {r['bare_px_s'] / T2:.1f} tiles/s ({r['T']}-px tiles); "
+            f"throughput: on {r['device']}: lazy {r['lazy_px_s'] / T2:.1f} tiles/s vs bare {r['bare_px_s'] / T2:.1f} tiles/s "
+            f"({r['T']}-px tiles); "
             f"peak {'device memory' if r['device'] != 'cpu' else 'process RSS'} {r['peak']}"
         )
         print(
@@ -435,8 +438,10 @@ def main(argv=None):
         )
         peak = max(r["rss_first_paint_mb"], r["rss_after_wait_mb"], r["rss_after_zoom_mb"])
         print(
-            f"scale: RSS start {r['rss_start_mb']:.0f} MB, viewer {r['rss_viewer_mb']:.0f} MB, at first paint {r['rss_first_paint_mb']:.0f} MB, "
-            f"after {a.scale_wait:.0f} s {r['rss_after_wait_mb']:.0f} MB, after zooming to level {r['level_after_zoom']} {r['rss_after_zoom_mb']:.0f} MB "
+            f"scale: RSS start {r['rss_start_mb']:.0f} MB, viewer {r['rss_viewer_mb']:.0f} MB, at first paint "
+            f"{r['rss_first_paint_mb']:.0f} MB, "
+            f"after {a.scale_wait:.0f} s {r['rss_after_wait_mb']:.0f} MB, after zooming to level {r['level_after_zoom']} "
+            f"{r['rss_after_zoom_mb']:.0f} MB "
             f"-> {'PASS' if peak < 1536 else 'FAIL'} (goal < 1.5 GB)"
         )
         print(f"scale: tile stats {r['stats']}")

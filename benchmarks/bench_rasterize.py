@@ -244,7 +244,8 @@ def main(argv=None):
 
     print("(wall seconds are inflated when the machine is shared; CPU seconds count this process only)")
     print(
-        f"{'method':<8} {'wall s':>7} {'CPU s':>7} {'M/s wall':>9} {'M/s CPU':>8} {'peak RSS':>10} {'RSS after imports':>18}  notes"
+        f"{'method':<8} {'wall s':>7} {'CPU s':>7} {'M/s wall':>9} {'M/s CPU':>8} {'peak RSS':>10} {'RSS after imports':>18}  "
+        "notes"
     )
     for r in results:
         if "error" in r:
@@ -253,7 +254,8 @@ def main(argv=None):
         notes = []
         if r["method"] == "stream":
             notes.append(
-                f"{r['nnz']:,} occupied (gene, bin) pairs in {r['sparse_mb']:.0f} MiB; binning peak {r['bin_peak_rss_mb']:.0f} MiB"
+                f"{r['nnz']:,} occupied (gene, bin) pairs in {r['sparse_mb']:.0f} MiB; binning peak {r['bin_peak_rss_mb']:.0f} "
+                "MiB"
             )
             if "write_seconds" in r:
                 notes.append(f"OME-Zarr write {r['write_seconds']:.1f} s")
@@ -272,14 +274,16 @@ def main(argv=None):
         s = ok["stream"]
         best = max(s["rate"], a.n / s["cpu_seconds"])
         print(
-            f"goals: >= 5 M transcripts/s -> {s['rate'] / 1e6:.2f} M/s wall, {a.n / s['cpu_seconds'] / 1e6:.2f} M/s per CPU-second "
+            f"goals: >= 5 M transcripts/s -> {s['rate'] / 1e6:.2f} M/s wall, {a.n / s['cpu_seconds'] / 1e6:.2f} M/s per "
+            "CPU-second "
             f"({'met' if s['rate'] >= 5e6 else ('met in CPU time only (machine shared)' if best >= 5e6 else 'NOT met')}); "
             f"peak RSS < 2 GB -> {s['peak_rss_mb'] / 1024:.2f} GiB ({'met' if s['peak_rss_mb'] < 2000 else 'NOT met'})"
         )
         if "dense" in ok:
             d = ok["dense"]
             print(
-                f"ratios: dense/stream peak RSS {d['peak_rss_mb'] / s['peak_rss_mb']:.1f}x; stream/dense speed {s['rate'] / d['rate']:.2f}x"
+                f"ratios: dense/stream peak RSS {d['peak_rss_mb'] / s['peak_rss_mb']:.1f}x; stream/dense speed "
+                f"{s['rate'] / d['rate']:.2f}x"
             )
         if "file" in ok:
             f = ok["file"]

@@ -255,7 +255,10 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
         )
         apply_best(r, best)
         tps, peak = best["tiles_s"], best["peak"]
-        mode = f"batch {best['batch']}, {best['precision']}{', channels_last' if best['channels_last'] else ''}{', compiled' if best.get('compiled') else ''}"
+        mode = (
+            f"batch {best['batch']}, {best['precision']}"
+            f"{', channels_last' if best['channels_last'] else ''}{', compiled' if best.get('compiled') else ''}"
+        )
         gain = f"; {tps / fp32_8['tiles_s']:.2f}x fp32 batch {fp32_8['batch']}"
     else:
         tps, peak = rate(r, wins, origins, r.batch_size, size["min_s"])
@@ -268,7 +271,8 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
         tab.add(
             "auto batch",
             name,
-            f"batch_size=None chose {ra.batch_size} ({fmt_bytes(per)} per {T}-px tile, {fmt_bytes(free)} of {fmt_bytes(total)} free)",
+            f"batch_size=None chose {ra.batch_size} ({fmt_bytes(per)} per {T}-px tile, {fmt_bytes(free)} of {fmt_bytes(total)} "
+            "free)",
             "",
             None,
             batch=ra.batch_size,
@@ -287,7 +291,8 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
     tab.add(
         "speed",
         name,
-        f"bare forward {tps:.1f} tiles/s = {tps * T * T / 1e6:.2f} Mpx/s ({T}-px tiles; {mode}{gain}); {mem_label(dev)} {fmt_bytes(peak)}",
+        f"bare forward {tps:.1f} tiles/s = {tps * T * T / 1e6:.2f} Mpx/s ({T}-px tiles; {mode}{gain}); {mem_label(dev)} "
+        f"{fmt_bytes(peak)}",
         "",
         None,
         tiles_s=tps,
@@ -427,7 +432,8 @@ def check_export(tab: Table, path: Path, dev, size: dict, work: Path, batch: int
     tab.add(
         "export",
         "her2st-he",
-        f"OME-Zarr {s['shape'][0]}x{s['shape'][1]} px ({where}, device {','.join(devs)}): level 0 {lv0:.1f} s = {mpx / lv0:.2f} Mpx/s, "
+        f"OME-Zarr {s['shape'][0]}x{s['shape'][1]} px ({where}, device {','.join(devs)}): level 0 {lv0:.1f} s = {mpx / lv0:.2f} "
+        "Mpx/s, "
         f"all {dt:.1f} s (canvas written in {t_canvas:.1f} s)" + (f"; worker peak RSS {fmt_bytes(wpeak)}" if wpeak else ""),
         "",
         None,

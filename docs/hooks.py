@@ -17,7 +17,8 @@ API_PACKAGES = [
     (
         "models",
         "Models",
-        "Generator architectures, coordinate-hashed noise, the model bundle (`.safetensors` + card), device choice, IST-editing import.",
+        "Generator architectures, coordinate-hashed noise, the model bundle (`.safetensors` + card), device choice, "
+        "IST-editing import.",
     ),
     (
         "expression",
@@ -153,9 +154,11 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
                 out += [
                     "",
                     (
-                        f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean {rl.get('mean_area_um2', 0):.1f} µm², "
+                        f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean "
+                        f"{rl.get('mean_area_um2', 0):.1f} µm², "
                         f"area fraction {rl.get('area_fraction', 0):.3f}. Generated: {g.get('count', 0):.0f} nuclei, "
-                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction {g.get('area_fraction', 0):.3f}."
+                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction "
+                        f"{g.get('area_fraction', 0):.3f}."
                     ),
                 ]
             out.append("")

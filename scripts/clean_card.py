@@ -6,8 +6,8 @@
 Absolute paths (data files, canvases, checkpoints, paths inside recorded commands) become public
 sample-data names (``her2st/C2/he.jpg``) or bare file names; floats in provenance and validation are
 rounded to 4 significant digits. ``--canvas-bin-px N`` records the image px per bin of spot-data
-training canvases when the card lacks it (``convert --model`` uses it). The script checks that every tensor's bytes and the bundle digest
-(the tile-cache key) are unchanged, and prints one line per file.
+training canvases when the card lacks it (``convert --model`` uses it). The script checks that every tensor's bytes
+and the bundle digest (the tile-cache key) are unchanged, and prints one line per file.
 """
 
 from __future__ import annotations

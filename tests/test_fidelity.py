@@ -289,8 +289,9 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
 
     p = _synthetic_setup(tmp_path)
     m = str(tmp_path / "m.safetensors")
-    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu", "--seeds", "2",
-            "--edits", str(tmp_path / "edit.json"), "--record-baselines", "--depth-normalised"]  # fmt: skip
+    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32",
+            "--device", "cpu", "--seeds", "2", "--edits", str(tmp_path / "edit.json"),
+            "--record-baselines", "--depth-normalised"]  # fmt: skip
     for k in ("train1", "train2"):
         args += ["--train-expression", p[k][0], "--train-image", p[k][1]]
     assert main(args) == 0
@@ -335,7 +336,8 @@ def test_evaluate_cli_refuses_the_scored_section_as_training(tmp_path, capsys):
     from napari_gdt.cli import main
 
     p = _synthetic_setup(tmp_path)
-    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1], "--tile", "32", "--device", "cpu",
+    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1],
+               "--tile", "32", "--device", "cpu",
                "--train-expression", p["score"][0], "--train-image", p["score"][1]])  # fmt: skip
     assert rc == 2 and "never fitted on the scored section" in capsys.readouterr().err
     rc = main(

@@ -313,7 +313,10 @@ def test_missing_extra_and_wrong_shape_are_listed(ckpt_dir, tmp_path):
     sd["convs.3.conv.weight"] = torch.zeros(1, 8, 8, 5, 5)
     with pytest.raises(
         BundleError,
-        match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 8, 8, 5, 5\) != expected \(1, 8, 8, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)",
+        match=(
+            r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 8, 8, 5, 5\) != expected \(1, 8, 8, 3, 3\), "
+            r"to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)"
+        ),
     ):
         _import(save_checkpoint(tmp_path / "shape.pt", sd), genes)
     sd = random_ist_state(3)

@@ -128,7 +128,10 @@ def test_write_bundle_names_files_not_build_paths(tmp_path):
             "files": ["/build/shared/data/her2st/C2/counts.tsv.gz"],
         },
     )
-    cmd = "napari-gdt train --image /build/shared/data/her2st/C2/he.jpg --expression /build/runs/data/her2st_C2.ome.zarr --out /build/m.safetensors"
+    cmd = (
+        "napari-gdt train --image /build/shared/data/her2st/C2/he.jpg "
+        "--expression /build/runs/data/her2st_C2.ome.zarr --out /build/m.safetensors"
+    )
     out = tmp_path / "m.safetensors"
     write_bundle(
         trainer,

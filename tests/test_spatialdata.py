@@ -407,7 +407,8 @@ def test_her2st_c5_spatialdata_equals_st_reader(data_dir, tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(c.data), np.asarray(ref.data), rtol=1e-5, atol=1e-5)
     assert c.bin_um == pytest.approx(ref.bin_um, rel=1e-9)
     print(
-        f"her2st C5: totals {c.meta['total_counts']:.0f} vs {ref.meta['total_counts']:.0f}; max |affine diff| {np.abs(c.affine - ref.affine).max():.2e}"
+        f"her2st C5: totals {c.meta['total_counts']:.0f} vs {ref.meta['total_counts']:.0f}; max |affine diff| "
+        f"{np.abs(c.affine - ref.affine).max():.2e}"
     )
 
 

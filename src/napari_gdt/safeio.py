@@ -162,7 +162,8 @@ def check_output(
         if not mine and not overwrite:
             kind = "folder" if p.is_dir() else "file"
             raise GDTError(
-                f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass --overwrite to replace it"
+                f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass "
+                "--overwrite to replace it"
             )
     return p
 

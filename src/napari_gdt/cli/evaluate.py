@@ -97,7 +97,8 @@ def _baselines(args, bundle):
 
     if len(args.train_image) != len(args.train_expression):
         raise GDTError(
-            f"--train-image given {len(args.train_image)} time(s) but --train-expression {len(args.train_expression)}: give them in pairs"
+            f"--train-image given {len(args.train_image)} time(s) but --train-expression {len(args.train_expression)}: give "
+            "them in pairs"
         )
     scored = Path(args.image).resolve()
     if args.train_image:
@@ -134,7 +135,8 @@ def _recipe_baselines(args, bundle, name, sections, scored):
     if name.startswith("merfish") or secs == ["train"]:
         if args.region and args.region.replace(" ", "") != bl.MERFISH_VAL_REGION:
             _say(
-                f"note: merfish baselines are fitted on {bl.MERFISH_TRAIN_REGION}; the scored region {args.region} should not overlap it"
+                f"note: merfish baselines are fitted on {bl.MERFISH_TRAIN_REGION}; the scored region {args.region} should not "
+                "overlap it"
             )
         rec = bl.fit_baselines(bl.merfish_training_pairs(bundle, tile_px=args.tile, progress=_say))
         return rec, f"fitted now on the merfish recipe's training part {bl.MERFISH_TRAIN_REGION}"
@@ -224,7 +226,8 @@ def run(args):
     rk = {"tile_px": args.tile_px, "batch_size": args.batch_size, "cache": r.cache, "zero_fill": args.zero_fill}
     res = evaluate_model(
         bundle, canvas, real, region=region, seeds=args.seeds, seed=args.seed, edits=edits, tile_px=args.tile, device=args.device,
-        baselines=rec, c2st=args.c2st, control=control, depth_normalised=args.depth_normalised, blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
+        baselines=rec, c2st=args.c2st, control=control, depth_normalised=args.depth_normalised,
+        blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
     )  # fmt: skip
     res["baselines_source"] = source
     if fitted:
@@ -273,21 +276,25 @@ def run(args):
             c = res["c2st"][v]
             oth = c.get("control_other_section")
             print(
-                f"two-sample test ({v}): generated {f(c['generated']['accuracy'])}, real vs other section {f(oth['accuracy']) if oth else 'n/a'}, real vs blurred {f(c['control_blur']['accuracy'])}"
+                f"two-sample test ({v}): generated {f(c['generated']['accuracy'])}, real vs other section "
+                f"{f(oth['accuracy']) if oth else 'n/a'}, real vs blurred {f(c['control_blur']['accuracy'])}"
             )
     if "edit_effect" in res:
         e = res["edit_effect"]
         print(
-            f"edit: {e['edited_mm2']:.3f} mm² edited; mean |Δpixel| {f(e['mean_abs_dpixel_255'])}/255 (between seeds {f(e['mean_abs_dpixel_255_between_seeds'])}/255)"
+            f"edit: {e['edited_mm2']:.3f} mm² edited; mean |Δpixel| {f(e['mean_abs_dpixel_255'])}/255 (between seeds "
+            f"{f(e['mean_abs_dpixel_255_between_seeds'])}/255)"
         )
         for k, v in e["metrics"].items():
             print(f"  {k:36s} Δ {f(v['delta']):>8s}  effect size {f(v['effect_size']):>8s}")
     g, rl = res["generated"], res["real"]
     print(
-        f"real: {rl['count']} nuclei, {rl['density_per_mm2']:.0f}/mm², mean {rl['mean_area_um2']:.1f} µm², area fraction {rl['area_fraction']:.3f}"
+        f"real: {rl['count']} nuclei, {rl['density_per_mm2']:.0f}/mm², mean {rl['mean_area_um2']:.1f} µm², area fraction "
+        f"{rl['area_fraction']:.3f}"
     )
     print(
-        f"generated: {g['count']:.0f} nuclei, {g['density_per_mm2']:.0f}/mm², mean {g['mean_area_um2']:.1f} µm², area fraction {g['area_fraction']:.3f}"
+        f"generated: {g['count']:.0f} nuclei, {g['density_per_mm2']:.0f}/mm², mean {g['mean_area_um2']:.1f} µm², area fraction "
+        f"{g['area_fraction']:.3f}"
     )
     sys.stdout.flush()
     return 0

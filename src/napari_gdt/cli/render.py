@@ -37,13 +37,19 @@ def register(sub):
     z.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing output instead of resuming it (a file we did not write is refused without it; --into-spatialdata: replace elements of the same names)",
+        help=(
+            "replace an existing output instead of resuming it (a file we did not write is refused without it; "
+            "--into-spatialdata: replace elements of the same names)"
+        ),
     )
     d = p.add_argument_group("SpatialData output (--into-spatialdata)")
     d.add_argument(
         "--into-spatialdata",
         action="store_true",
-        help="--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, aligned with its real image",
+        help=(
+            "--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, "
+            "aligned with its real image"
+        ),
     )
     d.add_argument(
         "--image-element",
@@ -93,7 +99,8 @@ def build_renderer(args, bundle, canvas):
 
 
 def _render_omezarr(args, bundle, region) -> int:
-    """``napari-gdt render ... --out OUT.ome.zarr``: the argparse adapter of :func:`napari_gdt.export.omezarr_render.render_to_omezarr`."""
+    """``napari-gdt render ... --out OUT.ome.zarr``: the argparse adapter of
+    :func:`napari_gdt.export.omezarr_render.render_to_omezarr`."""
     from ..export.omezarr_render import render_to_omezarr
 
     s = render_to_omezarr(
@@ -157,7 +164,8 @@ def run(args):
     bar.close()
     write_image(out, img)
     print(
-        f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} from cache",
+        f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} "
+        "from cache",
         file=sys.stdout,
     )
     return 0

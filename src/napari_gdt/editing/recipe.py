@@ -220,7 +220,8 @@ class Recipe:
                 raise RecipeError(f"{where}: field {f!r} is {e[f]:g}, above the sane maximum {NUM_RANGES[f][1]:g}")
         if op in ("set", "add") and abs(e["value"]) > NUM_RANGES["value"][1]:
             raise RecipeError(
-                f"{where}: field 'value' is {e['value']:g}, outside the sane range [-{NUM_RANGES['value'][1]:g}, {NUM_RANGES['value'][1]:g}] counts"
+                f"{where}: field 'value' is {e['value']:g}, outside the sane range [-{NUM_RANGES['value'][1]:g}, "
+                f"{NUM_RANGES['value'][1]:g}] counts"
             )
         if op == "scale" and (e["factor"] < 0 or e.get("others", 1.0) < 0):
             bad = "factor" if e["factor"] < 0 else "others"
@@ -232,7 +233,8 @@ class Recipe:
         if op == "eigen":
             if ("reference" in e) == ("coef" in e):
                 raise RecipeError(
-                    f"{where}: give either 'reference' (match a reference population) or 'coef' (rescale the source's own top-k eigen-directions), not {'both' if 'coef' in e else 'neither'}"
+                    f"{where}: give either 'reference' (match a reference population) or 'coef' (rescale the source's own top-k "
+                    f"eigen-directions), not {'both' if 'coef' in e else 'neither'}"
                 )
             if "coef" in e and e["coef"] < 0:
                 raise RecipeError(f"{where}: field 'coef' must be >= 0, got {e['coef']!r}")
@@ -278,7 +280,8 @@ class Recipe:
                 if missing:
                     s = "s" if len(missing) > 1 else ""
                     raise RecipeError(
-                        f"{self.source}: edit {i} ({e['op']}): unknown gene{s} {', '.join(map(repr, missing))} (not in the canvas)"
+                        f"{self.source}: edit {i} ({e['op']}): unknown gene{s} {', '.join(map(repr, missing))} (not in the "
+                        "canvas)"
                     )
         for reg in self.regions.values():
             if reg.kind == "gene" and reg.spec["gene"] not in have:
@@ -358,7 +361,8 @@ class Recipe:
             basis = gi if e.get("basis", "all") == "genes" else list(range(data.shape[0]))
             if len(basis) > MAX_EIGEN_GENES:
                 raise RecipeError(
-                    f'{where}: eigen over {len(basis)} genes needs a {len(basis)}x{len(basis)} moment; use "basis": "genes" with at most {MAX_EIGEN_GENES} genes'
+                    f"{where}: eigen over {len(basis)} genes needs a {len(basis)}x{len(basis)} moment; "
+                    f'use "basis": "genes" with at most {MAX_EIGEN_GENES} genes'
                 )
             _, m_src, n_src = _masked_stats(data, masks[e["source"]], basis, moment=True)
             pops = [(e["source"], n_src)]

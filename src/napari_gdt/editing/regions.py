@@ -221,7 +221,8 @@ class RegionDef:
                 self.array = arr
             if tuple(arr.shape) != tuple(n_bins):
                 raise RecipeError(
-                    f"{where}: region {self.name!r} labels {s['labels']!r} have shape {tuple(arr.shape)}, but the canvas bin grid is {tuple(n_bins)}"
+                    f"{where}: region {self.name!r} labels {s['labels']!r} have shape {tuple(arr.shape)}, but the canvas bin "
+                    f"grid is {tuple(n_bins)}"
                 )
             return np.asarray(arr) == int(s["value"])
         raise RecipeError(f"{where}: region {self.name!r} has no geometry")

@@ -400,7 +400,8 @@ def parse_panels(text: str | Sequence[str] | None) -> list[str] | None:
 
 
 def default_panels(has_real: bool, has_edits: bool, has_genes: bool) -> list[str]:
-    """Panels shown when none are asked for: real (with an image), generated, edited and difference (with edits), expression (with genes)."""
+    """Panels shown when none are asked for: real (with an image), generated, edited and difference (with edits),
+    expression (with genes)."""
     names = (["real"] if has_real else []) + ["generated"]
     if has_edits:
         names += ["edited", "difference"]

@@ -692,7 +692,8 @@ def warm_cache_from_omezarr(zarr_path, renderer, cache=None, region=None, allow_
     exact = s["dtype"] == "float32"
     if not exact and not allow_quantised:
         raise GDTError(
-            f"{p}: stores uint8 (quantised) pixels; render with --dtype float32 for exact cache warming, or pass allow_quantised=True"
+            f"{p}: stores uint8 (quantised) pixels; render with --dtype float32 for exact cache warming, or pass "
+            "allow_quantised=True"
         )
     import dask
 

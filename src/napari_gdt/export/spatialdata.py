@@ -30,7 +30,8 @@ def render_into_spatialdata(
     progress=None,
     settings: dict | None = None,
 ) -> dict:
-    """Render ``region`` (default: the whole canvas) and add it to ``store``; with ``edits`` also the edited render and its regions.
+    """Render ``region`` (default: the whole canvas) and add it to ``store``; with ``edits`` also the edited render
+    and its regions.
 
     ``edits`` is a recipe file or a :class:`~napari_gdt.editing.recipe.Recipe`.
     Returns :func:`write_into_spatialdata`'s summary plus ``region``.

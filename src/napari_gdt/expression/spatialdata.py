@@ -76,7 +76,8 @@ def _require(where: str = "SpatialData"):
         import spatialdata
     except ImportError:
         raise ReaderError(
-            f"{where}: reading and writing SpatialData stores needs the optional 'spatialdata' package: pip install 'napari-gdt[spatialdata]'"
+            f"{where}: reading and writing SpatialData stores needs the optional 'spatialdata' package: pip install "
+            "'napari-gdt[spatialdata]'"
         ) from None
     return spatialdata
 
@@ -127,7 +128,8 @@ def _to_cs(store, kind: str, name: str, element, cs: str) -> np.ndarray:
     ts = get_transformation(element, get_all=True)
     if cs not in ts:
         raise ReaderError(
-            f"{store}: {kind} element '{name}' has no transformation to coordinate system '{cs}' (it has: {', '.join(ts) or 'none'})"
+            f"{store}: {kind} element '{name}' has no transformation to coordinate system '{cs}' (it has: "
+            f"{', '.join(ts) or 'none'})"
         )
     m = np.asarray(ts[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
     return _SWAP @ m @ _SWAP
@@ -278,7 +280,8 @@ def pick_elements(sdata, store, points=None, table=None, image=None, coordinate_
                 notes.append(f"picked image '{pk.image}' (the largest of {', '.join(cands)}; --image-element to choose)")
         else:
             notes.append(
-                f"no image element shares a coordinate system with {expr_kind} '{expr_name}': the canvas is placed in coordinate-system units"
+                f"no image element shares a coordinate system with {expr_kind} '{expr_name}': the canvas is placed in "
+                "coordinate-system units"
             )
     shared = list(expr_cs) if pk.image is None else [c for c in expr_cs if c in _coordinate_systems(sdata.images[pk.image])]
     if coordinate_system is not None:
@@ -292,7 +295,8 @@ def pick_elements(sdata, store, points=None, table=None, image=None, coordinate_
     else:
         if not shared:
             raise ReaderError(
-                f"{store}: image element '{pk.image}' shares no coordinate system with {expr_kind} '{expr_name}' ({', '.join(expr_cs)})"
+                f"{store}: image element '{pk.image}' shares no coordinate system with {expr_kind} '{expr_name}' "
+                f"({', '.join(expr_cs)})"
             )
         pk.coordinate_system = "global" if "global" in shared else shared[0]
         if len(shared) > 1:
@@ -548,7 +552,8 @@ def _read_table(
     missing = ~np.isin(inst, shp.index.to_numpy())
     if missing.any():
         raise ReaderError(
-            f"{store}: table '{pk.table}': {int(missing.sum())} instance(s) not in shapes '{pk.shapes}' (first {inst[missing][0]!r})"
+            f"{store}: table '{pk.table}': {int(missing.sum())} instance(s) not in shapes '{pk.shapes}' (first "
+            f"{inst[missing][0]!r})"
         )
     geo = shp.loc[inst]
     gtypes = set(geo.geometry.geom_type)
@@ -717,7 +722,8 @@ def write_into_spatialdata(
         image_element = (canvas.meta.get("spatialdata") or {}).get("image")
         if image_element is None:
             raise GDTError(
-                f"{store}: the canvas was not read from a SpatialData store; name the real image element (--image-element; images: {_names(sdata.images)})"
+                f"{store}: the canvas was not read from a SpatialData store; name the real image element (--image-element; "
+                f"images: {_names(sdata.images)})"
             )
     if image_element not in sdata.images:
         raise GDTError(f"{store}: no image element '{image_element}' to align to (images: {_names(sdata.images)})")

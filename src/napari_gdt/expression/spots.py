@@ -210,7 +210,8 @@ def spots_to_canvas(
     covered = n * min(reach, Hb) * min(reach, Wb)
     if covered > limit("bins"):
         raise ReaderError(
-            f"{source}: {n} spot(s) of {reach:,.0f} bins across would cover {covered:,.0f} bins, above the limit of {limit('bins'):,.0f}; "
+            f"{source}: {n} spot(s) of {reach:,.0f} bins across would cover {covered:,.0f} bins, above the limit of "
+            f"{limit('bins'):,.0f}; "
             "use a larger bin (--bin-px / --bin-um) or check --spot-diameter-px / --sigma-px"
         )
     Wt = spot_weights(centres_px, (Hb, Wb), bin_px, mode=mode, diameter_px=diameter_px, sigma_px=sigma_px)
@@ -400,7 +401,8 @@ def read_st(
     if unknown > 0.05 * n_cnt or len(common) < 0.95 * n_pos:
         warnings.warn(
             f"{counts_tsv}: spot ids match {spots_tsv} only in part ({len(common)} of {n_cnt} counted spots placed, "
-            f"{unknown} not in the spot file, {n_pos - len(common)} listed spots without counts); check that both files are of the same section",
+            f"{unknown} not in the spot file, {n_pos - len(common)} listed spots without counts); check that both files are of "
+            "the same section",
             stacklevel=3,
         )
     spots = spots.assign(_id=ids).set_index("_id").loc[common]

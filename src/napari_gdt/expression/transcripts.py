@@ -735,7 +735,8 @@ def rasterize_transcripts(
             if bad_rows.any():
                 i = int(np.flatnonzero(bad_rows)[0])
                 raise ReaderError(
-                    f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at data row {row0 + i})"
+                    f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at "
+                    f"data row {row0 + i})"
                 )
         lut, ctrl = gidx.lut(names)
         per_value = np.bincount(idx, minlength=len(names))
@@ -775,7 +776,8 @@ def rasterize_transcripts(
             err = GenePanelError(missing, where=str(path))
             shown = ", ".join(missing[:20]) + (f" ... (+{len(missing) - 20} more)" if len(missing) > 20 else "")
             err.args = (
-                f"{path}: column '{schema.gene}' lacks {len(missing)} requested gene(s): {shown} (--zero-fill fills them with zeros)",
+                f"{path}: column '{schema.gene}' lacks {len(missing)} requested gene(s): {shown} (--zero-fill fills them with "
+                "zeros)",
             )
             raise err
         if missing:

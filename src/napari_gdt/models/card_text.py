@@ -80,7 +80,8 @@ def _provenance_lines(prov: dict):
                 k,
                 (
                     f"{v.get('from')} (step {parent.get('step', '?')}): {v.get('shared')} genes shared, {len(new)} new"
-                    f"{' (' + ', '.join(new[:10]) + (' …' if len(new) > 10 else '') + ')' if new else ''}, {len(v.get('dropped') or [])} dropped"
+                    f"{' (' + ', '.join(new[:10]) + (' …' if len(new) > 10 else '') + ')' if new else ''}, "
+                    f"{len(v.get('dropped') or [])} dropped"
                 ),
             )
         elif isinstance(v, float):

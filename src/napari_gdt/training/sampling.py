@@ -84,7 +84,8 @@ class PatchSampler:
         self.out = geometry.out_len(self.n)
         if self.out <= 0:
             raise GDTError(
-                f"window of {self.n} bins gives no output for this architecture (shrink {geometry.shrink} px); use a larger --patch-bins"
+                f"window of {self.n} bins gives no output for this architecture (shrink {geometry.shrink} px); use a larger "
+                "--patch-bins"
             )
         self.rng = np.random.default_rng(seed)
         self.augment = augment
