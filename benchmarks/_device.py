@@ -25,8 +25,12 @@ def add_device_args(ap, sweep: bool = True) -> None:
     """``--device`` (and, for the forward benchmarks, the sweep options)."""
     ap.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto: CUDA > MPS > CPU)")
     if sweep:
-        ap.add_argument("--sweep", choices=["auto", "on", "off"], default="auto",
-                        help="try batch sizes 8/32/128, fp32 vs bf16/fp16 autocast, channels_last (auto: on a GPU only)")
+        ap.add_argument(
+            "--sweep",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="try batch sizes 8/32/128, fp32 vs bf16/fp16 autocast, channels_last (auto: on a GPU only)",
+        )
         ap.add_argument("--compile", action="store_true", help="also time torch.compile of the model (in the sweep)")
 
 
@@ -108,7 +112,9 @@ def precisions_for(dev) -> list[str]:
     return ["fp32", "bf16"]
 
 
-def sweep(r, wins, origins, batches=(8, 32, 128), precisions=None, channels_last=(False, True), compile=False, min_s=0.3, log=print) -> dict:
+def sweep(
+    r, wins, origins, batches=(8, 32, 128), precisions=None, channels_last=(False, True), compile=False, min_s=0.3, log=print
+) -> dict:
     """Time the bare batched forward of renderer ``r`` in each mode; return the rows and the chosen mode.
 
     The pixel difference of a mode is the max |output - fp32 output| on the first
@@ -128,7 +134,7 @@ def sweep(r, wins, origins, batches=(8, 32, 128), precisions=None, channels_last
             with renderer_mode(r, precision=prec, channels_last=cl):
                 try:
                     d = float(np.abs(r.forward(wins[:nref], origins[:nref]) - ref).max())
-                except Exception as e:  # a mode this device or build cannot run
+                except Exception as e:  # noqa: BLE001 - a mode this device or build cannot run is logged and skipped
                     log(f"  {prec} channels_last={cl}: not run ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
                     continue
                 diffs[(prec, cl)] = d
@@ -137,33 +143,61 @@ def sweep(r, wins, origins, batches=(8, 32, 128), precisions=None, channels_last
                         continue
                     with renderer_mode(r, batch=b):
                         tps, peak = rate(r, wins, origins, b, min_s)
-                    rows.append(dict(batch=b, precision=prec, channels_last=cl, compiled=False, tiles_s=tps, mpx_s=tps * T2 / 1e6, peak=peak, diff=d))
+                    rows.append(
+                        dict(
+                            batch=b,
+                            precision=prec,
+                            channels_last=cl,
+                            compiled=False,
+                            tiles_s=tps,
+                            mpx_s=tps * T2 / 1e6,
+                            peak=peak,
+                            diff=d,
+                        )
+                    )
     ok = [x for x in rows if x["diff"] <= PIXEL_TOL]
     best = max(ok or rows, key=lambda x: x["tiles_s"])
     if compile:
         t = time.perf_counter()
         try:
             cm = torch.compile(r.bundle.model)
-            with renderer_mode(r, batch=best["batch"], precision=best["precision"], channels_last=best["channels_last"], model=cm):
+            with renderer_mode(
+                r, batch=best["batch"], precision=best["precision"], channels_last=best["channels_last"], model=cm
+            ):
                 d = float(np.abs(r.forward(wins[:nref], origins[:nref]) - ref).max())
                 tc = time.perf_counter() - t
                 tps, peak = rate(r, wins, origins, best["batch"], min_s)
-            row = dict(batch=best["batch"], precision=best["precision"], channels_last=best["channels_last"], compiled=True, tiles_s=tps,
-                       mpx_s=tps * T2 / 1e6, peak=peak, diff=d, compile_s=tc)
+            row = dict(
+                batch=best["batch"],
+                precision=best["precision"],
+                channels_last=best["channels_last"],
+                compiled=True,
+                tiles_s=tps,
+                mpx_s=tps * T2 / 1e6,
+                peak=peak,
+                diff=d,
+                compile_s=tc,
+            )
             rows.append(row)
             if d <= PIXEL_TOL and tps > best["tiles_s"] * 1.05:  # "where it helps": at least 5 % faster
                 best = row
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - torch.compile fails in many ways (no compiler, unsupported op); log it and go on
             log(f"  torch.compile: not run ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
     return {"rows": rows, "best": best, "diffs": diffs}
 
 
 def print_sweep(res: dict, log=print) -> None:
-    log(f"  {'batch':>5} {'precision':>9} {'ch_last':>7} {'compiled':>8} | {'tiles/s':>9} {'Mpx/s':>8} | {'peak mem':>10} | {'max |diff| vs fp32':>18}")
+    log(
+        f"  {'batch':>5} {'precision':>9} {'ch_last':>7} {'compiled':>8} | {'tiles/s':>9} {'Mpx/s':>8} | {'peak mem':>10} | "
+        f"{'max |diff| vs fp32':>18}"
+    )
     for x in res["rows"]:
         mark = "  <- chosen" if x is res["best"] else ""
-        log(f"  {x['batch']:>5} {x['precision']:>9} {x['channels_last']!s:>7} {x['compiled']!s:>8} | {x['tiles_s']:>9.1f} {x['mpx_s']:>8.2f} | "
-            f"{fmt_bytes(x['peak']):>10} | {x['diff']:>18.2e}{mark}")
+        log(
+            f"  {x['batch']:>5} {x['precision']:>9} {x['channels_last']!s:>7} {x['compiled']!s:>8} | {x['tiles_s']:>9.1f} "
+            f"{x['mpx_s']:>8.2f} | "
+            f"{fmt_bytes(x['peak']):>10} | {x['diff']:>18.2e}{mark}"
+        )
     log(f"  chosen: the fastest mode with max |diff| <= 1/255 ({PIXEL_TOL:.4f})")
 
 

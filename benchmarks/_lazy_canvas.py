@@ -14,7 +14,9 @@ from napari_gdt.expression.canvas import ExpressionCanvas
 from napari_gdt.synthetic import SYNTHETIC_GENES
 
 
-def lazy_synthetic_canvas(n_bins: tuple[int, int], genes=None, chunk: int = 256, seed: int = 0, lam: float = 3.0) -> ExpressionCanvas:
+def lazy_synthetic_canvas(
+    n_bins: tuple[int, int], genes=None, chunk: int = 256, seed: int = 0, lam: float = 3.0
+) -> ExpressionCanvas:
     genes = list(genes or SYNTHETIC_GENES)
     G = len(genes)
     rng = np.random.default_rng(seed)

@@ -50,17 +50,22 @@ def main(argv=None):
     t = time.perf_counter()
     base.render_region()
     t_full = time.perf_counter() - t
-    print(f"canvas {args.bins}x{args.bins} bins = {base.shape_px[0]}x{base.shape_px[1]} px, {n_tiles} tiles of {args.tile_px} px "
-          f"(halo {bundle.card['halo_px']} px), torch threads {torch.get_num_threads()}")
+    print(
+        f"canvas {args.bins}x{args.bins} bins = {base.shape_px[0]}x{base.shape_px[1]} px, {n_tiles} tiles of {args.tile_px} px "
+        f"(halo {bundle.card['halo_px']} px), torch threads {torch.get_num_threads()}"
+    )
     print(f"initial render (cold cache): {t_full:.2f} s, {t_full / n_tiles * 1e3:.0f} ms/tile")
 
     c = args.bins // 2 * ppb
     half = args.edit_bins * ppb // 2
-    recipe = Recipe.from_dict({
-        "version": 1,
-        "regions": {"r": {"rect": [c - half, c - half, c + half, c + half]}},
-        "edits": [{"op": "scale", "region": "r", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 4.0}],
-    }, source="bench")
+    recipe = Recipe.from_dict(
+        {
+            "version": 1,
+            "regions": {"r": {"rect": [c - half, c - half, c + half, c + half]}},
+            "edits": [{"op": "scale", "region": "r", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 4.0}],
+        },
+        source="bench",
+    )
 
     # ---- edit -> first updated tile
     t0 = time.perf_counter()
@@ -102,8 +107,11 @@ def main(argv=None):
     t_naive = time.perf_counter() - t
     same = float(np.abs(img_naive - img_cached).max())
     print(f"naive full re-render (no cache): {t_naive:.2f} s, {naive.stats['computed']} tiles; max |naive - cached| = {same:.2e}")
-    print(f"speed-up of exact invalidation: {t_naive / t_all:.1f}x (all updated tiles), "
-          f"{t_naive / first[0]:.1f}x to first tile" if first else "")
+    print(
+        f"speed-up of exact invalidation: {t_naive / t_all:.1f}x (all updated tiles), {t_naive / first[0]:.1f}x to first tile"
+        if first
+        else ""
+    )
 
     # ---- the same edit (new factor, so nothing is cached) with one tile per forward: earlier first tile
     r1 = Recipe.from_dict({**recipe.to_dict(), "edits": [{**recipe.edits[0], "factor": 5.0}]})
@@ -113,8 +121,10 @@ def main(argv=None):
     first1 = []
     e1.compute_tiles(specs1, on_tile=lambda s, tile: first1.append(time.perf_counter() - t0) if not first1 else None)
     t_all1 = time.perf_counter() - t0
-    print(f"batch_size=1: edit -> first updated tile {first1[0] * 1e3:.1f} ms, all {t_all1 * 1e3:.1f} ms "
-          f"(recomputed {e1.stats['computed']}, minimal {len(specs1)})")
+    print(
+        f"batch_size=1: edit -> first updated tile {first1[0] * 1e3:.1f} ms, all {t_all1 * 1e3:.1f} ms "
+        f"(recomputed {e1.stats['computed']}, minimal {len(specs1)})"
+    )
 
     # ---- undo: the original tiles come back from the cache
     t = time.perf_counter()

@@ -52,7 +52,15 @@ def make_model(path: Path, tile_px: int) -> None:
     from napari_gdt.synthetic import untrained_bundle
 
     b = untrained_bundle(genes=GENES, out_channels=3, seed=0, stage_channels=(8, 8, 8, 8), emb_ch=8, latent_dim=16)
-    save_bundle(path, b.model, b.genes, um_per_px=0.5, output={"kind": "he", "channels": ["R", "G", "B"]}, tile_px=tile_px, name="bench-tiny")
+    save_bundle(
+        path,
+        b.model,
+        b.genes,
+        um_per_px=0.5,
+        output={"kind": "he", "channels": ["R", "G", "B"]},
+        tile_px=tile_px,
+        name="bench-tiny",
+    )
 
 
 def make_canvas(path: Path, n_bins: int, chunk: int = 256) -> None:
@@ -83,14 +91,18 @@ def make_canvas(path: Path, n_bins: int, chunk: int = 256) -> None:
 
     data = da.map_blocks(block, chunks=((G,), _chunks(n_bins, chunk), _chunks(n_bins, chunk)), dtype=np.float32)
     with dask.config.set(scheduler="threads", num_workers=2):
-        ExpressionCanvas(data, GENES, bin_um=8.0, meta={"source": "bench_export synthetic"}).to_ome_zarr(path, chunks=(G, chunk, chunk))
+        ExpressionCanvas(data, GENES, bin_um=8.0, meta={"source": "bench_export synthetic"}).to_ome_zarr(
+            path, chunks=(G, chunk, chunk)
+        )
 
 
 def _chunks(n, c):
     return tuple([c] * (n // c) + ([n % c] if n % c else []))
 
 
-def bare_forward(model: Path, canvas: Path, tile_px: int, threads: int, n_tiles: int = 12, batch: int = 4, device: str = "cpu") -> tuple:
+def bare_forward(
+    model: Path, canvas: Path, tile_px: int, threads: int, n_tiles: int = 12, batch: int = 4, device: str = "cpu"
+) -> tuple:
     """Mpx/s of ``TileRenderer.forward`` alone (windows read beforehand), output px of whole tiles."""
     import torch
 
@@ -128,8 +140,16 @@ def run_one(spec: dict) -> dict:
 
         dask.config.set({"distributed.nanny.environ.NAPARI_GDT_MALLOC_TUNE": "0"})
     s = render_to_omezarr(
-        spec["model"], spec["canvas"], spec["out"], tile_px=spec["tile_px"], chunk_px=spec["chunk_px"], device=spec.get("device", "cpu"),
-        workers=spec["workers"], progress=False, overwrite=True, batch_size=spec["batch"],
+        spec["model"],
+        spec["canvas"],
+        spec["out"],
+        tile_px=spec["tile_px"],
+        chunk_px=spec["chunk_px"],
+        device=spec.get("device", "cpu"),
+        workers=spec["workers"],
+        progress=False,
+        overwrite=True,
+        batch_size=spec["batch"],
     )
     import torch
 
@@ -169,7 +189,9 @@ def main(argv=None):
     p.add_argument("--chunk-px", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--no-speedup", action="store_true", help="skip the 1-worker run")
-    p.add_argument("--tuned-forward", action="store_true", help="also time the bare forward after tune_malloc() (for information)")
+    p.add_argument(
+        "--tuned-forward", action="store_true", help="also time the bare forward after tune_malloc() (for information)"
+    )
     p.add_argument("--no-malloc-contrast", action="store_true", help="skip the 1-worker run without napari-gdt's malloc tuning")
     p.add_argument("--in-process", action="store_true", help="also render the speed-up size in-process (no cluster)")
     p.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed afterwards)")
@@ -187,33 +209,45 @@ def main(argv=None):
     model = work / "tiny.safetensors"
     make_model(model, a.tile_px)
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores (shared), load average {os.getloadavg()[0]:.2f}; model gdt-v1 untrained, 8 ch/stage, {ppb} px/bin, "
-          f"{len(GENES)} genes; tile {a.tile_px} px, chunk {a.chunk_px} px, batch {a.batch}")
+    print(
+        f"machine: {cores} cores (shared), load average {os.getloadavg()[0]:.2f}; model gdt-v1 untrained, 8 ch/stage, {ppb} "
+        "px/bin, "
+        f"{len(GENES)} genes; tile {a.tile_px} px, chunk {a.chunk_px} px, batch {a.batch}"
+    )
     canvases = {}
     for size in sorted(set(sizes + [a.speedup_size])):
         c = work / f"canvas_{size}.ome.zarr"
         t = time.perf_counter()
         make_canvas(c, -(-size // ppb))
         canvases[size] = c
-        print(f"canvas {size}x{size} px ({-(-size // ppb)}^2 bins x {len(GENES)} genes) written in {time.perf_counter() - t:.1f} s")
+        print(
+            f"canvas {size}x{size} px ({-(-size // ppb)}^2 bins x {len(GENES)} genes) written in {time.perf_counter() - t:.1f} s"
+        )
     from napari_gdt.models.device import describe, get_device, peak_memory_bytes, reset_peak_memory
 
     dev = get_device(a.device)
     print(f"device: {describe(dev)} (bare forward and workers)")
     reset_peak_memory(dev)
-    fwd0 = {th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch, device=str(dev)) for th in sorted({1, cores})}
+    fwd0 = {
+        th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch, device=str(dev))
+        for th in sorted({1, cores})
+    }
     if dev.type != "cpu":
         print(f"bare forward peak device memory: {(peak_memory_bytes(dev) or 0) / 2**20:.0f} MiB")
-    print("bare batched forward (this process, windows pre-read): "
-          + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd0.items()))
+    print(
+        "bare batched forward (this process, windows pre-read): "
+        + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd0.items())
+    )
     from napari_gdt.export.omezarr_render import tune_malloc
 
     fwd = fwd0  # the 'x fwd' reference: a plain process, as a user's script would run the model
     if a.tuned_forward:  # what the forward alone gains from tune_malloc (process-wide, so measured last)
         tuned = tune_malloc()
         fwd1 = {th: bare_forward(model, canvases[max(canvases)], a.tile_px, th, batch=a.batch) for th in sorted({1, cores})}
-        print(f"bare batched forward (same, after tune_malloc: {tuned}; for information): "
-              + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd1.items()))
+        print(
+            f"bare batched forward (same, after tune_malloc: {tuned}; for information): "
+            + ", ".join(f"{th} thread(s) {v[0]:.2f} Mpx/s wall, {v[1]:.2f} Mpx per CPU-s" for th, v in fwd1.items())
+        )
     fwd_best = max(v[0] for v in fwd.values())
 
     def row(s, label):
@@ -224,53 +258,100 @@ def main(argv=None):
         per_cpu = mpx / s["task_cpu"]  # CPU seconds inside level-0 chunk tasks (all their threads)
         th = next(iter(w.values()))["torch_threads"] if w else s["torch_threads"]
         ref_cpu = fwd[th][1] if th in fwd else fwd[1][1]
-        print(f"{label:>14} | {s['shape'][0]:>6}x{s['shape'][1]:<6} | {s['chunks']:>6} | {s['timings']['cluster']:>7.1f} | {s['timings']['level0']:>8.1f} | "
-              f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd_best:>7.2f} | {per_cpu:>8.3f} | {per_cpu / ref_cpu:>7.2f} | "
-              f"{_rss_mb(s['client_peak_rss']):>9.0f} | {rss}")
+        print(
+            f"{label:>14} | {s['shape'][0]:>6}x{s['shape'][1]:<6} | {s['chunks']:>6} | {s['timings']['cluster']:>7.1f} | "
+            f"{s['timings']['level0']:>8.1f} | "
+            f"{s['timings']['pyramid']:>7.1f} | {tp:>8.3f} | {tp / fwd_best:>7.2f} | {per_cpu:>8.3f} | "
+            f"{per_cpu / ref_cpu:>7.2f} | "
+            f"{_rss_mb(s['client_peak_rss']):>9.0f} | {rss}"
+        )
         return tp
 
     print("\nMpx/s: level-0 px / level-0 wall time; 'x fwd': that over the best bare-forward wall rate above.")
-    print("Mpx/CPU-s: level-0 px / CPU seconds spent inside the level-0 chunk tasks (canvas read, keys, forward, quantise, write);")
-    print("'x fwd cpu': that over the bare forward per CPU-s at the same torch threads. CPU-s are less sensitive than wall time to")
+    print(
+        "Mpx/CPU-s: level-0 px / CPU seconds spent inside the level-0 chunk tasks (canvas read, keys, forward, quantise, write);"
+    )
+    print(
+        "'x fwd cpu': that over the bare forward per CPU-s at the same torch threads. CPU-s are less sensitive than wall time to"
+    )
     print("other load, not immune: a worker process's CPU time also counts dask's own threads (event loop, profiler).")
-    print(f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | {'x fwd':>7} | "
-          f"{'Mpx/CPU-s':>8} | {'x fwd cpu':>7} | {'client MB':>9} | worker peak RSS MB")
+    print(
+        f"{'run':>14} | {'slide px':^13} | {'chunks':>6} | {'start s':>7} | {'level0 s':>8} | {'pyr s':>7} | {'Mpx/s':>8} | "
+        f"{'x fwd':>7} | "
+        f"{'Mpx/CPU-s':>8} | {'x fwd cpu':>7} | {'client MB':>9} | worker peak RSS MB"
+    )
     results = {}
     for size in sizes:
-        spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
-                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch, device=str(dev))
+        spec = dict(
+            model=str(model),
+            canvas=str(canvases[size]),
+            out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
+            tile_px=a.tile_px,
+            chunk_px=a.chunk_px,
+            workers=a.workers_max,
+            batch=a.batch,
+            device=str(dev),
+        )
         results[(size, a.workers_max)] = s = spawn(spec)
         row(s, f"{a.workers_max} workers")
     if a.workers_max > 1 and not a.no_speedup:
         size = a.speedup_size
         if (size, a.workers_max) not in results:
-            spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
-                        tile_px=a.tile_px, chunk_px=a.chunk_px, workers=a.workers_max, batch=a.batch, device=str(dev))
+            spec = dict(
+                model=str(model),
+                canvas=str(canvases[size]),
+                out=str(work / f"out_{size}_{a.workers_max}.ome.zarr"),
+                tile_px=a.tile_px,
+                chunk_px=a.chunk_px,
+                workers=a.workers_max,
+                batch=a.batch,
+                device=str(dev),
+            )
             results[(size, a.workers_max)] = spawn(spec)
             row(results[(size, a.workers_max)], f"{a.workers_max} workers")
-        spec = dict(model=str(model), canvas=str(canvases[size]), out=str(work / f"out_{size}_1.ome.zarr"),
-                    tile_px=a.tile_px, chunk_px=a.chunk_px, workers=1, batch=a.batch, device=str(dev))
+        spec = dict(
+            model=str(model),
+            canvas=str(canvases[size]),
+            out=str(work / f"out_{size}_1.ome.zarr"),
+            tile_px=a.tile_px,
+            chunk_px=a.chunk_px,
+            workers=1,
+            batch=a.batch,
+            device=str(dev),
+        )
         results[(size, 1)] = s1 = spawn(spec)
         row(s1, "1 worker")
         if not a.no_malloc_contrast:
             spec0 = dict(spec, out=str(work / f"out_{size}_1_dask_malloc.ome.zarr"), no_malloc_tune=True)
             s0 = spawn(spec0)
             row(s0, "1 w, no tune")
-            print(f"{'':>14}   (the same 1-worker render with dask's MALLOC_TRIM_THRESHOLD_=65536 left in force: "
-                  f"level 0 {s0['timings']['level0'] / s1['timings']['level0']:.2f}x the time of the tuned worker)")
+            print(
+                f"{'':>14}   (the same 1-worker render with dask's MALLOC_TRIM_THRESHOLD_=65536 left in force: "
+                f"level 0 {s0['timings']['level0'] / s1['timings']['level0']:.2f}x the time of the tuned worker)"
+            )
         if a.in_process:
             spec = dict(spec, out=str(work / f"out_{size}_inproc.ome.zarr"), workers=None)
             row(spawn(spec), "in-process")
         s2 = results[(size, a.workers_max)]
         sp = s1["timings"]["level0"] / s2["timings"]["level0"]
         n, mx, tot = count_diff(Path(s1["out"]), Path(s2["out"]))
-        print(f"\nspeed-up 1 -> {a.workers_max} workers at {size}x{size}: {sp:.2f}x (level 0: {s1['timings']['level0']:.1f} s -> {s2['timings']['level0']:.1f} s)")
-        print(f"level-0 values that differ between the 1- and {a.workers_max}-worker renders: {n} of {tot} ({100 * n / tot:.4f}%), max |diff| {mx}"
-              f" (1 worker uses {s1['workers'][next(iter(s1['workers']))]['torch_threads']} torch threads, each of {a.workers_max} uses "
-              f"{s2['workers'][next(iter(s2['workers']))]['torch_threads']})")
+        print(
+            f"\nspeed-up 1 -> {a.workers_max} workers at {size}x{size}: {sp:.2f}x (level 0: {s1['timings']['level0']:.1f} s -> "
+            f"{s2['timings']['level0']:.1f} s)"
+        )
+        print(
+            f"level-0 values that differ between the 1- and {a.workers_max}-worker renders: {n} of {tot} "
+            f"({100 * n / tot:.4f}%), max |diff| {mx}"
+            f" (1 worker uses {s1['workers'][next(iter(s1['workers']))]['torch_threads']} torch threads, each of "
+            f"{a.workers_max} uses "
+            f"{s2['workers'][next(iter(s2['workers']))]['torch_threads']})"
+        )
     worst = max(max(v["peak_rss"] for v in s["workers"].values()) for s in results.values())
     client = max(s["client_peak_rss"] for s in results.values())
-    print(f"\nlargest peak RSS: client {_rss_mb(client):.0f} MB, worker {_rss_mb(worst):.0f} MB (goal < 1536 MB each, whatever the slide size)")
+    print(
+        f"\nlargest peak RSS: client {_rss_mb(client):.0f} MB, worker {_rss_mb(worst):.0f} MB (goal < 1536 MB each, whatever "
+        "the slide size)"
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -31,13 +31,17 @@ def main(argv=None) -> int:
     ap.add_argument("model", nargs="?", default="her2st-he")
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args(argv)
-    info = (f"import sys; from napari_gdt.cli import main; rc = main(['info', {a.model!r}]); "
-            "print('torch imported:', 'torch' in sys.modules)")
+    info = (
+        f"import sys; from napari_gdt.cli import main; rc = main(['info', {a.model!r}]); "
+        "print('torch imported:', 'torch' in sys.modules)"
+    )
     t_info, out = _time(info, a.repeat)
     t_torch, _ = _time("import torch", a.repeat)
     t_py, _ = _time("pass", a.repeat)
-    print(f"napari-gdt info {a.model}: best {min(t_info):.3f} s, median {statistics.median(t_info):.3f} s "
-          f"({out.strip().splitlines()[-1]})")
+    print(
+        f"napari-gdt info {a.model}: best {min(t_info):.3f} s, median {statistics.median(t_info):.3f} s "
+        f"({out.strip().splitlines()[-1]})"
+    )
     print(f"import torch alone:       best {min(t_torch):.3f} s, median {statistics.median(t_torch):.3f} s")
     print(f"bare python start:        best {min(t_py):.3f} s")
     print(f"budget 0.5 s: {'met' if min(t_info) < 0.5 else 'MISSED'}")

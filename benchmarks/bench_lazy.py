@@ -164,8 +164,14 @@ def responsiveness(a) -> dict:
     c0 = w.renderer.stats["computed"]
     lazy = pan_gaps(viewer, a.seconds)
     computed = w.renderer.stats["computed"] - c0
-    res = {"lazy_max_gap_ms": lazy.max_ms, "lazy_p99_gap_ms": lazy.p99_ms, "lazy_tiles_during_pan": computed,
-           "baseline_max_gap_ms": baseline.max_ms, "baseline_p99_gap_ms": baseline.p99_ms, "torch_threads": w.scheduler.num_threads}
+    res = {
+        "lazy_max_gap_ms": lazy.max_ms,
+        "lazy_p99_gap_ms": lazy.p99_ms,
+        "lazy_tiles_during_pan": computed,
+        "baseline_max_gap_ms": baseline.max_ms,
+        "baseline_p99_gap_ms": baseline.p99_ms,
+        "torch_threads": w.scheduler.num_threads,
+    }
     w.cancel()
     w.wait(30)
     viewer.layers.remove(layer)
@@ -198,14 +204,12 @@ def responsiveness(a) -> dict:
 # ---------------------------------------------------------------------- throughput
 def throughput(a) -> dict:
     import torch
+    from _device import fmt_bytes, peak_memory
     from _lazy_canvas import lazy_synthetic_canvas
 
+    from napari_gdt.models.device import describe, get_device, reset_peak_memory
     from napari_gdt.rendering.pyramid import TilePyramid
     from napari_gdt.rendering.tiles import Region, TileRenderer
-
-    from _device import fmt_bytes, peak_memory
-
-    from napari_gdt.models.device import describe, get_device, reset_peak_memory
 
     torch.set_num_threads(_threads())
     dev = get_device(a.device)
@@ -261,9 +265,21 @@ def throughput(a) -> dict:
     bare_pxs = len(tiles) * T * T / ((tb1 + tb2) / 2)
     lazy_pxs = n * T * T / tl
     return {
-        "canvas_px": a.canvas_px, "views": len(views), "view": f"{vh}x{vw}", "tiles": len(tiles), "lazy_computed": n,
-        "bare_px_s": bare_pxs, "lazy_px_s": lazy_pxs, "ratio": lazy_pxs / bare_pxs, "bare_runs_s": (tb1, tb2), "lazy_s": tl,
-        "torch_threads": torch.get_num_threads(), "timings": tm, "device": str(dev), "peak": fmt_bytes(peak_memory(dev)), "T": T,
+        "canvas_px": a.canvas_px,
+        "views": len(views),
+        "view": f"{vh}x{vw}",
+        "tiles": len(tiles),
+        "lazy_computed": n,
+        "bare_px_s": bare_pxs,
+        "lazy_px_s": lazy_pxs,
+        "ratio": lazy_pxs / bare_pxs,
+        "bare_runs_s": (tb1, tb2),
+        "lazy_s": tl,
+        "torch_threads": torch.get_num_threads(),
+        "timings": tm,
+        "device": str(dev),
+        "peak": fmt_bytes(peak_memory(dev)),
+        "T": T,
     }
 
 
@@ -324,9 +340,19 @@ def scale(a) -> dict:
     rss_end = _rss_mb()
     st = w.pyramid.stats
     res = {
-        "canvas_px": a.scale_px, "levels": len(layer.data), "coarsest": tuple(layer.data[-1].shape), "first_paint_s": t_first, "baseline_paint_s": t_base,
-        "rss_start_mb": rss0, "rss_viewer_mb": rss_viewer, "rss_first_paint_mb": rss_first, "rss_after_wait_mb": rss_wait,
-        "rss_after_zoom_mb": rss_end, "level_after_zoom": k, "zoom_wait_s": time.perf_counter() - t1, "stats": st,
+        "canvas_px": a.scale_px,
+        "levels": len(layer.data),
+        "coarsest": tuple(layer.data[-1].shape),
+        "first_paint_s": t_first,
+        "baseline_paint_s": t_base,
+        "rss_start_mb": rss0,
+        "rss_viewer_mb": rss_viewer,
+        "rss_first_paint_mb": rss_first,
+        "rss_after_wait_mb": rss_wait,
+        "rss_after_zoom_mb": rss_end,
+        "level_after_zoom": k,
+        "zoom_wait_s": time.perf_counter() - t1,
+        "stats": st,
     }
     w.cancel()
     w.session.close()
@@ -346,7 +372,11 @@ def main(argv=None):
     ap.add_argument("--view", type=int, nargs=2, default=(512, 768))
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="auto", help="throughput: auto|cpu|cuda|mps (default auto; the other parts run where napari's widget does)")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        help="throughput: auto|cpu|cuda|mps (default auto; the other parts run where napari's widget does)",
+    )
     ap.add_argument("--scale-px", type=int, default=100_000)
     ap.add_argument("--scale-wait", type=float, default=5.0)
     a = ap.parse_args(argv)
@@ -362,34 +392,58 @@ def main(argv=None):
     s = sections[0]
     if s == "responsiveness":
         r = responsiveness(a)
-        print(f"responsiveness: max main-thread gap while panning with the lazy layer {r['lazy_max_gap_ms']:.0f} ms "
-              f"(p99 {r['lazy_p99_gap_ms']:.0f} ms, {r['lazy_tiles_during_pan']} tiles computed meanwhile, torch threads {r['torch_threads']}) "
-              f"-> {'PASS' if r['lazy_max_gap_ms'] <= 100 else 'FAIL'} (goal <= 100 ms)")
-        print(f"responsiveness: baseline, the same pan over an in-memory multiscale numpy image (nothing computed): max gap "
-              f"{r['baseline_max_gap_ms']:.0f} ms (p99 {r['baseline_p99_gap_ms']:.0f} ms): the floor of this machine, GL driver and load")
-        print(f"responsiveness: contrast, plain dask layer computing on the UI thread ({r['dask_side_px']} px square): "
-              f"max gap {r['dask_max_gap_ms']:.0f} ms")
+        print(
+            f"responsiveness: max main-thread gap while panning with the lazy layer {r['lazy_max_gap_ms']:.0f} ms "
+            f"(p99 {r['lazy_p99_gap_ms']:.0f} ms, {r['lazy_tiles_during_pan']} tiles computed meanwhile, torch threads "
+            f"{r['torch_threads']}) "
+            f"-> {'PASS' if r['lazy_max_gap_ms'] <= 100 else 'FAIL'} (goal <= 100 ms)"
+        )
+        print(
+            f"responsiveness: baseline, the same pan over an in-memory multiscale numpy image (nothing computed): max gap "
+            f"{r['baseline_max_gap_ms']:.0f} ms (p99 {r['baseline_p99_gap_ms']:.0f} ms): the floor of this machine, GL driver "
+            "and load"
+        )
+        print(
+            f"responsiveness: contrast, plain dask layer computing on the UI thread ({r['dask_side_px']} px square): "
+            f"max gap {r['dask_max_gap_ms']:.0f} ms"
+        )
     elif s == "throughput":
         r = throughput(a)
-        print(f"throughput: {r['canvas_px']}x{r['canvas_px']} px canvas, {r['views']} views of {r['view']} px panned, "
-              f"{r['tiles']} tiles under them, lazy computed {r['lazy_computed']} (torch threads {r['torch_threads']})")
-        print(f"throughput: lazy {r['lazy_px_s'] / 1e6:.3f} Mpx/s vs bare batched forward {r['bare_px_s'] / 1e6:.3f} Mpx/s "
-              f"(bare runs {r['bare_runs_s'][0]:.1f}s, {r['bare_runs_s'][1]:.1f}s; lazy {r['lazy_s']:.1f}s) "
-              f"ratio {r['ratio']:.3f} -> {'PASS' if r['ratio'] >= 0.8 else 'FAIL'} (goal >= 0.8)")
+        print(
+            f"throughput: {r['canvas_px']}x{r['canvas_px']} px canvas, {r['views']} views of {r['view']} px panned, "
+            f"{r['tiles']} tiles under them, lazy computed {r['lazy_computed']} (torch threads {r['torch_threads']})"
+        )
+        print(
+            f"throughput: lazy {r['lazy_px_s'] / 1e6:.3f} Mpx/s vs bare batched forward {r['bare_px_s'] / 1e6:.3f} Mpx/s "
+            f"(bare runs {r['bare_runs_s'][0]:.1f}s, {r['bare_runs_s'][1]:.1f}s; lazy {r['lazy_s']:.1f}s) "
+            f"ratio {r['ratio']:.3f} -> {'PASS' if r['ratio'] >= 0.8 else 'FAIL'} (goal >= 0.8)"
+        )
         T2 = r["T"] ** 2
-        print(f"throughput: on {r['device']}: lazy {r['lazy_px_s'] / T2:.1f} tiles/s vs bare {r['bare_px_s'] / T2:.1f} tiles/s ({r['T']}-px tiles); "
-              f"peak {'device memory' if r['device'] != 'cpu' else 'process RSS'} {r['peak']}")
-        print("throughput: lazy worker time: " + ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
-              + " (read = expression windows from the canvas, compute = TileRenderer.compute_tiles)")
+        print(
+            f"throughput: on {r['device']}: lazy {r['lazy_px_s'] / T2:.1f} tiles/s vs bare {r['bare_px_s'] / T2:.1f} tiles/s "
+            f"({r['T']}-px tiles); "
+            f"peak {'device memory' if r['device'] != 'cpu' else 'process RSS'} {r['peak']}"
+        )
+        print(
+            "throughput: lazy worker time: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
+            + " (read = expression windows from the canvas, compute = TileRenderer.compute_tiles)"
+        )
     else:
         r = scale(a)
         print(f"scale: {r['canvas_px']}x{r['canvas_px']} px generated canvas, {r['levels']} levels, coarsest {r['coarsest']}")
-        print(f"scale: first paint {r['first_paint_s']:.3f} s -> {'PASS' if r['first_paint_s'] < 1 else 'FAIL'} (goal < 1 s); "
-              f"baseline: napari adding + painting a 1000x1000 numpy image {r['baseline_paint_s']:.3f} s in the same viewer")
+        print(
+            f"scale: first paint {r['first_paint_s']:.3f} s -> {'PASS' if r['first_paint_s'] < 1 else 'FAIL'} (goal < 1 s); "
+            f"baseline: napari adding + painting a 1000x1000 numpy image {r['baseline_paint_s']:.3f} s in the same viewer"
+        )
         peak = max(r["rss_first_paint_mb"], r["rss_after_wait_mb"], r["rss_after_zoom_mb"])
-        print(f"scale: RSS start {r['rss_start_mb']:.0f} MB, viewer {r['rss_viewer_mb']:.0f} MB, at first paint {r['rss_first_paint_mb']:.0f} MB, "
-              f"after {a.scale_wait:.0f} s {r['rss_after_wait_mb']:.0f} MB, after zooming to level {r['level_after_zoom']} {r['rss_after_zoom_mb']:.0f} MB "
-              f"-> {'PASS' if peak < 1536 else 'FAIL'} (goal < 1.5 GB)")
+        print(
+            f"scale: RSS start {r['rss_start_mb']:.0f} MB, viewer {r['rss_viewer_mb']:.0f} MB, at first paint "
+            f"{r['rss_first_paint_mb']:.0f} MB, "
+            f"after {a.scale_wait:.0f} s {r['rss_after_wait_mb']:.0f} MB, after zooming to level {r['level_after_zoom']} "
+            f"{r['rss_after_zoom_mb']:.0f} MB "
+            f"-> {'PASS' if peak < 1536 else 'FAIL'} (goal < 1.5 GB)"
+        )
         print(f"scale: tile stats {r['stats']}")
     return 0
 

@@ -46,7 +46,7 @@ def _current_rss_mb() -> float:
         import psutil
 
         return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 - psutil is optional and may be denied access; no reading then
         return float("nan")
 
 
@@ -211,11 +211,27 @@ def main(argv=None):
     tmp_ctx = tempfile.TemporaryDirectory(prefix="bench_rasterize_") if a.tmp is None else None
     tmp = Path(a.tmp or tmp_ctx.name)
     tmp.mkdir(parents=True, exist_ok=True)
-    common = ["--n", str(a.n), "--genes", str(a.genes), "--extent-um", str(a.extent_um), "--bin-um", str(a.bin_um),
-              "--chunk", str(a.chunk), "--buffer", str(a.buffer), "--tmp", str(tmp)] + ([] if a.write else ["--no-write"])
+    common = [
+        "--n",
+        str(a.n),
+        "--genes",
+        str(a.genes),
+        "--extent-um",
+        str(a.extent_um),
+        "--bin-um",
+        str(a.bin_um),
+        "--chunk",
+        str(a.chunk),
+        "--buffer",
+        str(a.buffer),
+        "--tmp",
+        str(tmp),
+    ] + ([] if a.write else ["--no-write"])
     H = W = int(np.ceil(a.extent_um / a.bin_um))
-    print(f"bench_rasterize: {a.n:,} transcripts x {a.genes} genes, {H} x {W} bins of {a.bin_um:g} µm "
-          f"(dense canvas {a.genes * H * W * 4 / 2**30:.2f} GiB as float32), {os.cpu_count()} CPUs")
+    print(
+        f"bench_rasterize: {a.n:,} transcripts x {a.genes} genes, {H} x {W} bins of {a.bin_um:g} µm "
+        f"(dense canvas {a.genes * H * W * 4 / 2**30:.2f} GiB as float32), {os.cpu_count()} CPUs"
+    )
     results = [run_child("stream", a, common)]
     if a.file:
         pq_path = tmp / "transcripts.parquet"
@@ -227,14 +243,20 @@ def main(argv=None):
         results.append(run_child("dense", a, common))
 
     print("(wall seconds are inflated when the machine is shared; CPU seconds count this process only)")
-    print(f"{'method':<8} {'wall s':>7} {'CPU s':>7} {'M/s wall':>9} {'M/s CPU':>8} {'peak RSS':>10} {'RSS after imports':>18}  notes")
+    print(
+        f"{'method':<8} {'wall s':>7} {'CPU s':>7} {'M/s wall':>9} {'M/s CPU':>8} {'peak RSS':>10} {'RSS after imports':>18}  "
+        "notes"
+    )
     for r in results:
         if "error" in r:
             print(f"{r['method']:<8} failed: {r['error']}")
             continue
         notes = []
         if r["method"] == "stream":
-            notes.append(f"{r['nnz']:,} occupied (gene, bin) pairs in {r['sparse_mb']:.0f} MiB; binning peak {r['bin_peak_rss_mb']:.0f} MiB")
+            notes.append(
+                f"{r['nnz']:,} occupied (gene, bin) pairs in {r['sparse_mb']:.0f} MiB; binning peak {r['bin_peak_rss_mb']:.0f} "
+                "MiB"
+            )
             if "write_seconds" in r:
                 notes.append(f"OME-Zarr write {r['write_seconds']:.1f} s")
         if r["method"] == "file":
@@ -243,18 +265,26 @@ def main(argv=None):
             notes.append("all transcripts in memory + bincount(minlength=G*H*W)")
         notes.append(f"total {r['total']:,.0f}")
         cpu_rate = a.n / r["cpu_seconds"] / 1e6
-        print(f"{r['method']:<8} {r['seconds']:>7.2f} {r['cpu_seconds']:>7.2f} {r['rate'] / 1e6:>9.2f} {cpu_rate:>8.2f} "
-              f"{r['peak_rss_mb'] / 1024:>6.2f} GiB {r['base_rss_mb']:>14.0f} MiB  {'; '.join(notes)}")
+        print(
+            f"{r['method']:<8} {r['seconds']:>7.2f} {r['cpu_seconds']:>7.2f} {r['rate'] / 1e6:>9.2f} {cpu_rate:>8.2f} "
+            f"{r['peak_rss_mb'] / 1024:>6.2f} GiB {r['base_rss_mb']:>14.0f} MiB  {'; '.join(notes)}"
+        )
     ok = {r["method"]: r for r in results if "error" not in r}
     if "stream" in ok:
         s = ok["stream"]
         best = max(s["rate"], a.n / s["cpu_seconds"])
-        print(f"goals: >= 5 M transcripts/s -> {s['rate'] / 1e6:.2f} M/s wall, {a.n / s['cpu_seconds'] / 1e6:.2f} M/s per CPU-second "
-              f"({'met' if s['rate'] >= 5e6 else ('met in CPU time only (machine shared)' if best >= 5e6 else 'NOT met')}); "
-              f"peak RSS < 2 GB -> {s['peak_rss_mb'] / 1024:.2f} GiB ({'met' if s['peak_rss_mb'] < 2000 else 'NOT met'})")
+        print(
+            f"goals: >= 5 M transcripts/s -> {s['rate'] / 1e6:.2f} M/s wall, {a.n / s['cpu_seconds'] / 1e6:.2f} M/s per "
+            "CPU-second "
+            f"({'met' if s['rate'] >= 5e6 else ('met in CPU time only (machine shared)' if best >= 5e6 else 'NOT met')}); "
+            f"peak RSS < 2 GB -> {s['peak_rss_mb'] / 1024:.2f} GiB ({'met' if s['peak_rss_mb'] < 2000 else 'NOT met'})"
+        )
         if "dense" in ok:
             d = ok["dense"]
-            print(f"ratios: dense/stream peak RSS {d['peak_rss_mb'] / s['peak_rss_mb']:.1f}x; stream/dense speed {s['rate'] / d['rate']:.2f}x")
+            print(
+                f"ratios: dense/stream peak RSS {d['peak_rss_mb'] / s['peak_rss_mb']:.1f}x; stream/dense speed "
+                f"{s['rate'] / d['rate']:.2f}x"
+            )
         if "file" in ok:
             f = ok["file"]
             print(f"file end-to-end: {f['rate'] / 1e6:.2f} M transcripts/s, peak RSS {f['peak_rss_mb'] / 1024:.2f} GiB")

@@ -47,10 +47,34 @@ from napari_gdt.models.device import describe, get_device, reset_peak_memory, sy
 
 SIZES = {
     #            equality px, seams px / small tile, speed tiles, lazy canvas px / seconds, export px, ist widths
-    "full": dict(eq_px=512, seam_px=1024, seam_tile=128, speed_tiles=256, batches=(8, 32, 128), lazy_px=100_000, lazy_s=10.0,
-                 view=(1024, 1536), export_px=16384, export_workers=1, ist="published", min_s=0.5),
-    "smoke": dict(eq_px=128, seam_px=256, seam_tile=64, speed_tiles=8, batches=(8,), lazy_px=100_000, lazy_s=1.5,
-                  view=(256, 384), export_px=256, export_workers=None, ist="small", min_s=0.05),
+    "full": dict(
+        eq_px=512,
+        seam_px=1024,
+        seam_tile=128,
+        speed_tiles=256,
+        batches=(8, 32, 128),
+        lazy_px=100_000,
+        lazy_s=10.0,
+        view=(1024, 1536),
+        export_px=16384,
+        export_workers=1,
+        ist="published",
+        min_s=0.5,
+    ),
+    "smoke": dict(
+        eq_px=128,
+        seam_px=256,
+        seam_tile=64,
+        speed_tiles=8,
+        batches=(8,),
+        lazy_px=100_000,
+        lazy_s=1.5,
+        view=(256, 384),
+        export_px=256,
+        export_workers=None,
+        ist="small",
+        min_s=0.05,
+    ),
 }
 IST_SMALL = dict(latent_dim=16, n_mlp=4, base_channels=6, stage_channels=[12, 8, 6, 4], drive_hidden=16, n_drive=2)
 
@@ -106,7 +130,11 @@ def ist_bundle_path(work: Path, kind: str) -> Path:
 def model_paths(work: Path, size: dict) -> dict[str, Path]:
     from napari_gdt.models.bundle import resolve_model
 
-    return {"her2st-he": Path(resolve_model("her2st-he")), "merfish-dapi": Path(resolve_model("merfish-dapi")), "ist-shaped": ist_bundle_path(work, size["ist"])}
+    return {
+        "her2st-he": Path(resolve_model("her2st-he")),
+        "merfish-dapi": Path(resolve_model("merfish-dapi")),
+        "ist-shaped": ist_bundle_path(work, size["ist"]),
+    }
 
 
 def load(path, device):
@@ -154,7 +182,14 @@ def check_equality(tab: Table, name: str, path: Path, dev, size: dict) -> dict:
         out[label] = d
         goal = "<= 1e-4" if strict else "<= 1/255"
         tol = 1e-4 if strict else PIXEL_TOL
-        tab.add(f"{dev.type} vs cpu ({label})", name, f"max |diff| {d:.2e} (8-bit: {q}) over {region.shape[0]}x{region.shape[1]} px", goal, d <= tol, value=d)
+        tab.add(
+            f"{dev.type} vs cpu ({label})",
+            name,
+            f"max |diff| {d:.2e} (8-bit: {q}) over {region.shape[0]}x{region.shape[1]} px",
+            goal,
+            d <= tol,
+            value=d,
+        )
     if dev.type == "cuda":
         strict_fp32(False)
     return out
@@ -174,10 +209,24 @@ def check_seams(tab: Table, name: str, path: Path, dev, size: dict) -> None:
     shuffled = small.render_region(region, order=perm)
     d = float(np.abs(tiled - one).max())
     q = int(np.abs(np.round(tiled * 255).astype(np.int16) - np.round(one * 255).astype(np.int16)).max())
-    tab.add(f"seams on {dev.type}", name, f"{size['seam_tile']}-px tiles vs one {n}-px piece: max |diff| {d:.2e} (8-bit: {q})", "<= 1/255", d <= PIXEL_TOL, value=d)
+    tab.add(
+        f"seams on {dev.type}",
+        name,
+        f"{size['seam_tile']}-px tiles vs one {n}-px piece: max |diff| {d:.2e} (8-bit: {q})",
+        "<= 1/255",
+        d <= PIXEL_TOL,
+        value=d,
+    )
     same = shuffled.tobytes() == tiled.tobytes()
     ds = float(np.abs(shuffled - tiled).max())
-    tab.add(f"seams on {dev.type}", name, f"shuffled tile order: {'identical bytes' if same else f'max |diff| {ds:.2e}'}", "identical", same, value=ds)
+    tab.add(
+        f"seams on {dev.type}",
+        name,
+        f"shuffled tile order: {'identical bytes' if same else f'max |diff| {ds:.2e}'}",
+        "identical",
+        same,
+        value=ds,
+    )
 
 
 def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: bool, do_sweep: bool) -> dict:
@@ -200,10 +249,16 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
         res = sweep(r, wins, origins, batches=size["batches"], compile=compile, min_s=size["min_s"])
         print_sweep(res)
         best = res["best"]
-        fp32_8 = next((x for x in res["rows"] if x["batch"] == size["batches"][0] and x["precision"] == "fp32" and not x["channels_last"]), best)
+        fp32_8 = next(
+            (x for x in res["rows"] if x["batch"] == size["batches"][0] and x["precision"] == "fp32" and not x["channels_last"]),
+            best,
+        )
         apply_best(r, best)
         tps, peak = best["tiles_s"], best["peak"]
-        mode = f"batch {best['batch']}, {best['precision']}{', channels_last' if best['channels_last'] else ''}{', compiled' if best.get('compiled') else ''}"
+        mode = (
+            f"batch {best['batch']}, {best['precision']}"
+            f"{', channels_last' if best['channels_last'] else ''}{', compiled' if best.get('compiled') else ''}"
+        )
         gain = f"; {tps / fp32_8['tiles_s']:.2f}x fp32 batch {fp32_8['batch']}"
     else:
         tps, peak = rate(r, wins, origins, r.batch_size, size["min_s"])
@@ -213,8 +268,16 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
         ra = TileRenderer(b, canvas, seed=1, tile_px=T, device=dev)
         per = ra.measure_tile_bytes()
         free, total = torch.cuda.mem_get_info(dev)
-        tab.add("auto batch", name, f"batch_size=None chose {ra.batch_size} ({fmt_bytes(per)} per {T}-px tile, {fmt_bytes(free)} of {fmt_bytes(total)} free)", "", None,
-                batch=ra.batch_size, per_tile=per)
+        tab.add(
+            "auto batch",
+            name,
+            f"batch_size=None chose {ra.batch_size} ({fmt_bytes(per)} per {T}-px tile, {fmt_bytes(free)} of {fmt_bytes(total)} "
+            "free)",
+            "",
+            None,
+            batch=ra.batch_size,
+            per_tile=per,
+        )
     r.compute_tiles(specs[: r.batch_size])
     synchronize(dev)
     t0 = time.perf_counter()
@@ -225,10 +288,27 @@ def check_speed(tab: Table, name: str, path: Path, dev, size: dict, compile: boo
         if time.perf_counter() - t0 >= size["min_s"]:
             break
     eng = k / (time.perf_counter() - t0)
-    tab.add("speed", name, f"bare forward {tps:.1f} tiles/s = {tps * T * T / 1e6:.2f} Mpx/s ({T}-px tiles; {mode}{gain}); {mem_label(dev)} {fmt_bytes(peak)}", "", None,
-            tiles_s=tps, mpx_s=tps * T * T / 1e6, peak=peak, mode=mode)
-    tab.add("speed", name, f"engine compute_tiles {eng:.1f} tiles/s = {eng * T * T / 1e6:.2f} Mpx/s: {eng / tps:.2f}x the bare forward", ">= 0.8x" if dev.type != "cpu" else "", (eng / tps >= 0.8) if dev.type != "cpu" else None,
-            tiles_s=eng, ratio=eng / tps)
+    tab.add(
+        "speed",
+        name,
+        f"bare forward {tps:.1f} tiles/s = {tps * T * T / 1e6:.2f} Mpx/s ({T}-px tiles; {mode}{gain}); {mem_label(dev)} "
+        f"{fmt_bytes(peak)}",
+        "",
+        None,
+        tiles_s=tps,
+        mpx_s=tps * T * T / 1e6,
+        peak=peak,
+        mode=mode,
+    )
+    tab.add(
+        "speed",
+        name,
+        f"engine compute_tiles {eng:.1f} tiles/s = {eng * T * T / 1e6:.2f} Mpx/s: {eng / tps:.2f}x the bare forward",
+        ">= 0.8x" if dev.type != "cpu" else "",
+        (eng / tps >= 0.8) if dev.type != "cpu" else None,
+        tiles_s=eng,
+        ratio=eng / tps,
+    )
     return {"mode": (r.batch_size, r.precision, r.channels_last), "tiles_s": tps}
 
 
@@ -244,7 +324,17 @@ def check_lazy(tab: Table, path: Path, dev, size: dict, mode) -> None:
     nb = size["lazy_px"] // ppb
     canvas = lazy_synthetic_canvas((nb, nb), genes=b.genes[:32], chunk=128)
     batch, prec, cl = mode
-    r = TileRenderer(b, canvas, seed=0, tile_px=128 if size is SIZES["full"] else 64, device=dev, batch_size=batch, zero_fill=True, precision=prec, channels_last=cl)
+    r = TileRenderer(
+        b,
+        canvas,
+        seed=0,
+        tile_px=128 if size is SIZES["full"] else 64,
+        device=dev,
+        batch_size=batch,
+        zero_fill=True,
+        precision=prec,
+        channels_last=cl,
+    )
     p = TilePyramid(r, nearby=0, probe=0)
     reset_peak_memory(dev)
     vh, vw = size["view"]
@@ -278,12 +368,26 @@ def check_lazy(tab: Table, path: Path, dev, size: dict, mode) -> None:
     peak = peak_memory(dev)
     p.close()
     gap_ms = 1000 * max(gaps[1:] or [0.0])
-    tab.add("lazy pan", "her2st-he", f"{size['lazy_px']:,}^2 px canvas, {i} views of {vh}x{vw} px in {dt:.1f} s: {n} tiles = {n / dt:.1f} tiles/s "
-            f"({n * T * T / dt / 1e6:.2f} Mpx/s); last view complete after {last_view_s:.2f} s; {mem_label(dev)} {fmt_bytes(peak)}", "", None,
-            tiles_s=n / dt, last_view_s=last_view_s, peak=peak)
+    tab.add(
+        "lazy pan",
+        "her2st-he",
+        f"{size['lazy_px']:,}^2 px canvas, {i} views of {vh}x{vw} px in {dt:.1f} s: {n} tiles = {n / dt:.1f} tiles/s "
+        f"({n * T * T / dt / 1e6:.2f} Mpx/s); last view complete after {last_view_s:.2f} s; {mem_label(dev)} {fmt_bytes(peak)}",
+        "",
+        None,
+        tiles_s=n / dt,
+        last_view_s=last_view_s,
+        peak=peak,
+    )
     gated = size is SIZES["full"]  # a smoke run on a loaded CPU reports the gap without judging it
-    tab.add("lazy pan", "her2st-he", f"largest UI-thread gap {gap_ms:.0f} ms (p99 {1000 * float(np.percentile(gaps[1:], 99)):.0f} ms)", "<= 100 ms" if gated else "",
-            (gap_ms <= 100) if gated else None, gap_ms=gap_ms)
+    tab.add(
+        "lazy pan",
+        "her2st-he",
+        f"largest UI-thread gap {gap_ms:.0f} ms (p99 {1000 * float(np.percentile(gaps[1:], 99)):.0f} ms)",
+        "<= 100 ms" if gated else "",
+        (gap_ms <= 100) if gated else None,
+        gap_ms=gap_ms,
+    )
 
 
 def write_canvas(path: Path, genes, side_px: int, ppb: int) -> None:
@@ -305,8 +409,19 @@ def check_export(tab: Table, path: Path, dev, size: dict, work: Path, batch: int
     out = work / f"export_{n}.ome.zarr"
     reset_peak_memory(dev)
     t = time.perf_counter()
-    s = render_to_omezarr(path, canvas, out, device=str(dev), workers=size["export_workers"], progress=False, overwrite=True,
-                          batch_size=batch, zero_fill=True, tile_px=256 if n >= 2048 else 64, chunk_px=1024 if n >= 2048 else 128)
+    s = render_to_omezarr(
+        path,
+        canvas,
+        out,
+        device=str(dev),
+        workers=size["export_workers"],
+        progress=False,
+        overwrite=True,
+        batch_size=batch,
+        zero_fill=True,
+        tile_px=256 if n >= 2048 else 64,
+        chunk_px=1024 if n >= 2048 else 128,
+    )
     dt = time.perf_counter() - t
     lv0 = s["timings"]["level0"]
     mpx = s["shape"][0] * s["shape"][1] / 1e6
@@ -314,8 +429,17 @@ def check_export(tab: Table, path: Path, dev, size: dict, work: Path, batch: int
     wpeak = max((v.get("peak_rss", 0) for v in w.values()), default=0)
     devs = sorted({d for v in w.values() for d in v.get("devices", [])}) or [str(dev)]
     where = f"{size['export_workers']} worker process" if size["export_workers"] else "in-process"
-    tab.add("export", "her2st-he", f"OME-Zarr {s['shape'][0]}x{s['shape'][1]} px ({where}, device {','.join(devs)}): level 0 {lv0:.1f} s = {mpx / lv0:.2f} Mpx/s, "
-            f"all {dt:.1f} s (canvas written in {t_canvas:.1f} s)" + (f"; worker peak RSS {fmt_bytes(wpeak)}" if wpeak else ""), "", None, mpx_s=mpx / lv0, seconds=dt)
+    tab.add(
+        "export",
+        "her2st-he",
+        f"OME-Zarr {s['shape'][0]}x{s['shape'][1]} px ({where}, device {','.join(devs)}): level 0 {lv0:.1f} s = {mpx / lv0:.2f} "
+        "Mpx/s, "
+        f"all {dt:.1f} s (canvas written in {t_canvas:.1f} s)" + (f"; worker peak RSS {fmt_bytes(wpeak)}" if wpeak else ""),
+        "",
+        None,
+        mpx_s=mpx / lv0,
+        seconds=dt,
+    )
 
 
 def check_train(tab: Table, dev, seconds: float) -> None:
@@ -333,13 +457,26 @@ def check_train(tab: Table, dev, seconds: float) -> None:
     img = np.clip(np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1), 0, 1).astype(np.float32)
     sec = PairedSection(name="synthetic", counts=counts, image=img, px_per_bin=ppb)
     big = dev.type != "cpu"
-    cfg = TrainConfig(steps=10**9, batch_size=16 if big else 2, patch_bins=12 if big else 6, ckpt_every=10**9, log_every=10**9,
-                      time_limit_min=seconds / 60.0)
+    cfg = TrainConfig(
+        steps=10**9,
+        batch_size=16 if big else 2,
+        patch_bins=12 if big else 6,
+        ckpt_every=10**9,
+        log_every=10**9,
+        time_limit_min=seconds / 60.0,
+    )
     tr = Trainer([sec], genes, cfg, dev, progress=False)
     tr.run()
     tp = tr.throughput
-    tab.add("train", "gdt-v1 (synthetic pair)", f"{tp['steps']} steps in {tp['seconds']:.1f} s: {tp['steps_s']:.2f} steps/s, {tp['img_s']:.1f} img/s "
-            f"(batch {cfg.batch_size}, {tp['patch_px']}-px patches, amp {tr.amp})", "", None, **tp)
+    tab.add(
+        "train",
+        "gdt-v1 (synthetic pair)",
+        f"{tp['steps']} steps in {tp['seconds']:.1f} s: {tp['steps_s']:.2f} steps/s, {tp['img_s']:.1f} img/s "
+        f"(batch {cfg.batch_size}, {tp['patch_px']}-px patches, amp {tr.amp})",
+        "",
+        None,
+        **tp,
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -368,7 +505,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     print(f"gpu_check: device {describe(dev)}; {'full' if full else 'smoke'} sizes; {os.cpu_count()} CPU cores", flush=True)
     if dev.type == "cpu":
-        print("gpu_check: no GPU in use: the CPU runs the same checks at small sizes (the 'cpu vs cpu' rows are trivially 0)", flush=True)
+        print(
+            "gpu_check: no GPU in use: the CPU runs the same checks at small sizes (the 'cpu vs cpu' rows are trivially 0)",
+            flush=True,
+        )
     tab = Table()
     paths = model_paths(work, size)
     timing = {}
@@ -379,7 +519,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         try:
             return fn()
-        except Exception as e:  # one failed check must not hide the others
+        except Exception as e:  # noqa: BLE001 - one failed check must not hide the others
             tab.add(name, "-", f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", "runs", False)
             import traceback
 
@@ -395,7 +535,10 @@ def main(argv=None) -> int:
     section("seams", lambda: check_seams(tab, "her2st-he", paths["her2st-he"], dev, size))
     modes = {}
     for name, p in paths.items():
-        modes[name] = section("speed", lambda name=name, p=p: check_speed(tab, name, p, dev, size, a.compile and name == "her2st-he", dev.type != "cpu"))
+        modes[name] = section(
+            "speed",
+            lambda name=name, p=p: check_speed(tab, name, p, dev, size, a.compile and name == "her2st-he", dev.type != "cpu"),
+        )
     he_mode = (modes.get("her2st-he") or {}).get("mode", (8, "fp32", False))
     section("lazy", lambda: check_lazy(tab, paths["her2st-he"], dev, size, he_mode))
     section("export", lambda: check_export(tab, paths["her2st-he"], dev, size, work, he_mode[0]))
@@ -404,10 +547,19 @@ def main(argv=None) -> int:
     synchronize(dev)
     tab.print()
     total = time.perf_counter() - t0
-    print(f"\ngpu_check: {len(tab.rows)} rows, {len(tab.failed)} failed, {total:.0f} s in all ("
-          + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()) + ")")
+    print(
+        f"\ngpu_check: {len(tab.rows)} rows, {len(tab.failed)} failed, {total:.0f} s in all ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items())
+        + ")"
+    )
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": describe(dev), "full": full, "seconds": total, "timing": timing, "rows": tab.rows}, indent=1, default=str))
+        Path(a.json).write_text(
+            json.dumps(
+                {"device": describe(dev), "full": full, "seconds": total, "timing": timing, "rows": tab.rows},
+                indent=1,
+                default=str,
+            )
+        )
     if tmp is not None:
         tmp.cleanup()
     return 1 if tab.failed else 0

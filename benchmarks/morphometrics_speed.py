@@ -51,7 +51,8 @@ def main() -> None:
         f"density={st.density_per_mm2:.0f}/mm2 mean_area={st.mean_area_um2:.1f} um2 area_fraction={st.area_fraction:.3f}"
     )
     print(
-        f"tile_stats:     wall {t_tiles:6.1f} s, cpu {c_tiles:6.1f} s ({c_tiles / mpx:.2f} cpu s/Mpx)  tiles={len(df)} (incl. tissue_mask)"
+        f"tile_stats:     wall {t_tiles:6.1f} s, cpu {c_tiles:6.1f} s ({c_tiles / mpx:.2f} cpu s/Mpx)  tiles={len(df)} (incl. "
+        "tissue_mask)"
     )
 
 

@@ -14,8 +14,17 @@ CARD_MARKER = "<!-- card-results -->"
 
 #: Core packages in the order of the API reference, with one line about each.
 API_PACKAGES = [
-    ("models", "Models", "Generator architectures, coordinate-hashed noise, the model bundle (`.safetensors` + card), device choice, IST-editing import."),
-    ("expression", "Expression", "The expression canvas and the readers that make one from Xenium, MERFISH, CosMx, spots, AnnData."),
+    (
+        "models",
+        "Models",
+        "Generator architectures, coordinate-hashed noise, the model bundle (`.safetensors` + card), device choice, "
+        "IST-editing import.",
+    ),
+    (
+        "expression",
+        "Expression",
+        "The expression canvas and the readers that make one from Xenium, MERFISH, CosMx, spots, AnnData.",
+    ),
     ("editing", "Editing", "Regions, edit operations (pure functions), recipes, undo history."),
     ("rendering", "Rendering", "Tile geometry, the tile renderer, caches and the lazy pyramid."),
     ("analysis", "Analysis", "Nuclear morphometrics and comparison tables."),
@@ -23,7 +32,13 @@ API_PACKAGES = [
     ("training", "Training", "Paired patch sampling, losses, the training loop, evaluation."),
 ]
 #: Single modules listed after the packages.
-API_MODULES = [("napari_gdt.session", "The Session (viewer state, Qt-free)"), ("napari_gdt.pixels", "Pixel rules"), ("napari_gdt.data", "Sample data"), ("napari_gdt.errors", "Errors"), ("napari_gdt.synthetic", "Synthetic data for tests")]
+API_MODULES = [
+    ("napari_gdt.session", "The Session (viewer state, Qt-free)"),
+    ("napari_gdt.pixels", "Pixel rules"),
+    ("napari_gdt.data", "Sample data"),
+    ("napari_gdt.errors", "Errors"),
+    ("napari_gdt.synthetic", "Synthetic data for tests"),
+]
 
 
 def _cli_markdown() -> str:
@@ -62,7 +77,7 @@ def _api_markdown() -> str:
         for m in mods:
             out += [f"::: {m}", "    options:", "      heading_level: 3", ""]
     out += ["## Other modules", ""]
-    for m, title in API_MODULES:
+    for m, _title in API_MODULES:
         if importlib.util.find_spec(m) is not None:
             out += [f"::: {m}", "    options:", "      heading_level: 3", ""]
     return "\n".join(out)
@@ -103,12 +118,19 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
             if not isinstance(r, dict):
                 continue
             seeds = r.get("seeds", [r.get("seed", 0)])
-            out += [(f"**{m}**, `{label}`: region `{r.get('region')}`, {r.get('n_units')} {r.get('units')}, seeds {seeds}"
-                    f" (card field `validation.morphometrics`)"), ""]
+            out += [
+                (
+                    f"**{m}**, `{label}`: region `{r.get('region')}`, {r.get('n_units')} {r.get('units')}, seeds {seeds}"
+                    f" (card field `validation.morphometrics`)"
+                ),
+                "",
+            ]
             base = r.get("baselines") or {"flat": r.get("baseline") or {}}
             names = [b for b in ("flat", "library_size", "ridge") if isinstance(base.get(b), dict)]
-            out += ["| metric | generated | " + " | ".join(f"{b} baseline" for b in names) + " |",
-                    "|---|---|" + "---|" * len(names)]
+            out += [
+                "| metric | generated | " + " | ".join(f"{b} baseline" for b in names) + " |",
+                "|---|---|" + "---|" * len(names),
+            ]
             sd = r.get("seed_sd") or {}
             for k in list(KEYS) + [k for k in FIDELITY_KEYS if k in r]:
                 g = _fmt(r.get(k)) + (f" ± {sd[k]:.2g}" if sd.get(k) is not None else "")
@@ -121,12 +143,23 @@ def card_results_markdown(models=("her2st-he", "merfish-dapi")) -> str:
                     if isinstance(c.get(v), dict):
                         row = c[v]
                         oth = row.get("control_other_section") or {}
-                        out.append(f"| two-sample test ({v}) | {_fmt(row['generated']['accuracy'])} | control: real vs other section "
-                                   f"{_fmt(oth.get('accuracy'))}, real vs blurred {_fmt(row['control_blur']['accuracy'])} |" + " |" * (len(names) - 1))
+                        out.append(
+                            f"| two-sample test ({v}) | {_fmt(row['generated']['accuracy'])} | control: real vs other section "
+                            f"{_fmt(oth.get('accuracy'))}, real vs blurred {_fmt(row['control_blur']['accuracy'])} |"
+                            + " |"
+                            * (len(names) - 1)
+                        )
             g, rl = r.get("generated") or {}, r.get("real") or {}
             if g and rl:
-                out += ["", (f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean {rl.get('mean_area_um2', 0):.1f} µm², "
+                out += [
+                    "",
+                    (
+                        f"Real: {rl.get('count')} nuclei, {rl.get('density_per_mm2', 0):.0f}/mm², mean "
+                        f"{rl.get('mean_area_um2', 0):.1f} µm², "
                         f"area fraction {rl.get('area_fraction', 0):.3f}. Generated: {g.get('count', 0):.0f} nuclei, "
-                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction {g.get('area_fraction', 0):.3f}.")]
+                        f"{g.get('density_per_mm2', 0):.0f}/mm², mean {g.get('mean_area_um2', 0):.1f} µm², area fraction "
+                        f"{g.get('area_fraction', 0):.3f}."
+                    ),
+                ]
             out.append("")
     return "\n".join(out) if out else "*(no validation results in the bundled cards)*"

@@ -73,8 +73,11 @@ def _ensure_widgets(viewer, widgets: dict) -> dict:
     from napari_gdt.widgets.editing import EditingWidget
     from napari_gdt.widgets.expression import ExpressionWidget
 
-    for key, cls, name in (("expression", ExpressionWidget, "Expression canvas"), ("editing", EditingWidget, "What-if editing"),
-                           ("compare", CompareWidget, "Compare and export")):
+    for key, cls, name in (
+        ("expression", ExpressionWidget, "Expression canvas"),
+        ("editing", EditingWidget, "What-if editing"),
+        ("compare", CompareWidget, "Compare and export"),
+    ):
         if key not in widgets:
             widgets[key] = cls(viewer, session=session)
             viewer.window.add_dock_widget(widgets[key], name=name, area="right")

@@ -39,13 +39,46 @@ def main(argv=None) -> int:
     d = Path(os.environ["NAPARI_GDT_DATA"]) / "her2st" / "C5"
     canvas, recipe = work / "C5.ome.zarr", work / "stroma-tumour.json"
     if not canvas.exists():
-        assert cli(["convert", str(d / "counts.tsv.gz"), str(d / "spots.tsv"), "--format", "st", "--model", "her2st-he",
-                    "--image", str(d / "he.jpg"), "--out", str(canvas)]) == 0
+        assert (
+            cli(
+                [
+                    "convert",
+                    str(d / "counts.tsv.gz"),
+                    str(d / "spots.tsv"),
+                    "--format",
+                    "st",
+                    "--model",
+                    "her2st-he",
+                    "--image",
+                    str(d / "he.jpg"),
+                    "--out",
+                    str(canvas),
+                ]
+            )
+            == 0
+        )
     recipe.write_text(json.dumps(RECIPE))
     region = "1600:2112,640:1152"
     for name, extra in (("generated", []), ("edited", ["--edits", str(recipe)])):
-        assert cli(["render", "--model", "her2st-he", "--expression", str(canvas), *extra, "--region", region,
-                    "--cache", str(work / "tiles"), "--out", str(work / f"{name}.png")]) == 0
+        assert (
+            cli(
+                [
+                    "render",
+                    "--model",
+                    "her2st-he",
+                    "--expression",
+                    str(canvas),
+                    *extra,
+                    "--region",
+                    region,
+                    "--cache",
+                    str(work / "tiles"),
+                    "--out",
+                    str(work / f"{name}.png"),
+                ]
+            )
+            == 0
+        )
 
     def thumb(p):
         return (resize(imread(p)[..., :3], (256, 256), anti_aliasing=True) * 255).astype(np.uint8)
@@ -58,11 +91,43 @@ def main(argv=None) -> int:
     m = Path(os.environ["NAPARI_GDT_DATA"]) / "merfish_mouse_brain"
     brain = work / "brain.ome.zarr"
     if not brain.exists():
-        assert cli(["convert", str(m / "transcripts_z0.csv.gz"), "--format", "merfish", "--model", "merfish-dapi",
-                    "--image", str(m / "dapi_z0.jpg"), "--image-extent-um", "6400.029,6900.037,4699.967,5150.007",
-                    "--out", str(brain)]) == 0
-    assert cli(["render", "--model", "merfish-dapi", "--expression", str(brain), "--region", "0:512,0:512",
-                "--cache", str(work / "tiles"), "--out", str(work / "dapi-generated.png")]) == 0
+        assert (
+            cli(
+                [
+                    "convert",
+                    str(m / "transcripts_z0.csv.gz"),
+                    "--format",
+                    "merfish",
+                    "--model",
+                    "merfish-dapi",
+                    "--image",
+                    str(m / "dapi_z0.jpg"),
+                    "--image-extent-um",
+                    "6400.029,6900.037,4699.967,5150.007",
+                    "--out",
+                    str(brain),
+                ]
+            )
+            == 0
+        )
+    assert (
+        cli(
+            [
+                "render",
+                "--model",
+                "merfish-dapi",
+                "--expression",
+                str(brain),
+                "--region",
+                "0:512,0:512",
+                "--cache",
+                str(work / "tiles"),
+                "--out",
+                str(work / "dapi-generated.png"),
+            ]
+        )
+        == 0
+    )
     g = imread(work / "dapi-generated.png")
     out = Path(a.out) / "tutorial-merfish-render.png"
     imsave(out, (resize(g, (256, 256), anti_aliasing=True, preserve_range=True)).astype(np.uint8), check_contrast=False)

@@ -6,8 +6,8 @@
 Absolute paths (data files, canvases, checkpoints, paths inside recorded commands) become public
 sample-data names (``her2st/C2/he.jpg``) or bare file names; floats in provenance and validation are
 rounded to 4 significant digits. ``--canvas-bin-px N`` records the image px per bin of spot-data
-training canvases when the card lacks it (``convert --model`` uses it). The script checks that every tensor's bytes and the bundle digest
-(the tile-cache key) are unchanged, and prints one line per file.
+training canvases when the card lacks it (``convert --model`` uses it). The script checks that every tensor's bytes
+and the bundle digest (the tile-cache key) are unchanged, and prints one line per file.
 """
 
 from __future__ import annotations
@@ -39,9 +39,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, help="write here instead of in place (one input only)")
-    ap.add_argument("--canvas-bin-px", type=float, default=None,
-                    help="record this many image px per bin for training canvases whose entry lacks it "
-                         "(spot-data models; her2st-he was trained on 32 he.jpg px per bin)")
+    ap.add_argument(
+        "--canvas-bin-px",
+        type=float,
+        default=None,
+        help="record this many image px per bin for training canvases whose entry lacks it "
+        "(spot-data models; her2st-he was trained on 32 he.jpg px per bin)",
+    )
     args = ap.parse_args(argv)
     if args.out and len(args.bundles) != 1:
         ap.error("--out takes exactly one input bundle")

@@ -12,6 +12,9 @@ if [ -f mkdocs.yml ]; then
   echo "building the docs (mkdocs --strict)…"
   .venv/bin/python -m mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 fi
+echo "linting: ruff check + ruff format --check"
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
 WORKERS="${NAPARI_GDT_TEST_WORKERS:-2}"
 N=$(.venv/bin/python -m pytest -q -p no:cacheprovider --collect-only "$@" 2>/dev/null | grep -Eo '^[0-9]+ tests? collected' | grep -Eo '^[0-9]+' || echo "?")
 t0=$SECONDS

@@ -23,8 +23,15 @@ def _model():
 @pytest.fixture
 def bundle_path(tmp_path):
     p = tmp_path / "m.safetensors"
-    save_bundle(p, _model(), GENES, um_per_px=0.5, output={"kind": "fluorescence", "channels": ["DAPI"]}, tile_px=64,
-                provenance={"note": "test"})
+    save_bundle(
+        p,
+        _model(),
+        GENES,
+        um_per_px=0.5,
+        output={"kind": "fluorescence", "channels": ["DAPI"]},
+        tile_px=64,
+        provenance={"note": "test"},
+    )
     return p
 
 
@@ -87,7 +94,10 @@ def test_unknown_arch(bundle_path, tmp_path):
 
 def test_metadata_tensor_mismatch(bundle_path, tmp_path):
     p = _rewrite(bundle_path, tmp_path, card_fn=lambda c: c["config"].update(emb_ch=16))
-    with pytest.raises(BundleError, match=r"edited.safetensors: metadata does not match the tensors.*wrong shapes: convs.0.affine.bias \(8,\) != \(16,\)"):
+    with pytest.raises(
+        BundleError,
+        match=r"edited.safetensors: metadata does not match the tensors.*wrong shapes: convs.0.affine.bias \(8,\) != \(16,\)",
+    ):
         load_bundle(p)
     p = _rewrite(bundle_path, tmp_path, tensor_fn=lambda t: t.pop("to_img.bias"))
     with pytest.raises(BundleError, match="missing tensors: to_img.bias"):

@@ -15,7 +15,15 @@ from napari_gdt.models.bundle import save_bundle
 def files(tmp_path_factory, small_bundle, small_canvas):
     d = tmp_path_factory.mktemp("cli")
     m = d / "model.safetensors"
-    save_bundle(m, small_bundle.model, small_bundle.genes, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, tile_px=128, name="t")
+    save_bundle(
+        m,
+        small_bundle.model,
+        small_bundle.genes,
+        um_per_px=1.0,
+        output={"kind": "he", "channels": ["R", "G", "B"]},
+        tile_px=128,
+        name="t",
+    )
     c = small_canvas.to_ome_zarr(d / "canvas.ome.zarr")
     return d, m, c
 
@@ -35,7 +43,26 @@ def test_render_npy_png_tif_tile_invariant(files, capsys):
     outs = {}
     for t in (128, 256):
         o = d / f"r{t}.npy"
-        assert main(["render", "--model", str(m), "--expression", str(c), "--out", str(o), "--region", "64:576,32:544", "--tile-px", str(t), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "render",
+                    "--model",
+                    str(m),
+                    "--expression",
+                    str(c),
+                    "--out",
+                    str(o),
+                    "--region",
+                    "64:576,32:544",
+                    "--tile-px",
+                    str(t),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         outs[t] = np.load(o)
     assert "tiles computed" in capsys.readouterr().out
     assert outs[128].shape == (512, 512, 3) and outs[128].dtype == np.float32

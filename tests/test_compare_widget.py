@@ -23,7 +23,11 @@ def scale_edit(canvas, bins, genes, factor):
         from napari_gdt.editing.recipe import apply_recipe_file
 
         y0, y1, x0, x1 = bins
-        recipe = {"version": 1, "regions": {"r": {"rect": [y0 * PPB, x0 * PPB, y1 * PPB, x1 * PPB]}}, "edits": [{"op": "scale", "region": "r", "genes": list(genes), "factor": factor}]}
+        recipe = {
+            "version": 1,
+            "regions": {"r": {"rect": [y0 * PPB, x0 * PPB, y1 * PPB, x1 * PPB]}},
+            "edits": [{"op": "scale", "region": "r", "genes": list(genes), "factor": factor}],
+        }
         p = Path(tempfile.mkdtemp()) / "recipe.json"
         p.write_text(json.dumps(recipe))
         return apply_recipe_file(p, canvas, px_per_bin=PPB)
@@ -54,7 +58,9 @@ def compare_setup(make_napari_viewer, qtbot):
     from napari_gdt.widgets.compare import CompareWidget
 
     canvas = synthetic_canvas((16, 16), seed=1)
-    bundle = untrained_bundle(canvas.genes, out_channels=3, seed=0, um_per_px=UM_PER_PX, stage_channels=(32, 24, 16, 16), emb_ch=32)
+    bundle = untrained_bundle(
+        canvas.genes, out_channels=3, seed=0, um_per_px=UM_PER_PX, stage_channels=(32, 24, 16, 16), emb_ch=32
+    )
     assert bundle.px_per_bin == PPB
     edited = scale_edit(canvas, EDIT_BINS, EDIT_GENES, 4.0)
     cache = MemoryTileCache()
@@ -109,7 +115,9 @@ def test_comparison_view_screenshot_and_figure(compare_setup, tmp_path):
     assert img.std() > 5  # the grid of panels, not a black canvas
     assert info.scalebar_px > 5 and info.scalebar_um > 0
     zoom = viewer.scene.camera.zoom
-    assert info.um_per_screen_px == pytest.approx(UM_PER_PX / (zoom * min(360 / viewer.canvas.size[0], 640 / viewer.canvas.size[1])))
+    assert info.um_per_screen_px == pytest.approx(
+        UM_PER_PX / (zoom * min(360 / viewer.canvas.size[0], 640 / viewer.canvas.size[1]))
+    )
     tif = tmp_path / "view.tif"
     info2 = w.export_screenshot(tif, scale=1.5)
     ch, cw = viewer.canvas.size
@@ -141,7 +149,9 @@ def test_comparison_view_screenshot_and_figure(compare_setup, tmp_path):
     halo = int(np.ceil(w.bundle.model.geometry.halo_px / PPB) + 1) * PPB
     far0 = x1 + halo
     if far0 < 256 - 8:
-        outside = np.abs(crop(finfo.panel_boxes[1], far0, 256, far0, 256) - crop(finfo.panel_boxes[2], far0, 256, far0, 256)).mean()
+        outside = np.abs(
+            crop(finfo.panel_boxes[1], far0, 256, far0, 256) - crop(finfo.panel_boxes[2], far0, 256, far0, 256)
+        ).mean()
         assert outside < inside / 4, (outside, inside)
 
     w.exit_comparison()
@@ -227,7 +237,11 @@ def test_morphometrics_table_and_csv(compare_setup, tmp_path):
     c = list(df.columns).index("count")
     assert w.table.item(0, c).text() == str(n_discs)
     # it is compare_table on the layers in the region (one implementation)
-    ref = compare_table({"real": sample_layer(viewer.layers["real"], w.region_and_mask()[0], 1.0, order=1), "generated": gen, "edited": edi}, kind="he", um_per_px=UM_PER_PX)
+    ref = compare_table(
+        {"real": sample_layer(viewer.layers["real"], w.region_and_mask()[0], 1.0, order=1), "generated": gen, "edited": edi},
+        kind="he",
+        um_per_px=UM_PER_PX,
+    )
     pd.testing.assert_frame_equal(df, ref, check_exact=False, rtol=1e-6)
 
     csv = tmp_path / "morpho.csv"

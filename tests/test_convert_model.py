@@ -20,10 +20,14 @@ def _model(path, genes):
 
 def _xenium(path, n=3000):
     rng = np.random.default_rng(0)
-    pd.DataFrame({
-        "feature_name": rng.choice(["EPCAM", "KRT19", "ERBB2"], n),
-        "x_location": rng.uniform(0, 300, n), "y_location": rng.uniform(0, 200, n), "qv": np.full(n, 30.0),
-    }).to_parquet(path)
+    pd.DataFrame(
+        {
+            "feature_name": rng.choice(["EPCAM", "KRT19", "ERBB2"], n),
+            "x_location": rng.uniform(0, 300, n),
+            "y_location": rng.uniform(0, 200, n),
+            "qv": np.full(n, 30.0),
+        }
+    ).to_parquet(path)
 
 
 def test_bin_warning_above_one_percent(tmp_path, capsys):
@@ -34,11 +38,22 @@ def test_bin_warning_above_one_percent(tmp_path, capsys):
     cap = capsys.readouterr()
     assert f"using its bin {bin_um:.2f} µm" in cap.out and "panel of 2 genes" in cap.out and "match model" in cap.out
     assert cap.err == ""
-    assert main(["convert", str(p), "--out", str(tmp_path / "b.ome.zarr"), "--model", str(mp), "--bin-um", f"{bin_um * 1.005:.6f}"]) == 0
+    assert (
+        main(["convert", str(p), "--out", str(tmp_path / "b.ome.zarr"), "--model", str(mp), "--bin-um", f"{bin_um * 1.005:.6f}"])
+        == 0
+    )
     assert capsys.readouterr().err == ""  # 0.5 %: fine
-    assert main(["convert", str(p), "--out", str(tmp_path / "c.ome.zarr"), "--model", str(mp), "--bin-um", f"{bin_um * 1.03:.6f}"]) == 0
+    assert (
+        main(["convert", str(p), "--out", str(tmp_path / "c.ome.zarr"), "--model", str(mp), "--bin-um", f"{bin_um * 1.03:.6f}"])
+        == 0
+    )
     err = capsys.readouterr().err.strip()  # one line, as every CLI warning
-    assert len(err.splitlines()) == 1 and "napari-gdt convert: warning: bins of" in err and "+3.0%" in err and f"--bin-um {bin_um:.2f}" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "napari-gdt convert: warning: bins of" in err
+        and "+3.0%" in err
+        and f"--bin-um {bin_um:.2f}" in err
+    )
 
 
 def test_missing_model_genes_are_named_with_zero_fill_hint(tmp_path, capsys):
@@ -69,8 +84,27 @@ def test_convert_with_model_alone_matches_the_tutorial(data_dir, tmp_path, capsy
     assert main(["convert", *src, "--format", "st", "--model", "her2st-he", "--image", str(d / "he.jpg"), "--out", str(a)]) == 0
     out = capsys.readouterr().out
     assert "bin 32 image px" in out and "spot mode spread" in out and "match model her2st-he's 23.58 µm" in out
-    assert main(["convert", *src, "--format", "st", "--model", "her2st-he", "--bin-px", "32", "--spot-mode", "spread",
-                 "--image", str(d / "he.jpg"), "--out", str(b)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                *src,
+                "--format",
+                "st",
+                "--model",
+                "her2st-he",
+                "--bin-px",
+                "32",
+                "--spot-mode",
+                "spread",
+                "--image",
+                str(d / "he.jpg"),
+                "--out",
+                str(b),
+            ]
+        )
+        == 0
+    )
     ca, cb = ExpressionCanvas.from_ome_zarr(a), ExpressionCanvas.from_ome_zarr(b)
     assert ca.genes == cb.genes and ca.shape == cb.shape and ca.bin_um == cb.bin_um
     np.testing.assert_array_equal(ca.affine, cb.affine)
@@ -90,8 +124,16 @@ def test_spot_data_follow_the_card_bin_px_and_mode(tmp_path, capsys):
     b = untrained_bundle(["A", "C"], stage_channels=(8, 8, 8, 8), emb_ch=8)
     c = b.card
     mp = tmp_path / "m.safetensors"
-    save_bundle(mp, b.model, c["genes"], c["um_per_px"], c["output"], tile_px=c["tile_px"], px_per_bin=c["px_per_bin"],
-                provenance={"data": {"canvases": [{"path": "a.ome.zarr", "bin_um": 20.0, "mode": "footprint", "bin_px": 20.0}]}})
+    save_bundle(
+        mp,
+        b.model,
+        c["genes"],
+        c["um_per_px"],
+        c["output"],
+        tile_px=c["tile_px"],
+        px_per_bin=c["px_per_bin"],
+        provenance={"data": {"canvases": [{"path": "a.ome.zarr", "bin_um": 20.0, "mode": "footprint", "bin_px": 20.0}]}},
+    )
     args = ["convert", str(counts), str(spots), "--format", "st", "--model", str(mp), "--out", str(tmp_path / "c.ome.zarr")]
     assert main(args) == 2
     cap = capsys.readouterr()

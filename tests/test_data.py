@@ -50,11 +50,15 @@ def test_offline_without_folder_says_what_to_set(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pooch, "retrieve", offline)
     monkeypatch.setattr(data, "_reachable", lambda url, timeout=4.0: True)  # the host answers, the download fails
-    with pytest.raises(GDTError, match=r"could not download sample file her2st/C5/counts\.tsv\.gz .*Set NAPARI_GDT_DATA to a local folder"):
+    with pytest.raises(
+        GDTError, match=r"could not download sample file her2st/C5/counts\.tsv\.gz .*Set NAPARI_GDT_DATA to a local folder"
+    ):
         data.fetch_her2st("C5")
     # no network at all: a short error at once, before pooch is even asked
     monkeypatch.setattr(data, "_reachable", lambda url, timeout=4.0: False)
-    with pytest.raises(data.OfflineError, match=r"her2st/C5/counts\.tsv\.gz: not in the cache and no network.*set NAPARI_GDT_DATA"):
+    with pytest.raises(
+        data.OfflineError, match=r"her2st/C5/counts\.tsv\.gz: not in the cache and no network.*set NAPARI_GDT_DATA"
+    ):
         data.fetch_her2st("C5")
 
 
@@ -91,7 +95,9 @@ def test_merfish_z0_derived_from_source(monkeypatch, tmp_path):
     monkeypatch.delenv("NAPARI_GDT_DATA", raising=False)
     src = tmp_path / "merfish_mouse_brain" / "vizgen_transcripts.gz"
     src.parent.mkdir(parents=True)
-    pd.DataFrame({"global_x": [1.0, 2.0, 3.0], "global_y": [1.0, 2.0, 3.0], "gene": ["A", "B", "C"], "global_z": [0, 1, 0]}).to_csv(src, index=False, compression="gzip")
+    pd.DataFrame(
+        {"global_x": [1.0, 2.0, 3.0], "global_y": [1.0, 2.0, 3.0], "gene": ["A", "B", "C"], "global_z": [0, 1, 0]}
+    ).to_csv(src, index=False, compression="gzip")
     monkeypatch.setattr(data, "fetch", lambda rel: src if rel.endswith("vizgen_transcripts.gz") else tmp_path / rel)
     out = data._transcripts_z0()
     df = pd.read_csv(out)

@@ -40,7 +40,9 @@ def _he_tissue_blocks(img: np.ndarray, block: int = 32, texture: float = 10.0) -
     return float((stained & (bl(hf) > texture)).mean())
 
 
-SHOT = re.compile(r"wrote (\S+) \((\d+)x(\d+) px, ([0-9.e-]+) µm per screen px\): (\d+)% of the frame is generated tissue; (\d+) of (\d+) tiles")
+SHOT = re.compile(
+    r"wrote (\S+) \((\d+)x(\d+) px, ([0-9.e-]+) µm per screen px\): (\d+)% of the frame is generated tissue; (\d+) of (\d+) tiles"
+)
 
 
 @pytest.mark.realdata
@@ -56,8 +58,10 @@ def test_demo_screenshots_show_generated_tissue(dataset, model, data_dir, tmp_pa
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     # its own process: a fresh napari plugin registry and Qt app (the virtual display is inherited)
-    r = run_demo(["--dataset", dataset, "--screenshot", str(a), "--screenshot-detail", str(b), "--screenshot-size", "960x720"],
-                 NAPARI_GDT_DATA=str(data_dir))
+    r = run_demo(
+        ["--dataset", dataset, "--screenshot", str(a), "--screenshot-detail", str(b), "--screenshot-size", "960x720"],
+        NAPARI_GDT_DATA=str(data_dir),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     shots = {m.group(1): m for m in SHOT.finditer(r.stdout)}
     assert set(shots) == {str(a), str(b)}, r.stdout
@@ -121,7 +125,7 @@ def test_tissue_views_on_a_synthetic_canvas():
     # around the tissue block (the mask is smoothed by ~2 bins), not the whole 60 x 80-bin canvas
     assert y0 >= 6 * 4 and y1 <= 52 * 4 and x0 >= 14 * 4 and x1 <= 74 * 4 and 36 * 4 <= (y1 - y0) <= 46 * 4
     d = detail_view(c, 4, (40, 60))
-    assert 10 * 4 <= d[0] and d[1] <= 50 * 4 and 20 * 4 <= d[2] and d[3] <= 70 * 4
+    assert d[0] >= 10 * 4 and d[1] <= 50 * 4 and d[2] >= 20 * 4 and d[3] <= 70 * 4
 
 
 def run_demo(args, _env=None, **env):
@@ -129,8 +133,14 @@ def run_demo(args, _env=None, **env):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "napari_gdt.cli", "demo", *args], capture_output=True, text=True, check=False,
-                          env=dict(_env if _env is not None else os.environ, **env), timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_gdt.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(_env if _env is not None else os.environ, **env),
+        timeout=900,
+    )
 
 
 def test_demo_screenshot_synthetic(tmp_path):
@@ -200,7 +210,9 @@ def test_demo_sh_offline_fails_in_seconds_before_installing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NAPARI_GDT_DATA"}
     env["NAPARI_GDT_OFFLINE"] = "1"
     t0 = time.perf_counter()
-    r = subprocess.run(["bash", str(repo / "scripts" / "demo.sh")], capture_output=True, text=True, env=env, timeout=60, check=False)
+    r = subprocess.run(
+        ["bash", str(repo / "scripts" / "demo.sh")], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     took = time.perf_counter() - t0
     assert r.returncode == 1 and took < 30, (r.returncode, took, r.stderr)
     assert not (repo / ".venv").exists() and "installing" not in r.stdout  # failed before the install

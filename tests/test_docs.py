@@ -228,11 +228,19 @@ def test_tutorial_commands_run(page, tmp_path):
         script.write_text(code)
         try:
             r = subprocess.run(
-                ["bash", "-euo", "pipefail", str(script)], check=False, cwd=work, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S
+                ["bash", "-euo", "pipefail", str(script)],
+                check=False,
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"{page.name}:{line}: block ran longer than {BLOCK_TIMEOUT_S} s")
-        assert r.returncode == 0, f"{page.name}:{line}: exit {r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+        assert r.returncode == 0, (
+            f"{page.name}:{line}: exit {r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+        )
         for out in expected_outputs(code):
             p = work / out
             assert p.exists(), f"{page.name}:{line}: expected output {out} was not written"

@@ -48,16 +48,44 @@ def test_rect_and_polygon_masks_use_bin_centres():
     "regions, edits, needle",
     [
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "scale", "region": "zz", "genes": ["A"], "factor": 2}], "unknown region 'zz'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "scale", "region": "r", "genes": ["A"], "factor": "x"}], "field 'factor' must be a finite number, got 'x'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "scale", "region": "r", "genes": ["A"], "factor": -1}], "field 'factor' must be >= 0"),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "scale", "region": "r", "genes": ["A"], "factor": "x"}],
+            "field 'factor' must be a finite number, got 'x'",
+        ),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "scale", "region": "r", "genes": ["A"], "factor": -1}],
+            "field 'factor' must be >= 0",
+        ),
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "explode", "region": "r", "genes": ["A"]}], "unknown op 'explode'"),
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "set", "region": "r", "genes": ["A"]}], "missing field(s) 'value'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "knockout", "region": "r", "genes": ["A"], "bogus": 1}], "unknown field(s) 'bogus'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "transfer", "from": "r", "to": "r", "genes": "all", "strength": 2}], "'strength' must lie in [0, 1], got 2"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "genes": "all", "k": 0}], "'k' must be an integer >= 1, got 0"),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "knockout", "region": "r", "genes": ["A"], "bogus": 1}],
+            "unknown field(s) 'bogus'",
+        ),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "transfer", "from": "r", "to": "r", "genes": "all", "strength": 2}],
+            "'strength' must lie in [0, 1], got 2",
+        ),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "genes": "all", "k": 0}],
+            "'k' must be an integer >= 1, got 0",
+        ),
         ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "knockout", "region": "r", "genes": []}], "field 'genes'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "genes": "all"}], "give either 'reference'"),
-        ({"r": {"rect": [0, 0, 32, 32]}}, [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "coef": 0.5, "genes": "all"}], "not both"),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "eigen", "region": "r", "source": "r", "genes": "all"}],
+            "give either 'reference'",
+        ),
+        (
+            {"r": {"rect": [0, 0, 32, 32]}},
+            [{"op": "eigen", "region": "r", "source": "r", "reference": "r", "coef": 0.5, "genes": "all"}],
+            "not both",
+        ),
         ({"r": {"rect": [0, 0, 0, 32]}}, [], "region 'r' field 'rect' [0, 0, 0, 32] is empty"),
         ({"r": {"labels": "x.tif", "value": 0}}, [], "field 'value' must be a positive integer label, got 0"),
         ({"r": {"circle": 3}}, [], "region 'r' needs exactly one of"),
@@ -83,7 +111,7 @@ def test_load_recipe_file_errors(tmp_path):
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
-    bad.write_text("{\"version\": 1,, }")
+    bad.write_text('{"version": 1,, }')
     with pytest.raises(RecipeError, match=r"bad.json: not valid JSON \(line 1"):
         load_recipe(bad)
     v2 = tmp_path / "v2.json"
@@ -92,7 +120,15 @@ def test_load_recipe_file_errors(tmp_path):
         load_recipe(v2)
     lab = tmp_path / "lab.json"
     np.save(tmp_path / "l.npy", np.zeros((3, 3), np.int32))
-    lab.write_text(json.dumps({"version": 1, "regions": {"r": {"labels": "l.npy", "value": 1}}, "edits": [{"op": "knockout", "region": "r", "genes": "all"}]}))
+    lab.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"r": {"labels": "l.npy", "value": 1}},
+                "edits": [{"op": "knockout", "region": "r", "genes": "all"}],
+            }
+        )
+    )
     c = ExpressionCanvas(np.ones((1, 4, 4), np.float32), ["A"], 1.0)
     with pytest.raises(RecipeError, match=r"labels 'l.npy' have shape \(3, 3\), but the canvas bin grid is \(4, 4\)"):
         apply_recipe_file(lab, c, PPB)
@@ -127,7 +163,9 @@ def test_per_gene_ops_blockwise_equal_numpy(canvas):
 def test_scale_others_replays_ist_marker_scaling(canvas):
     """IST-editing's script: markers x coef, every other gene x 0 (needs all genes of a bin: gene chunks merged)."""
     x = np.asarray(canvas.data)
-    r = recipe({"a": {"rect": [16, 32, 160, 224]}}, [{"op": "scale", "region": "a", "genes": ["B", "E"], "factor": 2.0, "others": 0.0}])
+    r = recipe(
+        {"a": {"rect": [16, 32, 160, 224]}}, [{"op": "scale", "region": "a", "genes": ["B", "E"], "factor": 2.0, "others": 0.0}]
+    )
     out = r.apply(canvas, PPB)
     got = np.asarray(out.data)
     ma = rect_mask(canvas.n_bins, PPB, 16, 32, 160, 224)
@@ -172,7 +210,9 @@ def test_transfer_and_eigen_population_stats(canvas):
     np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
 
     # basis "genes": moments over the listed genes only
-    r = recipe(regions, [{"op": "eigen", "region": "str", "source": "str", "reference": "tum", "genes": ["B", "C"], "basis": "genes"}])
+    r = recipe(
+        regions, [{"op": "eigen", "region": "str", "source": "str", "reference": "tum", "genes": ["B", "C"], "basis": "genes"}]
+    )
     got = np.asarray(r.apply(canvas, PPB).data)
     A, _ = ops.eigen_transform(ops.second_moment(x[[1, 2]][:, ms].T), ops.second_moment(x[[1, 2]][:, mt].T), k=1)
     y = x.copy()
@@ -184,18 +224,24 @@ def test_transfer_and_eigen_population_stats(canvas):
 def test_edits_chain_in_order(canvas):
     """Statistics of a later edit see the canvas as the earlier edits left it."""
     regions = {"a": {"rect": [0, 0, 160, 160]}, "b": {"rect": [160, 160, 320, 352]}}
-    r = recipe(regions, [
-        {"op": "set", "region": "a", "genes": ["A"], "value": 10.0},
-        {"op": "transfer", "from": "a", "to": "b", "genes": ["A"], "strength": 1.0},
-    ])
+    r = recipe(
+        regions,
+        [
+            {"op": "set", "region": "a", "genes": ["A"], "value": 10.0},
+            {"op": "transfer", "from": "a", "to": "b", "genes": ["A"], "strength": 1.0},
+        ],
+    )
     got = np.asarray(r.apply(canvas, PPB).data)
     mb = rect_mask(canvas.n_bins, PPB, 160, 160, 320, 352)
     np.testing.assert_allclose(got[0][mb].mean(), 10.0, rtol=1e-5)
 
 
 def test_empty_population_error(canvas):
-    r = recipe({"a": {"rect": [0, 0, 160, 160]}, "far": {"rect": [5000, 5000, 5100, 5100]}},
-               [{"op": "transfer", "from": "far", "to": "a", "genes": "all"}], "e.json")
+    r = recipe(
+        {"a": {"rect": [0, 0, 160, 160]}, "far": {"rect": [5000, 5000, 5100, 5100]}},
+        [{"op": "transfer", "from": "far", "to": "a", "genes": "all"}],
+        "e.json",
+    )
     with pytest.raises(RecipeError, match="e.json: edit 0 \\(transfer\\): region 'far' is empty"):
         r.apply(canvas, PPB)
 
@@ -204,11 +250,21 @@ def test_labels_region_and_save_roundtrip(canvas, tmp_path):
     labels = np.zeros(canvas.n_bins, np.int32)
     labels[3:9, 4:12] = 2
     labels[12:, 15:] = 5
-    r = Recipe.from_dict({"version": 1, "regions": {"p": {"labels": "regions.tif", "value": 2}, "q": {"labels": "regions.tif", "value": 5},
-                                                    "t": {"gene": "C", "min": 5}},
-                          "edits": [{"op": "scale", "region": "p", "genes": ["A"], "factor": 4.0},
-                                    {"op": "knockout", "region": "q", "genes": "all"},
-                                    {"op": "add", "region": "t", "genes": ["D"], "value": 1.0}]})
+    r = Recipe.from_dict(
+        {
+            "version": 1,
+            "regions": {
+                "p": {"labels": "regions.tif", "value": 2},
+                "q": {"labels": "regions.tif", "value": 5},
+                "t": {"gene": "C", "min": 5},
+            },
+            "edits": [
+                {"op": "scale", "region": "p", "genes": ["A"], "factor": 4.0},
+                {"op": "knockout", "region": "q", "genes": "all"},
+                {"op": "add", "region": "t", "genes": ["D"], "value": 1.0},
+            ],
+        }
+    )
     r.regions["p"].array = labels
     r.regions["q"].array = labels
     path = r.save(tmp_path / "sub" / "edits.json")
@@ -255,9 +311,13 @@ def test_recipe_roundtrip_identical_render(render_setup, tmp_path):
 
     bundle, canvas = render_setup
     ppb = bundle.px_per_bin
-    r = recipe({"s": {"polygon": [[100, 100], [100, 300], [260, 200]]}, "t": {"rect": [300, 0, 512, 200]}},
-               [{"op": "scale", "region": "s", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 5.0},
-                {"op": "eigen", "region": "s", "source": "s", "reference": "t", "genes": "all", "k": 1}])
+    r = recipe(
+        {"s": {"polygon": [[100, 100], [100, 300], [260, 200]]}, "t": {"rect": [300, 0, 512, 200]}},
+        [
+            {"op": "scale", "region": "s", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 5.0},
+            {"op": "eigen", "region": "s", "source": "s", "reference": "t", "genes": "all", "k": 1},
+        ],
+    )
     path = r.save(tmp_path / "r.json")
     reg = Region(96, 224, 96, 224)
     img1 = TileRenderer(bundle, r.apply(canvas, ppb), device="cpu").render_region(reg)
@@ -287,10 +347,17 @@ def test_exact_set_of_tiles_recomputed(render_setup):
     m = rect_mask(canvas.n_bins, ppb, 208, 16, 240, 56)
     assert np.array_equal(np.argwhere(m), [[13, 1], [13, 2], [14, 1], [14, 2]])
     assert np.array_equal(dirty, m & (x[[0, 7]] > 0).any(0))
-    assert tiles == {(1, 0), (2, 0)}  # windows span 14 bins from 3 before each 8-bin tile: rows 13-14 in ty 1 (5..18), 2 (13..26); cols 1-2 only in tx 0 (-3..10)
-    expect = {(ty, tx) for ty in range(4) for tx in range(4)
-              if dirty[max(base.tile(ty, tx).win[0], 0):base.tile(ty, tx).win[0] + base.tile(ty, tx).win[2],
-                       max(base.tile(ty, tx).win[1], 0):base.tile(ty, tx).win[1] + base.tile(ty, tx).win[3]].any()}
+    # windows span 14 bins from 3 before each 8-bin tile: rows 13-14 in ty 1 (5..18), 2 (13..26); cols 1-2 only in tx 0 (-3..10)
+    assert tiles == {(1, 0), (2, 0)}
+    expect = {
+        (ty, tx)
+        for ty in range(4)
+        for tx in range(4)
+        if dirty[
+            max(base.tile(ty, tx).win[0], 0) : base.tile(ty, tx).win[0] + base.tile(ty, tx).win[2],
+            max(base.tile(ty, tx).win[1], 0) : base.tile(ty, tx).win[1] + base.tile(ty, tx).win[3],
+        ].any()
+    }
     assert tiles == expect
     cache.missed.clear()
     er = TileRenderer(bundle, edited, device="cpu", cache=cache)
@@ -304,7 +371,7 @@ def test_exact_set_of_tiles_recomputed(render_setup):
     diff = np.abs(after - before).max(-1)
     for ty in range(4):
         for tx in range(4):
-            d = diff[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T].max()
+            d = diff[ty * T : (ty + 1) * T, tx * T : (tx + 1) * T].max()
             assert (d > 0) == ((ty, tx) in tiles)
 
 
@@ -323,11 +390,26 @@ def test_cli_render_with_edits_and_bad_recipe(tmp_path, small_bundle, capsys):
     from napari_gdt.synthetic import synthetic_canvas
 
     model = tmp_path / "m.safetensors"
-    save_bundle(model, small_bundle.model, small_bundle.genes, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, tile_px=128, name="t")
+    save_bundle(
+        model,
+        small_bundle.model,
+        small_bundle.genes,
+        um_per_px=1.0,
+        output={"kind": "he", "channels": ["R", "G", "B"]},
+        tile_px=128,
+        name="t",
+    )
     cpath = synthetic_canvas((12, 12), seed=2).to_ome_zarr(tmp_path / "c.ome.zarr")
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"version": 1, "regions": {"s": {"rect": [0, 0, 96, 96]}},
-                                "edits": [{"op": "scale", "region": "s", "genes": ["EPCAM"], "factor": 6}]}))
+    good.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"s": {"rect": [0, 0, 96, 96]}},
+                "edits": [{"op": "scale", "region": "s", "genes": ["EPCAM"], "factor": 6}],
+            }
+        )
+    )
     out_e, out_o = tmp_path / "e.npy", tmp_path / "o.npy"
     base = ["render", "--model", str(model), "--expression", str(cpath), "--region", "0:96,0:96", "--device", "cpu"]
     assert main(base + ["--out", str(out_o)]) == 0
@@ -335,8 +417,15 @@ def test_cli_render_with_edits_and_bad_recipe(tmp_path, small_bundle, capsys):
     assert np.abs(np.load(out_e) - np.load(out_o)).max() > 1e-3
     capsys.readouterr()
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"version": 1, "regions": {"s": {"rect": [0, 0, 96, 96]}},
-                               "edits": [{"op": "scale", "region": "s", "genes": ["NOTAGENE"], "factor": 6}]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"s": {"rect": [0, 0, 96, 96]}},
+                "edits": [{"op": "scale", "region": "s", "genes": ["NOTAGENE"], "factor": 6}],
+            }
+        )
+    )
     assert main(base + ["--out", str(out_e), "--edits", str(bad), "--overwrite"]) == 2  # a .npy carries no marker of ours
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.json" in err and "NOTAGENE" in err

@@ -94,7 +94,10 @@ def test_paint_scale_undo(session, qtbot):
     T = 128
     for ty in range(3):
         for tx in range(3):
-            d = np.abs(edited[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T].astype(int) - original[ty * T:(ty + 1) * T, tx * T:(tx + 1) * T]).max()
+            d = np.abs(
+                edited[ty * T : (ty + 1) * T, tx * T : (tx + 1) * T].astype(int)
+                - original[ty * T : (ty + 1) * T, tx * T : (tx + 1) * T]
+            ).max()
             assert (d > 0) == ((ty, tx) in tiles), (ty, tx, d)
     # coarser levels: unchanged parts taken over from "generated", changed tiles cascaded in after computation
     from napari_gdt.rendering.pyramid import _down2
@@ -304,12 +307,21 @@ def test_whole_canvas_edit_checks_at_most_max_ui_checks_tiles_on_the_ui_thread(s
     assert len(keys_on_ui) <= 2 * 2, len(keys_on_ui)
     assert f"{info.unchecked} not compared with the original" in w.status.text(), w.status.text()
     edited = w.edited_pyramid.compute_region()
-    expect = TileRenderer(w.bundle, w.history.recipe.apply(gen.canvas, 16), seed=w.seed, device="cpu", tile_px=128).render_region()
+    expect = TileRenderer(
+        w.bundle, w.history.recipe.apply(gen.canvas, 16), seed=w.seed, device="cpu", tile_px=128
+    ).render_region()
     assert edited.shape == expect.shape and np.abs(edited.astype(int) - quantise(expect, edited.dtype).astype(int)).max() <= 1
     st = w.edited_pyramid.renderer.stats
     # every tile whose hash did not change (checked or not) was taken over or came from the cache
-    differ = {(ty, tx) for ty in range(3) for tx in range(3)
-              if not np.array_equal(edited[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128], original[ty * 128:(ty + 1) * 128, tx * 128:(tx + 1) * 128])}
+    differ = {
+        (ty, tx)
+        for ty in range(3)
+        for tx in range(3)
+        if not np.array_equal(
+            edited[ty * 128 : (ty + 1) * 128, tx * 128 : (tx + 1) * 128],
+            original[ty * 128 : (ty + 1) * 128, tx * 128 : (tx + 1) * 128],
+        )
+    }
     assert differ and st["computed"] - info.computed0 == len(differ), (st, info.computed0, differ)
 
 
@@ -359,12 +371,21 @@ def test_import_geojson_regions_into_the_regions_layer(session, tmp_path):
         pts = [(i0, j0), (i0, j1), (i1, j1), (i1, j0), (i0, j0)]
         return [[float((A @ [i, j, 1])[1]), float((A @ [i, j, 1])[0])] for i, j in pts]
 
-    doc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(2, 2, 6, 7)]},
-         "properties": {"classification": {"name": "Tumor"}}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(10, 10, 14, 20)]},
-         "properties": {"classification": {"name": "Stroma"}}},
-    ]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring(2, 2, 6, 7)]},
+                "properties": {"classification": {"name": "Tumor"}},
+            },
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring(10, 10, 14, 20)]},
+                "properties": {"classification": {"name": "Stroma"}},
+            },
+        ],
+    }
     p = tmp_path / "qupath.geojson"
     p.write_text(json.dumps(doc))
     names = w.import_geojson(p)
@@ -372,7 +393,9 @@ def test_import_geojson_regions_into_the_regions_layer(session, tmp_path):
     layer = w.labels_layer
     vt, vs = (w.history.recipe.regions[n].spec["value"] for n in names)
     assert vt != vs
-    assert np.array_equal(np.argwhere(layer.data == vt).min(0), [2, 2]) and np.array_equal(np.argwhere(layer.data == vt).max(0), [5, 6])
+    assert np.array_equal(np.argwhere(layer.data == vt).min(0), [2, 2]) and np.array_equal(
+        np.argwhere(layer.data == vt).max(0), [5, 6]
+    )
     assert (layer.data == vs).sum() == 4 * 10
     assert "imported 2 region(s)" in w.status.text()
     saved = json.loads((tmp_path / "session.json").read_text())

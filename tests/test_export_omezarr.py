@@ -84,7 +84,16 @@ def test_localcluster_matches_inprocess(files, reference):
     # Same arithmetic as in-process: torch's CPU kernels may differ in the last float bit with the
     # thread count (docs/cluster.md), so the workers use this process's torch thread count here.
     s = oz.render_to_omezarr(
-        m, c, out, region=REGION, chunk_px=256, levels=3, device="cpu", workers=2, progress=False, torch_threads=torch.get_num_threads()
+        m,
+        c,
+        out,
+        region=REGION,
+        chunk_px=256,
+        levels=3,
+        device="cpu",
+        workers=2,
+        progress=False,
+        torch_threads=torch.get_num_threads(),
     )
     print("cluster summary:", json.dumps(s))
     assert s["mode"] == "LocalCluster(2)" and s["rendered"] == 6
@@ -105,7 +114,9 @@ def _cli(*args, env_extra=None):
 
     # The CPU forward's last bit can depend on the thread count: the subprocess uses this process's, so its
     # chunks are comparable with the in-process reference whatever ran before in this process.
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(
+        os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS=str(torch.get_num_threads())
+    )
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "napari_gdt.cli", *args], capture_output=True, text=True, env=env, timeout=300)
 
@@ -131,13 +142,31 @@ sys.exit(main(sys.argv[2:]))
 
 def _killed_cli(n_chunks, *args):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", _KILLED_CLI, str(n_chunks), *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", _KILLED_CLI, str(n_chunks), *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_killed_render_resumes_to_identical_output(files, reference, capsys):
     d, m, c = files
     out = d / "killed.ome.zarr"
-    args = ("render", "--model", str(m), "--expression", str(c), "--out", str(out), "--region", REGION, "--chunk-px", "256", "--levels", "3", "--device", "cpu")
+    args = (
+        "render",
+        "--model",
+        str(m),
+        "--expression",
+        str(c),
+        "--out",
+        str(out),
+        "--region",
+        REGION,
+        "--chunk-px",
+        "256",
+        "--levels",
+        "3",
+        "--device",
+        "cpu",
+    )
     r = _killed_cli(2, *args)
     assert r.returncode == 137, r.stderr  # died abruptly, like kill -9
     done = sorted(p.name for p in (out / oz.MARKER_DIR / "0").glob("*.json"))
@@ -180,7 +209,10 @@ def test_rerun_with_other_settings_is_refused(files, reference, tmp_path, capsys
     import dask
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        assert main(base + ["--out", str(tmp_path / "z.ome.zarr"), "--region", "0:128,0:128", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+        assert (
+            main(base + ["--out", str(tmp_path / "z.ome.zarr"), "--region", "0:128,0:128", "--scheduler", "tcp://127.0.0.1:9"])
+            == 2
+        )
     assert "cannot reach the dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
 
 
@@ -240,7 +272,9 @@ def test_warm_cache_makes_viewing_compute_nothing(files, tmp_path):
 
     d, m, c = files
     out = tmp_path / "f32.ome.zarr"
-    s = oz.render_to_omezarr(m, c, out, region="0:512,128:512", chunk_px=256, levels=2, device="cpu", dtype="float32", progress=False)
+    s = oz.render_to_omezarr(
+        m, c, out, region="0:512,128:512", chunk_px=256, levels=2, device="cpu", dtype="float32", progress=False
+    )
     assert zarr.open_array(str(out / "0"), mode="r").dtype == np.float32
     bundle = load_bundle(m)
     canvas = ExpressionCanvas.from_ome_zarr(c)
@@ -267,7 +301,9 @@ def test_warm_from_uint8_needs_allow_quantised(files, reference):
     from napari_gdt.rendering.tiles import MemoryTileCache, TileRenderer
 
     d, m, c = files
-    r = TileRenderer(load_bundle(m), ExpressionCanvas.from_ome_zarr(c), seed=0, tile_px=128, device="cpu", cache=MemoryTileCache())
+    r = TileRenderer(
+        load_bundle(m), ExpressionCanvas.from_ome_zarr(c), seed=0, tile_px=128, device="cpu", cache=MemoryTileCache()
+    )
     with pytest.raises(GDTError, match="stores uint8 .quantised. pixels; render with --dtype float32"):
         oz.warm_cache_from_omezarr(reference, r)
     w = oz.warm_cache_from_omezarr(reference, r, allow_quantised=True)
@@ -281,9 +317,19 @@ def test_edits_are_rendered_and_hashed(files, tmp_path):
     recipe_mod = pytest.importorskip("napari_gdt.editing.recipe")
     d, m, c = files
     rec = tmp_path / "edit.json"
-    rec.write_text(json.dumps({"version": 1, "regions": {"a": {"rect": [0, 0, 256, 256]}}, "edits": [{"op": "scale", "region": "a", "genes": ["EPCAM", "KRT19"], "factor": 5.0}]}))
+    rec.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"a": {"rect": [0, 0, 256, 256]}},
+                "edits": [{"op": "scale", "region": "a", "genes": ["EPCAM", "KRT19"], "factor": 5.0}],
+            }
+        )
+    )
     out = tmp_path / "edited.ome.zarr"
-    oz.render_to_omezarr(m, c, out, region="0:256,0:512", edits=rec, chunk_px=256, levels=1, device="cpu", progress=False, dtype="float32")
+    oz.render_to_omezarr(
+        m, c, out, region="0:256,0:512", edits=rec, chunk_px=256, levels=1, device="cpu", progress=False, dtype="float32"
+    )
     st = oz.read_settings(out)
     assert st["recipe"]["sha256"] == oz.recipe_hash(rec)
     from napari_gdt.expression.canvas import ExpressionCanvas

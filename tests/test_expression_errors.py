@@ -19,7 +19,9 @@ def _cli(args, capsys):
 def test_missing_columns(tmp_path, capsys):
     p = tmp_path / "detected_transcripts.csv"
     pd.DataFrame({"global_x": [1.0], "gene": ["Actb"]}).to_csv(p, index=False)
-    with pytest.raises(ReaderError, match=r"detected_transcripts\.csv: missing column\(s\) 'global_y' needed for the merfish format"):
+    with pytest.raises(
+        ReaderError, match=r"detected_transcripts\.csv: missing column\(s\) 'global_y' needed for the merfish format"
+    ):
         read_any(p)
     # a Xenium table without its quality column
     q = tmp_path / "transcripts.parquet"
@@ -56,7 +58,9 @@ def test_empty_file(tmp_path, capsys):
 def test_all_rows_filtered_out(tmp_path):
     p = tmp_path / "detected_transcripts.csv"
     pd.DataFrame({"global_x": [1.0, 2.0], "global_y": [1.0, 2.0], "gene": ["Blank-1", "Blank-2"]}).to_csv(p, index=False)
-    with pytest.raises(ReaderError, match=r"detected_transcripts\.csv: no transcripts left after filtering 2 rows \(.*control probes 2"):
+    with pytest.raises(
+        ReaderError, match=r"detected_transcripts\.csv: no transcripts left after filtering 2 rows \(.*control probes 2"
+    ):
         read_any(p)
 
 
@@ -65,7 +69,10 @@ def test_nan_coordinates(tmp_path, ext, capsys):
     df = pd.DataFrame({"global_x": [1.0, 2.0, 3.0], "global_y": [1.0, np.nan, 3.0], "gene": ["A", "B", "C"]})
     p = tmp_path / f"detected_transcripts.{ext}"
     df.to_parquet(p) if ext == "parquet" else df.to_csv(p, index=False)
-    with pytest.raises(ReaderError, match=rf"detected_transcripts\.{ext}: column 'global_y' has 1 NaN/missing coordinate\(s\).*first at data row 1"):
+    with pytest.raises(
+        ReaderError,
+        match=rf"detected_transcripts\.{ext}: column 'global_y' has 1 NaN/missing coordinate\(s\).*first at data row 1",
+    ):
         read_any(p, format="merfish")
     rc, err = _cli(["convert", str(p), "--format", "merfish", "--out", str(tmp_path / "o.ome.zarr")], capsys)
     assert rc == 2 and "column 'global_y' has 1 NaN" in err
@@ -138,5 +145,7 @@ def test_image_without_registration(tmp_path, capsys):
     imsave(img, np.zeros((8, 8), np.uint8), check_contrast=False)
     rc, err = _cli(["convert", str(p), "--out", str(tmp_path / "o.ome.zarr"), "--image", str(img)], capsys)
     assert rc == 2 and "dapi.png: cannot place the image: give --image-transform FILE" in err
-    rc, err = _cli(["convert", str(p), "--out", str(tmp_path / "o.ome.zarr"), "--image", str(img), "--image-extent-um", "1,2,3"], capsys)
+    rc, err = _cli(
+        ["convert", str(p), "--out", str(tmp_path / "o.ome.zarr"), "--image", str(img), "--image-extent-um", "1,2,3"], capsys
+    )
     assert rc == 2 and "option --image-extent-um: expected 4 comma-separated numbers" in err

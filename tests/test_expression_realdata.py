@@ -59,8 +59,16 @@ def test_merfish_lands_on_bright_dapi(merfish, tmp_path):
     out = tmp_path / "m.ome.zarr"
     rc = main(
         [
-            "convert", str(merfish / "transcripts_z0.csv.gz"), "--out", str(out), "--bin-um", "2",
-            "--image", str(merfish / "dapi_z0.jpg"), "--image-extent-um", ",".join(map(str, EXTENT)),
+            "convert",
+            str(merfish / "transcripts_z0.csv.gz"),
+            "--out",
+            str(out),
+            "--bin-um",
+            "2",
+            "--image",
+            str(merfish / "dapi_z0.jpg"),
+            "--image-extent-um",
+            ",".join(map(str, EXTENT)),
         ]
     )
     assert rc == 0

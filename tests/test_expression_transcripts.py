@@ -1,6 +1,5 @@
 """Transcript readers on synthetic tables: vendor filters, units, streaming = dense reference."""
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,7 +69,15 @@ def test_merge_of_many_runs():
 
 def _xenium_frame(n=4000, seed=0):
     rng = np.random.default_rng(seed)
-    names = ["EPCAM", "KRT19", "ERBB2", "NegControlProbe_00042", "BLANK_0006", "UnassignedCodeword_0001", "DeprecatedCodeword_0003"]
+    names = [
+        "EPCAM",
+        "KRT19",
+        "ERBB2",
+        "NegControlProbe_00042",
+        "BLANK_0006",
+        "UnassignedCodeword_0001",
+        "DeprecatedCodeword_0003",
+    ]
     g = rng.choice(names, n, p=[0.3, 0.25, 0.25, 0.05, 0.05, 0.05, 0.05])
     return pd.DataFrame(
         {
@@ -114,7 +121,14 @@ def test_xenium_binary_feature_names_and_folder(tmp_path):
     import pyarrow.parquet as pq
 
     df = _xenium_frame(500)
-    t = pa.table({"feature_name": pa.array([s.encode() for s in df.feature_name], pa.binary()), "x_location": df.x_location, "y_location": df.y_location, "qv": df.qv})
+    t = pa.table(
+        {
+            "feature_name": pa.array([s.encode() for s in df.feature_name], pa.binary()),
+            "x_location": df.x_location,
+            "y_location": df.y_location,
+            "qv": df.qv,
+        }
+    )
     (tmp_path / "outs").mkdir()
     pq.write_table(t, tmp_path / "outs" / "transcripts.parquet")
     assert detect_format(tmp_path / "outs") == "xenium"
@@ -172,13 +186,26 @@ def test_generic_table_units(tmp_path, units, ext):
     df = pd.DataFrame({"Y": y * scale, "X": x * scale, "target_gene": g, "extra": 1})
     p = tmp_path / f"table.{ext}"
     df.to_parquet(p) if ext == "parquet" else df.to_csv(p, index=False)
-    c = read_any(p, format="csv", x_col="X", y_col="Y", gene_col="target_gene", units=units, um_per_px=upp if units == "px" else None, bin_um=8.0)
+    c = read_any(
+        p,
+        format="csv",
+        x_col="X",
+        y_col="Y",
+        gene_col="target_gene",
+        units=units,
+        um_per_px=upp if units == "px" else None,
+        bin_um=8.0,
+    )
     ref, order, (by0, bx0) = dense_reference(y, x, g, 8.0)
     assert c.genes == order and c.bin_um == 8.0
     np.testing.assert_array_equal(np.asarray(c.data), ref)
     np.testing.assert_allclose(c.meta["origin_um"], [by0 * 8.0, bx0 * 8.0])
     # --bin-px with --um-per-px gives the same bins
-    c2 = read_any(p, format="csv", x_col="X", y_col="Y", gene_col="target_gene", units=units, um_per_px=upp, bin_px=16.0) if units == "px" else None
+    c2 = (
+        read_any(p, format="csv", x_col="X", y_col="Y", gene_col="target_gene", units=units, um_per_px=upp, bin_px=16.0)
+        if units == "px"
+        else None
+    )
     if c2 is not None:
         np.testing.assert_array_equal(np.asarray(c2.data), ref)
 

@@ -119,7 +119,9 @@ def test_convert_through_widget(make_napari_viewer, qtbot, tmp_path):
 
     rng = np.random.default_rng(1)
     p = tmp_path / "t.parquet"
-    pd.DataFrame({"x": rng.uniform(0, 100, 500), "y": rng.uniform(0, 100, 500), "gene": rng.choice(["A", "B"], 500)}).to_parquet(p)
+    pd.DataFrame({"x": rng.uniform(0, 100, 500), "y": rng.uniform(0, 100, 500), "gene": rng.choice(["A", "B"], 500)}).to_parquet(
+        p
+    )
     viewer = make_napari_viewer()
     w = ExpressionWidget(viewer)
     qtbot.addWidget(w)
@@ -137,8 +139,8 @@ def test_whole_slide_tiff_opens_as_a_lazy_pyramid(make_napari_viewer, qtbot, can
     import dask.array as da
     import tifffile
 
-    from napari_gdt.widgets.compare import sample_layer
     from napari_gdt.rendering.tiles import Region
+    from napari_gdt.widgets.compare import sample_layer
     from napari_gdt.widgets.expression import ExpressionWidget
 
     out, _, _ = canvas_on_disk

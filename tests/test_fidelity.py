@@ -270,7 +270,15 @@ def _synthetic_setup(tmp_path):
     b = untrained_bundle(c.genes, stage_channels=(8, 8), emb_ch=8)
     save_bundle(tmp_path / "m.safetensors", b.model, b.genes, um_per_px=0.5, output={"kind": "he", "channels": ["R", "G", "B"]})
     gene = c.genes[0]
-    (tmp_path / "edit.json").write_text(json.dumps({"version": 1, "regions": {"r": {"rect": [40, 40, 120, 120]}}, "edits": [{"op": "scale", "region": "r", "genes": [gene], "factor": 20.0}]}))
+    (tmp_path / "edit.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"r": {"rect": [40, 40, 120, 120]}},
+                "edits": [{"op": "scale", "region": "r", "genes": [gene], "factor": 20.0}],
+            }
+        )
+    )
     return paths
 
 
@@ -281,8 +289,9 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
 
     p = _synthetic_setup(tmp_path)
     m = str(tmp_path / "m.safetensors")
-    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu", "--seeds", "2",
-            "--edits", str(tmp_path / "edit.json"), "--record-baselines", "--depth-normalised"]  # fmt: skip
+    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32",
+            "--device", "cpu", "--seeds", "2", "--edits", str(tmp_path / "edit.json"),
+            "--record-baselines", "--depth-normalised"]  # fmt: skip
     for k in ("train1", "train2"):
         args += ["--train-expression", p[k][0], "--train-image", p[k][1]]
     assert main(args) == 0
@@ -300,7 +309,25 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     assert set(res["depth_normalised"]) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
     assert len(read_card(m)["baselines"]["fitted_on"]) == 2
     # the card's record is used next time, and says so
-    assert main(["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--json", "--tile", "32", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                m,
+                "--expression",
+                p["score"][0],
+                "--image",
+                p["score"][1],
+                "--json",
+                "--tile",
+                "32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["baselines_source"].startswith("model card")
 
@@ -309,10 +336,23 @@ def test_evaluate_cli_refuses_the_scored_section_as_training(tmp_path, capsys):
     from napari_gdt.cli import main
 
     p = _synthetic_setup(tmp_path)
-    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1], "--tile", "32", "--device", "cpu",
+    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1],
+               "--tile", "32", "--device", "cpu",
                "--train-expression", p["score"][0], "--train-image", p["score"][1]])  # fmt: skip
     assert rc == 2 and "never fitted on the scored section" in capsys.readouterr().err
-    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", p["score"][0], "--image", p["score"][1], "--train-image", p["train1"][1]])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m.safetensors"),
+            "--expression",
+            p["score"][0],
+            "--image",
+            p["score"][1],
+            "--train-image",
+            p["train1"][1],
+        ]
+    )
     assert rc == 2 and "in pairs" in capsys.readouterr().err
 
 
@@ -368,7 +408,9 @@ def test_depth_normalise_equalises_bin_totals():
     tot = np.asarray(d.data.sum(axis=0))
     assert tot[0, 0] == 0
     nz = tot[tot > 0]
-    assert np.allclose(nz, nz[0], rtol=1e-4) and nz[0] == pytest.approx(np.median(np.asarray(c.data.sum(axis=0))[tot > 0]), rel=1e-4)
+    assert np.allclose(nz, nz[0], rtol=1e-4) and nz[0] == pytest.approx(
+        np.median(np.asarray(c.data.sum(axis=0))[tot > 0]), rel=1e-4
+    )
     # the composition of each bin is kept
     a, b = np.asarray(c.data[:, 5, 5]), np.asarray(d.data[:, 5, 5])
     assert np.allclose(a / a.sum(), b / b.sum(), atol=1e-6)

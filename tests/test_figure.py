@@ -32,8 +32,24 @@ def tiny(tmp_path_factory):
     real_path = d / "real.png"
     imsave(real_path, real, check_contrast=False)
     recipe = d / "recipe.json"
-    recipe.write_text(json.dumps({"version": 1, "regions": {"r": {"rect": [16, 16, 48, 48]}}, "edits": [{"op": "scale", "region": "r", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 4.0}]}))
-    return {"dir": d, "model": model_path, "canvas": canvas_path, "real": real_path, "real_arr": real, "recipe": recipe, "canvas_obj": canvas}
+    recipe.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "regions": {"r": {"rect": [16, 16, 48, 48]}},
+                "edits": [{"op": "scale", "region": "r", "genes": ["EPCAM", "KRT19", "ERBB2"], "factor": 4.0}],
+            }
+        )
+    )
+    return {
+        "dir": d,
+        "model": model_path,
+        "canvas": canvas_path,
+        "real": real_path,
+        "real_arr": real,
+        "recipe": recipe,
+        "canvas_obj": canvas,
+    }
 
 
 def test_resample_to_grid_affine_exact():
@@ -93,7 +109,11 @@ def test_compose_figure_layout_formats_and_errors(tmp_path):
 
     a = np.zeros((60, 80, 3), np.float32)
     a[:, :40] = 1.0
-    panels = [Panel("generated", "generated", a), Panel("difference", "diff", a[..., 0], heat=True, colorbar_label="x"), Panel("expression", "genes", a, legend=[("EPCAM", (1, 0, 1))])]
+    panels = [
+        Panel("generated", "generated", a),
+        Panel("difference", "diff", a[..., 0], heat=True, colorbar_label="x"),
+        Panel("expression", "genes", a, legend=[("EPCAM", (1, 0, 1))]),
+    ]
     info = compose_figure(panels, tmp_path / "f.png", um_per_px=UM, dpi=100, panel_width_in=2.0)
     img = imread(tmp_path / "f.png")
     assert img.shape[:2] == info.size_px
@@ -153,8 +173,29 @@ def test_cli_figure_all_panels(tiny, capsys, tmp_path):
 
     out = tmp_path / "fig.png"
     rc, so, se = run_cli(
-        ["figure", "--model", str(tiny["model"]), "--expression", str(tiny["canvas"]), "--region", "0:192,0:192", "--out", str(out),
-         "--edits", str(tiny["recipe"]), "--image", str(tiny["real"]), "--genes", "EPCAM,KRT19", "--dpi", "80", "--scalebar-um", "10", "--device", "cpu"],
+        [
+            "figure",
+            "--model",
+            str(tiny["model"]),
+            "--expression",
+            str(tiny["canvas"]),
+            "--region",
+            "0:192,0:192",
+            "--out",
+            str(out),
+            "--edits",
+            str(tiny["recipe"]),
+            "--image",
+            str(tiny["real"]),
+            "--genes",
+            "EPCAM,KRT19",
+            "--dpi",
+            "80",
+            "--scalebar-um",
+            "10",
+            "--device",
+            "cpu",
+        ],
         capsys,
     )
     assert rc == 0, se
@@ -178,7 +219,9 @@ def test_cli_figure_matches_renderer_pixels(tiny, capsys, tmp_path):
     c = ExpressionCanvas.from_ome_zarr(tiny["canvas"])
     r = TileRenderer(b, c, device="cpu")
     region = Region(8, 72, 24, 88)
-    info = render_figure(r, region, tmp_path / "g.png", panels=["generated"], dpi=64, panel_width_in=1.0)  # 64 px panel = 64 output px
+    info = render_figure(
+        r, region, tmp_path / "g.png", panels=["generated"], dpi=64, panel_width_in=1.0
+    )  # 64 px panel = 64 output px
     from skimage.io import imread
 
     img = imread(tmp_path / "g.png")[..., :3]
@@ -191,7 +234,17 @@ def test_cli_figure_matches_renderer_pixels(tiny, capsys, tmp_path):
 
 
 def test_cli_figure_errors(tiny, capsys, tmp_path):
-    base = ["figure", "--model", str(tiny["model"]), "--expression", str(tiny["canvas"]), "--region", "0:64,0:64", "--device", "cpu"]
+    base = [
+        "figure",
+        "--model",
+        str(tiny["model"]),
+        "--expression",
+        str(tiny["canvas"]),
+        "--region",
+        "0:64,0:64",
+        "--device",
+        "cpu",
+    ]
     rc, _, err = run_cli(base + ["--out", str(tmp_path / "a.png"), "--panels", "generated,bogus"], capsys)
     assert rc == 2 and "unknown panel(s) bogus" in err and err.count("\n") == 1
     rc, _, err = run_cli(base + ["--out", str(tmp_path / "a.png"), "--panels", "real"], capsys)
@@ -202,7 +255,20 @@ def test_cli_figure_errors(tiny, capsys, tmp_path):
     assert rc == 2 and "--genes names gene(s) not in the canvas: NOPE" in err
     rc, _, err = run_cli(base + ["--out", str(tmp_path / "a.jpg")], capsys)
     assert rc == 2 and "a.jpg: unsupported figure extension" in err
-    rc, _, err = run_cli(["figure", "--model", str(tiny["model"]), "--expression", str(tiny["canvas"]), "--region", "0:64,0:999", "--out", str(tmp_path / "a.png")], capsys)
+    rc, _, err = run_cli(
+        [
+            "figure",
+            "--model",
+            str(tiny["model"]),
+            "--expression",
+            str(tiny["canvas"]),
+            "--region",
+            "0:64,0:999",
+            "--out",
+            str(tmp_path / "a.png"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "lies outside the canvas" in err
     rc, _, err = run_cli(base + ["--out", str(tmp_path / "a.png"), "--image", str(tmp_path / "missing.png")], capsys)
     assert rc == 2 and "missing.png: no such image file" in err

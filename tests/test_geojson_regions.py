@@ -32,13 +32,16 @@ def _feature(rings, cls=None, name=None, multi=False):
 
 
 def test_qupath_export_becomes_named_bin_masks(tmp_path):
-    doc = {"type": "FeatureCollection", "features": [
-        _feature([_img_box(2, 3, 6, 8)], cls="Tumor"),
-        _feature([_img_box(10, 20, 12, 25)], cls="Tumor", multi=True),          # a second Tumor annotation: merged
-        _feature([_img_box(12, 2, 18, 12), _img_box(14, 5, 16, 8)], cls="Stroma"),  # with a hole
-        _feature([_img_box(0, 0, 1, 1)], name="my spot"),                        # no class: its name
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10, 10]}, "properties": {}},  # skipped
-    ]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            _feature([_img_box(2, 3, 6, 8)], cls="Tumor"),
+            _feature([_img_box(10, 20, 12, 25)], cls="Tumor", multi=True),  # a second Tumor annotation: merged
+            _feature([_img_box(12, 2, 18, 12), _img_box(14, 5, 16, 8)], cls="Stroma"),  # with a hole
+            _feature([_img_box(0, 0, 1, 1)], name="my spot"),  # no class: its name
+            {"type": "Feature", "geometry": {"type": "Point", "coordinates": [10, 10]}, "properties": {}},  # skipped
+        ],
+    }
     p = tmp_path / "annotations.geojson"
     p.write_text(json.dumps(doc))
     masks = read_geojson_regions(p, A, NB, PPB)
@@ -75,8 +78,14 @@ def test_geojson_errors_name_the_file_and_feature(tmp_path):
     with pytest.raises(RegionError, match="nope.geojson: no such GeoJSON file"):
         read_geojson_regions(tmp_path / "nope.geojson", A, NB, PPB)
     pts = tmp_path / "points.geojson"
-    pts.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}]}))
+    pts.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}],
+            }
+        )
+    )
     with pytest.raises(RegionError, match=r"no Polygon or MultiPolygon feature \(1 other feature\(s\) skipped\)"):
         read_geojson_regions(pts, A, NB, PPB)
     far = tmp_path / "far.geojson"  # e.g. coordinates of another (larger) image

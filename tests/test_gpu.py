@@ -110,7 +110,9 @@ def test_training_amp_choice():
         autocast(torch.device("cpu"), "fp16")
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device here: the CUDA vs CPU equality test runs only on a machine with an NVIDIA GPU")
+@pytest.mark.skipif(
+    not HAS_CUDA, reason="no CUDA device here: the CUDA vs CPU equality test runs only on a machine with an NVIDIA GPU"
+)
 @pytest.mark.parametrize("name", ["her2st-he", "merfish-dapi"])
 def test_cuda_matches_cpu(name):
     """Plain fp32 on both (TF32 off): max |CUDA - CPU| <= 1e-4 on the [0, 1] output; seams on CUDA as on the CPU."""
@@ -144,7 +146,14 @@ def test_cuda_train_step_with_amp():
     c = synthetic_canvas((24, 24), genes=genes, seed=3)
     counts = np.asarray(c.data, dtype=np.float32)
     img = np.clip(np.kron(counts[0] / counts[0].max(), np.ones((8, 8)))[..., None].repeat(3, -1), 0, 1).astype(np.float32)
-    cfg = TrainConfig(steps=5, batch_size=2, patch_bins=6, ckpt_every=100, log_every=1, arch=dict(emb_ch=8, n_bin_convs=1, stage_channels=[8, 8, 8], latent_dim=8))
+    cfg = TrainConfig(
+        steps=5,
+        batch_size=2,
+        patch_bins=6,
+        ckpt_every=100,
+        log_every=1,
+        arch=dict(emb_ch=8, n_bin_convs=1, stage_channels=[8, 8, 8], latent_dim=8),
+    )
     tr = Trainer([PairedSection(name="s", counts=counts, image=img, px_per_bin=8)], genes, cfg, "cuda", progress=False)
     tr.run()
     assert tr.step == 5 and tr.throughput["steps"] == 5 and tr.amp in ("bf16", "fp32")

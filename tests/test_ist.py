@@ -221,7 +221,13 @@ def test_config_inferred_from_shapes():
         assert infer_ist_config(sd) == dict(PUBLISHED_CONFIG, out_channels=C_)
     sd = random_ist_state(1)
     cfg = infer_ist_config(sd)
-    assert cfg["n_genes"] == 6 and cfg["stage_channels"] == [12, 8, 6, 4] and cfg["base_channels"] == 6 and cfg["n_mlp"] == 4 and cfg["n_drive"] == 2
+    assert (
+        cfg["n_genes"] == 6
+        and cfg["stage_channels"] == [12, 8, 6, 4]
+        and cfg["base_channels"] == 6
+        and cfg["n_mlp"] == 4
+        and cfg["n_drive"] == 2
+    )
     m = ISTGenerator(**cfg)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == ist_layout(C=1, **SMALL)
     m.load_state_dict(sd, strict=True)
@@ -307,7 +313,10 @@ def test_missing_extra_and_wrong_shape_are_listed(ckpt_dir, tmp_path):
     sd["convs.3.conv.weight"] = torch.zeros(1, 8, 8, 5, 5)
     with pytest.raises(
         BundleError,
-        match=r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 8, 8, 5, 5\) != expected \(1, 8, 8, 3, 3\), to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)",
+        match=(
+            r"2 with wrong shapes: convs\.3\.conv\.weight \(1, 8, 8, 5, 5\) != expected \(1, 8, 8, 3, 3\), "
+            r"to_rgbs\.2\.bias \(1, 4, 1, 1\) != expected \(1, 3, 1, 1\)"
+        ),
     ):
         _import(save_checkpoint(tmp_path / "shape.pt", sd), genes)
     sd = random_ist_state(3)

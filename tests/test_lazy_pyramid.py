@@ -181,10 +181,14 @@ def test_computed_once_across_processes(tmp_path):
 
     env = {**os.environ, **env}
     cache = tmp_path / "cache"
-    out1 = subprocess.run([sys.executable, str(script), str(cache), str(tmp_path / "a.npy")], capture_output=True, text=True, env=env, timeout=600)
+    out1 = subprocess.run(
+        [sys.executable, str(script), str(cache), str(tmp_path / "a.npy")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out1.returncode == 0, out1.stderr
     assert out1.stdout.split()[:4] == ["computed", "4", "cached", "0"]
-    out2 = subprocess.run([sys.executable, str(script), str(cache), str(tmp_path / "b.npy")], capture_output=True, text=True, env=env, timeout=600)
+    out2 = subprocess.run(
+        [sys.executable, str(script), str(cache), str(tmp_path / "b.npy")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out2.returncode == 0, out2.stderr
     assert out2.stdout.split()[:4] == ["computed", "0", "cached", "4"]
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
@@ -271,13 +275,35 @@ def test_layer_pixels_equal_cli_render_and_cache_is_shared(tmp_path, small_bundl
     synthetic_canvas((24, 24), seed=3).to_ome_zarr(canvas_path)
     cache = tmp_path / "tiles"
     png = tmp_path / "out.png"
-    assert main(["render", "--model", str(model_path), "--expression", str(canvas_path), "--out", str(png),
-                 "--region", "0:384,0:256", "--seed", "2", "--device", "cpu", "--cache", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "render",
+                "--model",
+                str(model_path),
+                "--expression",
+                str(canvas_path),
+                "--out",
+                str(png),
+                "--region",
+                "0:384,0:256",
+                "--seed",
+                "2",
+                "--device",
+                "cpu",
+                "--cache",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     assert "6 tiles computed, 0 from cache" in capsys.readouterr().out
 
     from napari_gdt.expression.canvas import ExpressionCanvas
 
-    r = TileRenderer(load_bundle(model_path), ExpressionCanvas.from_ome_zarr(canvas_path), seed=2, device="cpu", cache=open_cache(cache))
+    r = TileRenderer(
+        load_bundle(model_path), ExpressionCanvas.from_ome_zarr(canvas_path), seed=2, device="cpu", cache=open_cache(cache)
+    )
     p = TilePyramid(r, probe=0, nearby=0)
     try:
         p.levels[0][0:384, 0:256]

@@ -176,7 +176,9 @@ def test_ui_stays_responsive_while_tiles_compute(make_napari_viewer, small_bundl
         img = viewer.add_image([full[:: 2**k, :: 2**k] for k in range(5)], rgb=True, multiscale=True)
         qtbot.wait(200)
         floor = max(floor, _gaps_while(2.0, pan))
-    assert gap <= 100 or gap <= 1.5 * floor + 50, f"max gaps {[round(g) for g in gaps]} ms (floor without computing {floor:.0f} ms)"
+    assert gap <= 100 or gap <= 1.5 * floor + 50, (
+        f"max gaps {[round(g) for g in gaps]} ms (floor without computing {floor:.0f} ms)"
+    )
 
 
 def test_progress_in_activity_dock_cancellable(make_napari_viewer, small_bundle, qtbot):

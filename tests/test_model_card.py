@@ -46,13 +46,18 @@ def test_clean_card_commands_and_rounding():
             "data": {"canvases": [{"path": "/abs/a.ome.zarr", "bin_um": 23.577788082959284}]},
             "init_from": {"from": "/r/m.ckpt/last.pt", "parent": {"commands": [{"command": "train --out /q/m.safetensors"}]}},
         },
-        "validation": {"m": {"tile_spearman_nuclei": 0.2770806286401878, "region": "0:1040,864:1152", "units": "spot footprints"}},
+        "validation": {
+            "m": {"tile_spearman_nuclei": 0.2770806286401878, "region": "0:1040,864:1152", "units": "spot footprints"}
+        },
     }
     c = clean_card(card)
     p = c["provenance"]
     assert p["command"] == "napari-gdt train --image her2st/C2/he.jpg --expression=c.ome.zarr --steps 10"
     assert p["data"]["canvases"][0] == {"path": "a.ome.zarr", "bin_um": 23.58}
-    assert p["init_from"]["from"] == "m.ckpt/last.pt" and p["init_from"]["parent"]["commands"][0]["command"] == "train --out m.safetensors"
+    assert (
+        p["init_from"]["from"] == "m.ckpt/last.pt"
+        and p["init_from"]["parent"]["commands"][0]["command"] == "train --out m.safetensors"
+    )
     assert c["validation"]["m"] == {"tile_spearman_nuclei": 0.2771, "region": "0:1040,864:1152", "units": "spot footprints"}
     assert c["um_per_px"] == card["um_per_px"]  # fields that define the model stay exact
 
@@ -71,8 +76,10 @@ def test_rewrite_card_keeps_tensors(tmp_path):
 
 
 def test_info_does_not_import_torch():
-    code = ("import sys; from napari_gdt.cli import main; rc = main(['info', 'her2st-he']); "
-            "print('TORCH' if 'torch' in sys.modules else 'NOTORCH'); sys.exit(rc)")
+    code = (
+        "import sys; from napari_gdt.cli import main; rc = main(['info', 'her2st-he']); "
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH'); sys.exit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("NOTORCH"), "napari-gdt info imported torch"
@@ -103,13 +110,42 @@ def test_write_bundle_names_files_not_build_paths(tmp_path):
     from napari_gdt.training.run import write_bundle
 
     model = GDTGenerator(n_genes=2, out_channels=3, emb_ch=8, stage_channels=(8, 8), latent_dim=8)
-    trainer = SimpleNamespace(G_ema=model, genes=["A", "B"], step=3, elapsed_s=1.5, device="cpu",
-                              history=[{"step": 3, "val_rec_l1": 0.123456789}], init_info=None)
-    canvas = SimpleNamespace(bin_um=23.577788082959284, meta={"path": "/build/runs/data/her2st_C2.ome.zarr", "mode": "spread", "bin_px": 32.0,
-                                                              "files": ["/build/shared/data/her2st/C2/counts.tsv.gz"]})
-    cmd = "napari-gdt train --image /build/shared/data/her2st/C2/he.jpg --expression /build/runs/data/her2st_C2.ome.zarr --out /build/m.safetensors"
+    trainer = SimpleNamespace(
+        G_ema=model,
+        genes=["A", "B"],
+        step=3,
+        elapsed_s=1.5,
+        device="cpu",
+        history=[{"step": 3, "val_rec_l1": 0.123456789}],
+        init_info=None,
+    )
+    canvas = SimpleNamespace(
+        bin_um=23.577788082959284,
+        meta={
+            "path": "/build/runs/data/her2st_C2.ome.zarr",
+            "mode": "spread",
+            "bin_px": 32.0,
+            "files": ["/build/shared/data/her2st/C2/counts.tsv.gz"],
+        },
+    )
+    cmd = (
+        "napari-gdt train --image /build/shared/data/her2st/C2/he.jpg "
+        "--expression /build/runs/data/her2st_C2.ome.zarr --out /build/m.safetensors"
+    )
     out = tmp_path / "m.safetensors"
-    write_bundle(trainer, out, [canvas], ["/build/shared/data/her2st/C2/he.jpg"], "{}", [{"command": cmd}], 1.47, "he", ["R", "G", "B"], 64, "m")
+    write_bundle(
+        trainer,
+        out,
+        [canvas],
+        ["/build/shared/data/her2st/C2/he.jpg"],
+        "{}",
+        [{"command": cmd}],
+        1.47,
+        "he",
+        ["R", "G", "B"],
+        64,
+        "m",
+    )
     card = read_card(out)
     text = json.dumps(card)
     assert "/build" not in text, text

@@ -49,15 +49,23 @@ def files(tmp_path, small_bundle):
 
     rng = np.random.default_rng(0)
     n = 3000
-    df = pd.DataFrame({"x": rng.uniform(0, 90, n), "y": rng.uniform(0, 70, n), "gene": pd.Categorical(rng.choice(small_bundle.genes[:5], n))})
+    df = pd.DataFrame(
+        {"x": rng.uniform(0, 90, n), "y": rng.uniform(0, 70, n), "gene": pd.Categorical(rng.choice(small_bundle.genes[:5], n))}
+    )
     pts = PointsModel.parse(df, coordinates={"x": "x", "y": "y"}, feature_key="gene")
-    img = Image2DModel.parse(rng.integers(0, 255, (3, 140, 180), dtype=np.uint8), dims=("c", "y", "x"), transformations={"global": Scale([0.5, 0.5], axes=("y", "x"))})
+    img = Image2DModel.parse(
+        rng.integers(0, 255, (3, 140, 180), dtype=np.uint8),
+        dims=("c", "y", "x"),
+        transformations={"global": Scale([0.5, 0.5], axes=("y", "x"))},
+    )
     store = tmp_path / "sample.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         SpatialData(images={"he": img}, points={"transcripts": pts}).write(store)
     table = tmp_path / "transcripts.parquet"
-    pd.DataFrame({"x_location": df["x"], "y_location": df["y"], "feature_name": df["gene"].astype(str), "qv": 30.0}).to_parquet(table)  # Xenium
+    pd.DataFrame({"x_location": df["x"], "y_location": df["y"], "feature_name": df["gene"].astype(str), "qv": 30.0}).to_parquet(
+        table
+    )  # Xenium
     canvas = synthetic_canvas((20, 20), seed=0).to_ome_zarr(tmp_path / "canvas.ome.zarr")
     return {"store": store, "table": table, "canvas": canvas, "df": df}
 
@@ -65,7 +73,9 @@ def files(tmp_path, small_bundle):
 def test_files_have_one_reader_and_folders_are_offered_to_all(plugins, files, tmp_path):
     assert _readers(plugins, files["table"]) == {"napari-gdt"}
     (tmp_path / "x.csv").write_text("x,y,gene\n1,2,A\n")
-    assert "napari-gdt" in _readers(plugins, tmp_path / "x.csv") and "napari-spatialdata" not in _readers(plugins, tmp_path / "x.csv")
+    assert "napari-gdt" in _readers(plugins, tmp_path / "x.csv") and "napari-spatialdata" not in _readers(
+        plugins, tmp_path / "x.csv"
+    )
     # a .zarr *file* (e.g. a zip store) is napari-spatialdata's alone: we claim no "*.zarr"
     (tmp_path / "zipped.zarr").write_bytes(b"")
     assert "napari-gdt" not in _readers(plugins, tmp_path / "zipped.zarr")

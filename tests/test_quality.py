@@ -51,7 +51,9 @@ class _Bundle:
 def _canvas_with_spots(H, W, bin_px=8, spots=None, d=40.0):
     from napari_gdt.expression.canvas import ExpressionCanvas
 
-    c = ExpressionCanvas(np.ones((1, H // bin_px, W // bin_px), np.float32), ["g"], bin_um=4.0, affine=np.diag([bin_px, bin_px, 1.0]))
+    c = ExpressionCanvas(
+        np.ones((1, H // bin_px, W // bin_px), np.float32), ["g"], bin_um=4.0, affine=np.diag([bin_px, bin_px, 1.0])
+    )
     if spots is not None:
         c.meta["spots"] = {"centres_px": spots, "diameter_px": d}
     return c
@@ -59,7 +61,10 @@ def _canvas_with_spots(H, W, bin_px=8, spots=None, d=40.0):
 
 def test_identical_image_scores_perfectly_and_beats_baseline():
     H = W = 256
-    dens = lambda y, x: 0.1 + 0.8 * (x / W)
+
+    def dens(y, x):
+        return 0.1 + 0.8 * (x / W)
+
     real = _he_with_nuclei(H, W, density_map=dens)
     spots = [[y, x] for y in range(30, 230, 50) for x in range(30, 230, 50)]
     c = _canvas_with_spots(H, W, spots=spots)
@@ -127,11 +132,36 @@ def test_evaluate_cli_json_keys(tmp_path, capsys):
     save_bundle(tmp_path / "m.safetensors", b.model, b.genes, um_per_px=0.5, output={"kind": "he", "channels": ["R", "G", "B"]})
     real = _he_with_nuclei(320, 320)
     imsave(tmp_path / "real.png", (real * 255).astype(np.uint8), check_contrast=False)
-    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", str(tmp_path / "c.ome.zarr"), "--image", str(tmp_path / "real.png"), "--json", "--tile", "16", "--device", "cpu"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m.safetensors"),
+            "--expression",
+            str(tmp_path / "c.ome.zarr"),
+            "--image",
+            str(tmp_path / "real.png"),
+            "--json",
+            "--tile",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     for k in quality.KEYS:
         assert k in res and k in res["baseline"]
     assert res["real"]["count"] > 10
-    rc = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--expression", str(tmp_path / "c.ome.zarr"), "--image", str(tmp_path / "nope.png")])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "m.safetensors"),
+            "--expression",
+            str(tmp_path / "c.ome.zarr"),
+            "--image",
+            str(tmp_path / "nope.png"),
+        ]
+    )
     assert rc == 2 and "nope.png: no such image file" in capsys.readouterr().err

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 # a rotation + anisotropic-free scale + translation (x, y order, as SpatialData writes it): image px -> µm
 THETA = np.deg2rad(20.0)
-IMG_XY = np.array([[0.5 * np.cos(THETA), -0.5 * np.sin(THETA), 30.0], [0.5 * np.sin(THETA), 0.5 * np.cos(THETA), -12.0], [0, 0, 1.0]])
+IMG_XY = np.array(
+    [[0.5 * np.cos(THETA), -0.5 * np.sin(THETA), 30.0], [0.5 * np.sin(THETA), 0.5 * np.cos(THETA), -12.0], [0, 0, 1.0]]
+)
 
 
 def _write(sdata, path):
@@ -40,7 +42,9 @@ def _write(sdata, path):
 
 def _image(rng, h=160, w=200, t=None):
     arr = rng.integers(0, 255, (3, h, w), dtype=np.uint8)
-    return Image2DModel.parse(arr, dims=("c", "y", "x"), transformations=t or {"global": Affine(IMG_XY, input_axes=("x", "y"), output_axes=("x", "y"))})
+    return Image2DModel.parse(
+        arr, dims=("c", "y", "x"), transformations=t or {"global": Affine(IMG_XY, input_axes=("x", "y"), output_axes=("x", "y"))}
+    )
 
 
 def _um_to_img(x, y):
@@ -60,7 +64,9 @@ def points_store(tmp_path_factory):
     genes = rng.choice(["Gab", "Gcd", "Gef", "NegControl_1"], n)
     df = pd.DataFrame({"x": x, "y": y, "gene": pd.Categorical(genes)})
     pts = PointsModel.parse(df, coordinates={"x": "x", "y": "y"}, feature_key="gene", transformations={"global": Identity()})
-    small = _image(rng, 40, 50, {"global": Affine(IMG_XY @ np.diag([4.0, 4.0, 1.0]), input_axes=("x", "y"), output_axes=("x", "y"))})
+    small = _image(
+        rng, 40, 50, {"global": Affine(IMG_XY @ np.diag([4.0, 4.0, 1.0]), input_axes=("x", "y"), output_axes=("x", "y"))}
+    )
     s = SpatialData(images={"he": _image(rng), "he_small": small}, points={"transcripts": pts})
     d = tmp_path_factory.mktemp("sdpts")
     return _write(s, d / "pts.zarr"), df
@@ -69,12 +75,26 @@ def points_store(tmp_path_factory):
 def _circles_store(path, rng, ids, centres_px, radius_px, counts, genes, um_per_px, image=None):
     """table + circles + image, coordinate system 'global' in µm (image: Scale(um_per_px))."""
     xy_um = np.stack([centres_px[:, 1], centres_px[:, 0]], axis=1) * um_per_px
-    circles = ShapesModel.parse(xy_um, geometry=0, radius=np.full(len(ids), radius_px * um_per_px), index=np.arange(len(ids)), transformations={"global": Identity()})
+    circles = ShapesModel.parse(
+        xy_um,
+        geometry=0,
+        radius=np.full(len(ids), radius_px * um_per_px),
+        index=np.arange(len(ids)),
+        transformations={"global": Identity()},
+    )
     obs = pd.DataFrame({"region": pd.Categorical(["spots"] * len(ids)), "spot_id": np.arange(len(ids))}, index=list(ids))
-    table = TableModel.parse(ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes)), region="spots", region_key="region", instance_key="spot_id")
+    table = TableModel.parse(
+        ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=genes)), region="spots", region_key="region", instance_key="spot_id"
+    )
     if image is None:
         image = rng.integers(0, 255, (3, 300, 260), dtype=np.uint8)
-    img = Image2DModel.parse(image, dims=("c", "y", "x"), transformations={"global": Scale([um_per_px, um_per_px], axes=("y", "x"))}, scale_factors=[2, 2], chunks=(3, 1024, 1024))
+    img = Image2DModel.parse(
+        image,
+        dims=("c", "y", "x"),
+        transformations={"global": Scale([um_per_px, um_per_px], axes=("y", "x"))},
+        scale_factors=[2, 2],
+        chunks=(3, 1024, 1024),
+    )
     return _write(SpatialData(images={"he": img}, shapes={"spots": circles}, tables={"table": table}), path)
 
 
@@ -138,7 +158,9 @@ def test_spots_canvas_equals_spots_to_canvas(spots_store):
     c = read_any(path, bin_um=8.0)
     assert c.meta["spatialdata"]["table"] == "table" and c.meta["spatialdata"]["shapes"] == "spots"
     assert c.meta["um_per_px"] == pytest.approx(0.8)
-    ref = spots_to_canvas(counts, centres, genes, bin_px=10.0, um_per_px=0.8, diameter_px=15.0, image_shape=(300, 260), spot_ids=ids)
+    ref = spots_to_canvas(
+        counts, centres, genes, bin_px=10.0, um_per_px=0.8, diameter_px=15.0, image_shape=(300, 260), spot_ids=ids
+    )
     assert c.shape == ref.shape and c.genes == genes
     np.testing.assert_allclose(c.affine, ref.affine, atol=1e-9)
     np.testing.assert_allclose(np.asarray(c.data), np.asarray(ref.data), rtol=1e-5, atol=1e-6)
@@ -182,7 +204,11 @@ def test_bad_input_one_line_naming_store_and_element(points_store, tmp_path, cap
     assert "coordinate system 'aligned'" in line
     # an image transformation that cannot be inverted (rank 1)
     flat = Affine(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0, 0, 1.0]]), input_axes=("x", "y"), output_axes=("x", "y"))
-    pts = PointsModel.parse(pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "gene": pd.Categorical(["A", "B"])}), coordinates={"x": "x", "y": "y"}, feature_key="gene")
+    pts = PointsModel.parse(
+        pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "gene": pd.Categorical(["A", "B"])}),
+        coordinates={"x": "x", "y": "y"},
+        feature_key="gene",
+    )
     bad = _write(SpatialData(images={"he": _image(rng, t={"global": flat})}, points={"tx": pts}), tmp_path / "singular.zarr")
     line = _one_line_error(["convert", str(bad), "--out", out], capsys)
     assert str(bad) in line and "image element 'he'" in line and "cannot be inverted" in line
@@ -213,7 +239,13 @@ def written_store(spots_store, small_bundle, tmp_path):
     from napari_gdt.editing.recipe import Recipe
     from napari_gdt.export.spatialdata import render_into_spatialdata
 
-    recipe = Recipe.from_dict({"version": 1, "regions": {"core": {"rect": [40, 40, 160, 140]}}, "edits": [{"op": "scale", "region": "core", "genes": "all", "factor": 3.0}]})
+    recipe = Recipe.from_dict(
+        {
+            "version": 1,
+            "regions": {"core": {"rect": [40, 40, 160, 140]}},
+            "edits": [{"op": "scale", "region": "core", "genes": "all", "factor": 3.0}],
+        }
+    )
     s = render_into_spatialdata(store, small_bundle, canvas, edits=recipe, region=None, device="cpu", tile_px=64)
     return store, canvas, s, before
 
@@ -304,7 +336,20 @@ def test_render_cli_into_spatialdata(spots_store, tmp_path, capsys):
     m = tmp_path / "m.safetensors"
     save_bundle(m, b.model, b.genes, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, tile_px=64, name="t")
     capsys.readouterr()
-    argv = ["render", "--model", str(m), "--expression", str(canvas_path), "--out", str(store), "--into-spatialdata", "--device", "cpu", "--region", "0:64,0:96"]
+    argv = [
+        "render",
+        "--model",
+        str(m),
+        "--expression",
+        str(canvas_path),
+        "--out",
+        str(store),
+        "--into-spatialdata",
+        "--device",
+        "cpu",
+        "--region",
+        "0:64,0:96",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote gdt_generated (generated) into" in out and "aligned with image 'he'" in out
@@ -340,7 +385,17 @@ def test_her2st_c5_spatialdata_equals_st_reader(data_dir, tmp_path, capsys):
     upp = ref.meta["um_per_px"]
     Image.MAX_IMAGE_PIXELS = None
     img = np.moveaxis(np.asarray(Image.open(he).convert("RGB")), -1, 0)
-    store = _circles_store(tmp_path / "c5.zarr", None, ids, centres, 50.0 / upp, tab.loc[ids, genes].to_numpy(np.float32), genes, um_per_px=upp, image=img)
+    store = _circles_store(
+        tmp_path / "c5.zarr",
+        None,
+        ids,
+        centres,
+        50.0 / upp,
+        tab.loc[ids, genes].to_numpy(np.float32),
+        genes,
+        um_per_px=upp,
+        image=img,
+    )
     out = tmp_path / "c5.ome.zarr"
     assert main(["convert", str(store), "--out", str(out), "--bin-px", "32"]) == 0
     print(capsys.readouterr().out)
@@ -351,7 +406,10 @@ def test_her2st_c5_spatialdata_equals_st_reader(data_dir, tmp_path, capsys):
     np.testing.assert_allclose(c.affine, ref.affine, atol=1e-6)
     np.testing.assert_allclose(np.asarray(c.data), np.asarray(ref.data), rtol=1e-5, atol=1e-5)
     assert c.bin_um == pytest.approx(ref.bin_um, rel=1e-9)
-    print(f"her2st C5: totals {c.meta['total_counts']:.0f} vs {ref.meta['total_counts']:.0f}; max |affine diff| {np.abs(c.affine - ref.affine).max():.2e}")
+    print(
+        f"her2st C5: totals {c.meta['total_counts']:.0f} vs {ref.meta['total_counts']:.0f}; max |affine diff| "
+        f"{np.abs(c.affine - ref.affine).max():.2e}"
+    )
 
 
 # --------------------------------------------------------------------------- napari reader and the Expression widget
@@ -399,6 +457,8 @@ def test_compare_widget_writes_the_view_into_the_store(spots_store, small_bundle
     shown = np.asarray(layer.data[0][16:80, 32:128])
     assert got.shape == shown.shape == (64, 96, 3)
     assert np.abs(got.astype(int) - shown.astype(int)).max() <= 1  # the pixels the viewer shows
-    np.testing.assert_allclose(s["matrix"] @ [0, 0, 1], canvas.affine @ [16 / small_bundle.px_per_bin, 32 / small_bundle.px_per_bin, 1])
+    np.testing.assert_allclose(
+        s["matrix"] @ [0, 0, 1], canvas.affine @ [16 / small_bundle.px_per_bin, 32 / small_bundle.px_per_bin, 1]
+    )
     with pytest.raises(GDTError, match="pass --overwrite"):
         w.export_into_spatialdata(store, region=Region(16, 80, 32, 128))

@@ -8,13 +8,17 @@ import pytest
 from napari_gdt.cli import main
 from napari_gdt.expression.readers import detect_format
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("spatialdata") is not None, reason="spatialdata is installed (tests/test_spatialdata.py covers it)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("spatialdata") is not None, reason="spatialdata is installed (tests/test_spatialdata.py covers it)"
+)
 
 
 def test_store_without_spatialdata_is_one_line(tmp_path, capsys):
     store = tmp_path / "sample.zarr"
     store.mkdir()
-    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"spatialdata_attrs": {"version": "0.2"}}}))
+    (store / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"spatialdata_attrs": {"version": "0.2"}}})
+    )
     assert detect_format(store) == "spatialdata"
     assert main(["convert", str(store), "--out", str(tmp_path / "c.ome.zarr")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

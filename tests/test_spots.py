@@ -107,12 +107,23 @@ def _write_spaceranger(tmp_path, n=12, g=5, nan=False, drop_col=None):
     for i, b in enumerate(bcs):
         r, cc = divmod(i, 4)
         y, x = 100.0 + 150 * r, 100.0 + 150 * cc
-        rows.append({"barcode": b, "in_tissue": 0 if i == 0 else 1, "array_row": r, "array_col": cc, "pxl_row_in_fullres": np.nan if (nan and i == 3) else y, "pxl_col_in_fullres": x})
+        rows.append(
+            {
+                "barcode": b,
+                "in_tissue": 0 if i == 0 else 1,
+                "array_row": r,
+                "array_col": cc,
+                "pxl_row_in_fullres": np.nan if (nan and i == 3) else y,
+                "pxl_col_in_fullres": x,
+            }
+        )
     df = pd.DataFrame(rows)
     if drop_col:
         df = df.drop(columns=[drop_col])
     df.to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
-    (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps({"spot_diameter_fullres": 90.0, "tissue_hires_scalef": 0.2}))
+    (outs / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({"spot_diameter_fullres": 90.0, "tissue_hires_scalef": 0.2})
+    )
     return outs, X, bcs
 
 
@@ -143,7 +154,11 @@ def test_spaceranger_errors_name_file_and_column(tmp_path):
 
 def _write_st(tmp_path, spots_text=None, counts_rows=None):
     spots = tmp_path / "spots.tsv"
-    spots.write_text(spots_text if spots_text is not None else "x\ty\tpixel_x\tpixel_y\tselected\n1\t1\t100\t100\t1\n2\t1\t300\t100\t1\n3\t1\t500\t100\t0\n")
+    spots.write_text(
+        spots_text
+        if spots_text is not None
+        else "x\ty\tpixel_x\tpixel_y\tselected\n1\t1\t100\t100\t1\n2\t1\t300\t100\t1\n3\t1\t500\t100\t0\n"
+    )
     counts = tmp_path / "counts.tsv.gz"
     with gzip.open(counts, "wt") as f:
         f.write(counts_rows if counts_rows is not None else "\tA\tB\n1x1\t5\t1\n2x1\t3\t0\n3x1\t7\t7\n")
@@ -184,6 +199,14 @@ def test_st_errors_name_file_and_column(tmp_path):
 def test_spots_outside_canvas_warn_and_totals_exact():
     X = np.array([[4.0, 1.0], [2.0, 2.0]], dtype=np.float32)
     with pytest.warns(UserWarning, match="1 spot"):
-        c = spots_to_canvas(X, np.array([[50.0, 50.0], [5000.0, 5000.0]]), ["a", "b"], bin_px=10, um_per_px=1.0, diameter_px=30, image_shape=(200, 200))
+        c = spots_to_canvas(
+            X,
+            np.array([[50.0, 50.0], [5000.0, 5000.0]]),
+            ["a", "b"],
+            bin_px=10,
+            um_per_px=1.0,
+            diameter_px=30,
+            image_shape=(200, 200),
+        )
     assert c.total() == pytest.approx(5.0)
     assert c.meta["total_counts"] == pytest.approx(5.0)

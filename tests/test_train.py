@@ -31,8 +31,28 @@ def pair(tmp_path_factory):
 
 
 def _train(pair, out, *extra):
-    return main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(out),
-                 "--arch-config", ARCH, "--patch-bins", "6", "--batch-size", "2", "--device", "cpu", "--threads", "1", *extra])
+    return main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(out),
+            "--arch-config",
+            ARCH,
+            "--patch-bins",
+            "6",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_tiny_train_writes_bundle_with_provenance(pair, tmp_path):
@@ -76,8 +96,24 @@ def test_resume_continues_step_counter_and_weights(pair, tmp_path):
     assert st4["step"] == 4
     w4 = {k: v.clone() for k, v in st4["G_ema"].items()}
     # resume to 6 steps (no arch option: the checkpoint's architecture is used)
-    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(a),
-               "--resume", str(ck), "--steps", "6", "--device", "cpu", "--no-eval"])
+    rc = main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(a),
+            "--resume",
+            str(ck),
+            "--steps",
+            "6",
+            "--device",
+            "cpu",
+            "--no-eval",
+        ]
+    )
     assert rc == 0
     st6 = torch.load(ck, weights_only=True)
     assert st6["step"] == 6
@@ -99,12 +135,36 @@ def test_resume_continues_step_counter_and_weights(pair, tmp_path):
 
 
 def test_train_errors(pair, tmp_path, capsys):
-    rc = main(["train", "--image", str(pair / "img.png"), "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "x.safetensors")])
+    rc = main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
     assert rc == 2
     assert "give one --image per --expression (got 2 images and 1 canvases)" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "x.safetensors"), "--resume", str(bad)])
+    rc = main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+            "--resume",
+            str(bad),
+        ]
+    )
     assert rc == 2
     assert "bad.pt: not a napari-gdt training checkpoint" in capsys.readouterr().err
     rc = _train(pair, tmp_path / "x.safetensors", "--genes", "G0,NOPE", "--steps", "1")
@@ -215,8 +275,26 @@ def test_init_from_maps_genes_by_name(pair, tmp_path):
     for src in (str(a), str(tmp_path / "a.ckpt" / "last.pt")):
         b = tmp_path / f"b_{src.endswith('.pt')}.safetensors"
         # no --arch-config: the architecture comes from the starting model; 0 steps = the mapped start itself
-        rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(b),
-                   "--init-from", src, "--genes", "G3,G5,G1,G0", "--steps", "0", "--device", "cpu", "--no-eval"])
+        rc = main(
+            [
+                "train",
+                "--image",
+                str(pair / "img.png"),
+                "--expression",
+                str(pair / "c.ome.zarr"),
+                "--out",
+                str(b),
+                "--init-from",
+                src,
+                "--genes",
+                "G3,G5,G1,G0",
+                "--steps",
+                "0",
+                "--device",
+                "cpu",
+                "--no-eval",
+            ]
+        )
         assert rc == 0
         child = load_bundle(b)
         card = read_card(b)
@@ -229,7 +307,9 @@ def test_init_from_maps_genes_by_name(pair, tmp_path):
             if g == "G5":
                 assert float(cw[:, j].detach().abs().max()) == 0.0
             else:
-                assert torch.equal(cw[:, j], pw[:, int(g[1])]) and float(child.model.gene_scale[j]) == float(parent.model.gene_scale[int(g[1])])
+                assert torch.equal(cw[:, j], pw[:, int(g[1])]) and float(child.model.gene_scale[j]) == float(
+                    parent.model.gene_scale[int(g[1])]
+                )
         # the start renders the parent's image wherever the dropped gene G2 and the new gene G5 are silent
         c = ExpressionCanvas.from_ome_zarr(pair / "c.ome.zarr")
         data = np.asarray(c.data).copy()
@@ -243,8 +323,20 @@ def test_init_from_maps_genes_by_name(pair, tmp_path):
 def test_init_from_errors(pair, tmp_path, capsys):
     a = tmp_path / "a.safetensors"
     assert _train(pair, a, "--steps", "1", "--no-eval") == 0
-    base = ["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "b.safetensors"),
-            "--steps", "0", "--device", "cpu", "--no-eval"]
+    base = [
+        "train",
+        "--image",
+        str(pair / "img.png"),
+        "--expression",
+        str(pair / "c.ome.zarr"),
+        "--out",
+        str(tmp_path / "b.safetensors"),
+        "--steps",
+        "0",
+        "--device",
+        "cpu",
+        "--no-eval",
+    ]
     rc = main(base + ["--init-from", str(a), "--arch-config", '{"emb_ch": 16, "stage_channels": [8, 8, 8], "latent_dim": 8}'])
     assert rc == 2 and "architecture differs from this run's in emb_ch (8 vs 16)" in capsys.readouterr().err
     rc = main(base + ["--init-from", str(tmp_path / "nope.safetensors")])
@@ -264,15 +356,18 @@ def test_her2st_panel_ranks_variable_genes_and_adds_markers(tmp_path):
     paths = {}
     for s in ("A", "B", "C"):
         n = 50
-        tab = pd.DataFrame({
-            "FLAT": np.full(n, 20),                                   # high, not variable
-            "VAR": rng.choice([1, 60], size=n),                       # very variable
-            "MID": rng.poisson(8, size=n),                            # mildly variable
-            "RARE": np.r_[np.zeros(n - 1, int), 3],                   # mean < 1: never ranked
-            "LOST": np.full(n, 5),
-        }, index=[f"{i}x{i}" for i in range(n)])
+        tab = pd.DataFrame(
+            {
+                "FLAT": np.full(n, 20),  # high, not variable
+                "VAR": rng.choice([1, 60], size=n),  # very variable
+                "MID": rng.poisson(8, size=n),  # mildly variable
+                "RARE": np.r_[np.zeros(n - 1, int), 3],  # mean < 1: never ranked
+                "LOST": np.full(n, 5),
+            },
+            index=[f"{i}x{i}" for i in range(n)],
+        )
         if s == "C":
-            tab = tab.drop(columns="LOST")                            # not measured in every section
+            tab = tab.drop(columns="LOST")  # not measured in every section
         p = tmp_path / f"{s}.tsv"
         tab.to_csv(p, sep="\t")
         paths[s] = {"counts": p}
@@ -289,9 +384,33 @@ def test_train_only_new_genes_keeps_every_other_weight(pair, tmp_path, capsys):
     assert _train(pair, a, "--steps", "2", "--no-eval", "--genes", "G0,G1,G2") == 0
     parent = load_bundle(a).model.state_dict()
     b = tmp_path / "b.safetensors"
-    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(b),
-               "--init-from", str(a), "--genes", "G0,G4,G1,G2", "--train-only-new-genes", "--steps", "3", "--lr", "1e-2",
-               "--patch-bins", "6", "--batch-size", "2", "--device", "cpu", "--no-eval"])
+    rc = main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(b),
+            "--init-from",
+            str(a),
+            "--genes",
+            "G0,G4,G1,G2",
+            "--train-only-new-genes",
+            "--steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--patch-bins",
+            "6",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--no-eval",
+        ]
+    )
     assert rc == 0
     child = load_bundle(b).model.state_dict()
     for k, v in child.items():
@@ -306,6 +425,25 @@ def test_train_only_new_genes_keeps_every_other_weight(pair, tmp_path, capsys):
     # only with a starting model, and only when it lacks a gene
     rc = _train(pair, tmp_path / "c.safetensors", "--train-only-new-genes", "--steps", "1", "--no-eval")
     assert rc == 2 and "--train-only-new-genes needs --init-from" in capsys.readouterr().err
-    rc = main(["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--out", str(tmp_path / "d.safetensors"),
-               "--init-from", str(a), "--genes", "G0,G1", "--train-only-new-genes", "--steps", "1", "--device", "cpu", "--no-eval"])
+    rc = main(
+        [
+            "train",
+            "--image",
+            str(pair / "img.png"),
+            "--expression",
+            str(pair / "c.ome.zarr"),
+            "--out",
+            str(tmp_path / "d.safetensors"),
+            "--init-from",
+            str(a),
+            "--genes",
+            "G0,G1",
+            "--train-only-new-genes",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--no-eval",
+        ]
+    )
     assert rc == 2 and "the panel has no gene that the starting model lacks" in capsys.readouterr().err

@@ -109,7 +109,15 @@ def hd_outs(tmp_path_factory):
     eye = [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
     meta = {
         "hd_layout_json": json.dumps(layout),
-        "transform_matrices": {k: eye for k in ("cytassist_colrow_to_spot_colrow", "spot_colrow_to_cytassist_colrow", "microscope_colrow_to_spot_colrow", "spot_colrow_to_microscope_colrow")},
+        "transform_matrices": {
+            k: eye
+            for k in (
+                "cytassist_colrow_to_spot_colrow",
+                "spot_colrow_to_cytassist_colrow",
+                "microscope_colrow_to_spot_colrow",
+                "spot_colrow_to_microscope_colrow",
+            )
+        },
     }
     with h5py.File(outs / "feature_slice.h5", "w") as f:
         f.attrs["metadata_json"] = json.dumps(meta)
@@ -137,7 +145,9 @@ def test_detect_and_read_bins(hd_outs):
     pos = truth[8]["pos"]
     got = dict(zip(c.meta["spots"]["ids"], c.meta["spots"]["centres_px"]))
     for b in pos.index[:20]:
-        np.testing.assert_allclose(got[b], [pos.loc[b, "pxl_row_in_fullres"] * HIRES, pos.loc[b, "pxl_col_in_fullres"] * HIRES], atol=1e-3)
+        np.testing.assert_allclose(
+            got[b], [pos.loc[b, "pxl_row_in_fullres"] * HIRES, pos.loc[b, "pxl_col_in_fullres"] * HIRES], atol=1e-3
+        )
     for um in (2, 16):
         cu = read_visium_hd(outs, hd_bin_um=um, image=full, bin_px=16)
         assert cu.meta["total_counts"] == truth[um]["total"]

@@ -67,7 +67,13 @@ def canvas_layer_data(canvas, genes=None, name_prefix=""):
         out.append(
             (
                 canvas.data[idx[g]],
-                {"name": f"{name_prefix}{g}", "blending": "additive", "colormap": colormaps[k % len(colormaps)], "affine": canvas.affine, "metadata": {"gene": g, "bin_um": canvas.bin_um}},
+                {
+                    "name": f"{name_prefix}{g}",
+                    "blending": "additive",
+                    "colormap": colormaps[k % len(colormaps)],
+                    "affine": canvas.affine,
+                    "metadata": {"gene": g, "bin_um": canvas.bin_um},
+                },
                 "image",
             )
         )

@@ -15,7 +15,7 @@ def synthetic_sample():
     r = TileRenderer(bundle, canvas, seed=0, device="auto")
     img = r.render_region()
     layers = canvas_layer_data(canvas)
-    for data, kw, kind in layers:
+    for _data, kw, _kind in layers:
         kw["scale"] = (ppb, ppb)
         kw["affine"] = None
     return layers + [(img, {"name": "generated", "rgb": True}, "image")]

@@ -33,7 +33,19 @@ def file_sha256(path) -> str:
             h.update(block)
     return h.hexdigest()
 
-__all__ = ["ENV_VAR", "HER2ST_SECTIONS", "OFFLINE_ENV_VAR", "REGISTRY", "OfflineError", "data_root", "fetch", "fetch_her2st", "fetch_merfish", "fetch_visium_crop"]
+
+__all__ = [
+    "ENV_VAR",
+    "HER2ST_SECTIONS",
+    "OFFLINE_ENV_VAR",
+    "REGISTRY",
+    "OfflineError",
+    "data_root",
+    "fetch",
+    "fetch_her2st",
+    "fetch_merfish",
+    "fetch_visium_crop",
+]
 
 ENV_VAR = "NAPARI_GDT_DATA"
 CACHE_ENV_VAR = "NAPARI_GDT_CACHE"
@@ -47,24 +59,96 @@ _VIZ = "inst/Mini_datasets/Vizgen/Raw"
 
 # local relative path -> (repo@commit, source path, sha256 of the source)
 REGISTRY: dict[str, tuple[str, str, str]] = {
-    "her2st/C2/counts.tsv.gz": (_HER2ST, "data/ST-cnts/C2.tsv.gz", "c1c59ea6cffae36b9ecb561b8e2a97e3aa5f4085f748e991a0e330ed9d09773d"),
-    "her2st/C2/spots.tsv": (_HER2ST, "data/ST-spotfiles/C2_selection.tsv", "235b5f4306b3b57c628ffc82c98c7109602474fbcc79a917b9c50517f99b6b1c"),
-    "her2st/C2/he.jpg": (_HER2ST, "data/ST-imgs/C/C2/5714_HE_BT_C2.jpg", "26e2f73ae840cdd46c5bba405aae181f13a56a376b9848dff23f7a9c5de7f19e"),
-    "her2st/C3/counts.tsv.gz": (_HER2ST, "data/ST-cnts/C3.tsv.gz", "e00c55a3eb9caac5d9c71b8906aae8be8b38f93e23938f4a0ebee17683ef6a2a"),
-    "her2st/C3/spots.tsv": (_HER2ST, "data/ST-spotfiles/C3_selection.tsv", "7fd76c13370b7804ac3bb377b846d22485cf9223f9dd8dfc25be06e5aaf65755"),
-    "her2st/C3/he.jpg": (_HER2ST, "data/ST-imgs/C/C3/5714_HE_BT_D1.jpg", "0005a92674014d473040a28f0afca89ce5fa5c44019b479b638ceb3272ceb568"),
-    "her2st/C4/counts.tsv.gz": (_HER2ST, "data/ST-cnts/C4.tsv.gz", "33201f76d41d7131dc600a0f87d9a70383af3503e81698b4d11e6f2e8d73e9da"),
-    "her2st/C4/spots.tsv": (_HER2ST, "data/ST-spotfiles/C4_selection.tsv", "47e79f3b9dbfa3a8c18af9e948ba7ba4bf0a75ea1b4c292bc714ced7d0917d4c"),
-    "her2st/C4/he.jpg": (_HER2ST, "data/ST-imgs/C/C4/5714_HE_BT_D2.jpg", "f40607eb1d5f0d125decd71c48b0c5d29cf6776ad92297fd185631208c82d6f2"),
-    "her2st/C5/counts.tsv.gz": (_HER2ST, "data/ST-cnts/C5.tsv.gz", "c0f310315ca6110d74dbdf7011e5b42432ba0b8eb5f001824764911988f39338"),
-    "her2st/C5/spots.tsv": (_HER2ST, "data/ST-spotfiles/C5_selection.tsv", "2114cc3b4da759772112897f1e247d5443c9f8c808e6a9a952eb4fda379a194c"),
-    "her2st/C5/he.jpg": (_HER2ST, "data/ST-imgs/C/C5/5714_HE_BT_E1.jpg", "34028ea41e376396b50c42b0a11a7e689c85be4a8022e668d0a09cc128c04c65"),
-    "merfish_mouse_brain/vizgen_transcripts.gz": (_GIOTTO, f"{_VIZ}/vizgen_transcripts.gz", "b0440c5617efff80b4f3982fa12a3960d88c104838a20f544966f7d7b2cd04ba"),
-    "merfish_mouse_brain/dapi_z0.jpg": (_GIOTTO, f"{_VIZ}/images/mini_dataset_dapi_z0.jpg", "4e6019729ac67c4a218e02102493078195e7e42ca281e0c122c3824322c5e8b0"),
-    "merfish_mouse_brain/polyT_z0.jpg": (_GIOTTO, f"{_VIZ}/images/mini_dataset_polyT_z0.jpg", "17347ae38b9a03899a6aa2e4459ad2958bfd5f02333882c7186593976af2b53d"),
-    "merfish_mouse_brain/cell_boundaries_z0.csv.gz": (_GIOTTO, f"{_VIZ}/cell_boundaries/z0_polygons.gz", "8e9229a10d2f5ca0fe111a6791f865085fcae86a58fa12e77b1b3bd0853d75c5"),
-    "visium_mouse_brain_crop/test_data.h5ad": (_SQUIDPY, "tests/_data/test_data.h5ad", "f0227d2639b803401afd65c432ac047c6f04710221dbdf7f3d70a18eff1a3766"),
-    "visium_mouse_brain_crop/test_img.jpg": (_SQUIDPY, "tests/_data/test_img.jpg", "b87670003e05039f8c924d53fe98f3606991c78ffc629a3ee8f56bc5dd134269"),
+    "her2st/C2/counts.tsv.gz": (
+        _HER2ST,
+        "data/ST-cnts/C2.tsv.gz",
+        "c1c59ea6cffae36b9ecb561b8e2a97e3aa5f4085f748e991a0e330ed9d09773d",
+    ),
+    "her2st/C2/spots.tsv": (
+        _HER2ST,
+        "data/ST-spotfiles/C2_selection.tsv",
+        "235b5f4306b3b57c628ffc82c98c7109602474fbcc79a917b9c50517f99b6b1c",
+    ),
+    "her2st/C2/he.jpg": (
+        _HER2ST,
+        "data/ST-imgs/C/C2/5714_HE_BT_C2.jpg",
+        "26e2f73ae840cdd46c5bba405aae181f13a56a376b9848dff23f7a9c5de7f19e",
+    ),
+    "her2st/C3/counts.tsv.gz": (
+        _HER2ST,
+        "data/ST-cnts/C3.tsv.gz",
+        "e00c55a3eb9caac5d9c71b8906aae8be8b38f93e23938f4a0ebee17683ef6a2a",
+    ),
+    "her2st/C3/spots.tsv": (
+        _HER2ST,
+        "data/ST-spotfiles/C3_selection.tsv",
+        "7fd76c13370b7804ac3bb377b846d22485cf9223f9dd8dfc25be06e5aaf65755",
+    ),
+    "her2st/C3/he.jpg": (
+        _HER2ST,
+        "data/ST-imgs/C/C3/5714_HE_BT_D1.jpg",
+        "0005a92674014d473040a28f0afca89ce5fa5c44019b479b638ceb3272ceb568",
+    ),
+    "her2st/C4/counts.tsv.gz": (
+        _HER2ST,
+        "data/ST-cnts/C4.tsv.gz",
+        "33201f76d41d7131dc600a0f87d9a70383af3503e81698b4d11e6f2e8d73e9da",
+    ),
+    "her2st/C4/spots.tsv": (
+        _HER2ST,
+        "data/ST-spotfiles/C4_selection.tsv",
+        "47e79f3b9dbfa3a8c18af9e948ba7ba4bf0a75ea1b4c292bc714ced7d0917d4c",
+    ),
+    "her2st/C4/he.jpg": (
+        _HER2ST,
+        "data/ST-imgs/C/C4/5714_HE_BT_D2.jpg",
+        "f40607eb1d5f0d125decd71c48b0c5d29cf6776ad92297fd185631208c82d6f2",
+    ),
+    "her2st/C5/counts.tsv.gz": (
+        _HER2ST,
+        "data/ST-cnts/C5.tsv.gz",
+        "c0f310315ca6110d74dbdf7011e5b42432ba0b8eb5f001824764911988f39338",
+    ),
+    "her2st/C5/spots.tsv": (
+        _HER2ST,
+        "data/ST-spotfiles/C5_selection.tsv",
+        "2114cc3b4da759772112897f1e247d5443c9f8c808e6a9a952eb4fda379a194c",
+    ),
+    "her2st/C5/he.jpg": (
+        _HER2ST,
+        "data/ST-imgs/C/C5/5714_HE_BT_E1.jpg",
+        "34028ea41e376396b50c42b0a11a7e689c85be4a8022e668d0a09cc128c04c65",
+    ),
+    "merfish_mouse_brain/vizgen_transcripts.gz": (
+        _GIOTTO,
+        f"{_VIZ}/vizgen_transcripts.gz",
+        "b0440c5617efff80b4f3982fa12a3960d88c104838a20f544966f7d7b2cd04ba",
+    ),
+    "merfish_mouse_brain/dapi_z0.jpg": (
+        _GIOTTO,
+        f"{_VIZ}/images/mini_dataset_dapi_z0.jpg",
+        "4e6019729ac67c4a218e02102493078195e7e42ca281e0c122c3824322c5e8b0",
+    ),
+    "merfish_mouse_brain/polyT_z0.jpg": (
+        _GIOTTO,
+        f"{_VIZ}/images/mini_dataset_polyT_z0.jpg",
+        "17347ae38b9a03899a6aa2e4459ad2958bfd5f02333882c7186593976af2b53d",
+    ),
+    "merfish_mouse_brain/cell_boundaries_z0.csv.gz": (
+        _GIOTTO,
+        f"{_VIZ}/cell_boundaries/z0_polygons.gz",
+        "8e9229a10d2f5ca0fe111a6791f865085fcae86a58fa12e77b1b3bd0853d75c5",
+    ),
+    "visium_mouse_brain_crop/test_data.h5ad": (
+        _SQUIDPY,
+        "tests/_data/test_data.h5ad",
+        "f0227d2639b803401afd65c432ac047c6f04710221dbdf7f3d70a18eff1a3766",
+    ),
+    "visium_mouse_brain_crop/test_img.jpg": (
+        _SQUIDPY,
+        "tests/_data/test_img.jpg",
+        "b87670003e05039f8c924d53fe98f3606991c78ffc629a3ee8f56bc5dd134269",
+    ),
 }
 
 
@@ -84,7 +168,12 @@ def describe(path) -> dict:
             return {"file": rel, "source": url_for(rel), "sha256": REGISTRY[rel][2]}
     if p.endswith("merfish_mouse_brain/transcripts_z0.csv.gz"):
         rel = "merfish_mouse_brain/vizgen_transcripts.gz"
-        return {"file": "merfish_mouse_brain/transcripts_z0.csv.gz", "source": url_for(rel), "sha256": REGISTRY[rel][2], "derived": "rows with global_z == 0"}
+        return {
+            "file": "merfish_mouse_brain/transcripts_z0.csv.gz",
+            "source": url_for(rel),
+            "sha256": REGISTRY[rel][2],
+            "derived": "rows with global_z == 0",
+        }
     return {"file": p}
 
 
@@ -95,7 +184,9 @@ def data_root() -> Path | None:
         return None
     p = Path(env).expanduser()
     if not p.is_dir():
-        raise GDTError(f"{ENV_VAR}={env}: no such folder (it should hold her2st/, merfish_mouse_brain/ ... as in the sample-data layout)")
+        raise GDTError(
+            f"{ENV_VAR}={env}: no such folder (it should hold her2st/, merfish_mouse_brain/ ... as in the sample-data layout)"
+        )
     return p
 
 
@@ -143,10 +234,12 @@ def fetch(rel: str) -> Path:
     dst = cache_dir() / Path(rel).parent
     if not (dst / Path(rel).name).exists() and not _reachable(url_for(rel)):
         # fail in seconds, not after the download's own retries and timeouts
-        raise OfflineError(f"{rel}: not in the cache and no network to download it; set {ENV_VAR} to a folder with the sample data")
+        raise OfflineError(
+            f"{rel}: not in the cache and no network to download it; set {ENV_VAR} to a folder with the sample data"
+        )
     try:
         path = pooch.retrieve(url_for(rel), known_hash=f"sha256:{sha}", fname=Path(rel).name, path=dst, progressbar=False)
-    except Exception as e:  # network errors, hash mismatch
+    except Exception as e:  # noqa: BLE001 - pooch raises network, HTTP and hash errors of many types; all become one GDTError
         raise GDTError(
             f"could not download sample file {rel} from {url_for(rel)} ({type(e).__name__}: {e}). "
             f"Offline? Set {ENV_VAR} to a local folder with the sample data (her2st/, merfish_mouse_brain/, ...)"

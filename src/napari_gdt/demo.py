@@ -24,7 +24,18 @@ import numpy as np
 
 from .errors import GDTError
 
-__all__ = ["DATASETS", "DemoData", "build_demo_viewer", "detail_view", "filled_view", "load_demo_data", "open_demo", "parse_size", "tissue_box", "tissue_mask"]
+__all__ = [
+    "DATASETS",
+    "DemoData",
+    "build_demo_viewer",
+    "detail_view",
+    "filled_view",
+    "load_demo_data",
+    "open_demo",
+    "parse_size",
+    "tissue_box",
+    "tissue_mask",
+]
 
 DATASETS = ("her2st", "merfish", "synthetic")
 
@@ -70,7 +81,9 @@ def load_demo_data(dataset: str = "her2st", device: str = "auto") -> DemoData:
             totals = np.asarray(canvas.data.sum(axis=(1, 2)).compute())
             genes = [canvas.genes[i] for i in np.argsort(-totals)[:3]]
         name = "her2st C5 (held out)" if dataset == "her2st" else "MERFISH mouse brain z0"
-        return DemoData(name, bundle, canvas, read_image(image_path), genes or canvas.genes[:3], "he" if dataset == "her2st" else "dapi")
+        return DemoData(
+            name, bundle, canvas, read_image(image_path), genes or canvas.genes[:3], "he" if dataset == "her2st" else "dapi"
+        )
     raise GDTError(f"unknown demo dataset {dataset!r} (choose from {', '.join(DATASETS)})")
 
 
@@ -98,7 +111,12 @@ def tissue_box(canvas, px_per_bin: int) -> tuple[float, float, float, float]:
     if ys.size == 0:
         h, w = m.shape
         return 0.0, float(h * px_per_bin), 0.0, float(w * px_per_bin)
-    return float(ys.min() * px_per_bin), float((ys.max() + 1) * px_per_bin), float(xs.min() * px_per_bin), float((xs.max() + 1) * px_per_bin)
+    return (
+        float(ys.min() * px_per_bin),
+        float((ys.max() + 1) * px_per_bin),
+        float(xs.min() * px_per_bin),
+        float((xs.max() + 1) * px_per_bin),
+    )
 
 
 def _window_sums(a: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -195,7 +213,16 @@ def build_demo_viewer(dataset: str = "her2st", show: bool = True, device: str = 
         if layer.name in d.genes:
             layer.visible = False
     box = tissue_box(d.canvas, ppb)
-    widgets = {"expression": expr, "generator": gen, "editing": edit, "compare": comp, "data": d, "session": session, "tissue_box": box, "dock": gen_dock}
+    widgets = {
+        "expression": expr,
+        "generator": gen,
+        "editing": edit,
+        "compare": comp,
+        "data": d,
+        "session": session,
+        "tissue_box": box,
+        "dock": gen_dock,
+    }
     fit_view(viewer, box)
     if show:
         from qtpy.QtCore import QTimer
@@ -270,7 +297,11 @@ def _tissue_fraction(w, frame, gen) -> float:
     inside = (Y >= 0) & (X >= 0) & (Y < H) & (X < W)
     by, bx = np.clip((Y // ppb).astype(int), 0, m.shape[0] - 1), np.clip((X // ppb).astype(int), 0, m.shape[1] - 1)
     T = pyr.T
-    done = {(ty, tx): pyr.has_tile(ty, tx) for ty in np.unique(Y[inside] // T).astype(int) for tx in np.unique(X[inside] // T).astype(int)}
+    done = {
+        (ty, tx): pyr.has_tile(ty, tx)
+        for ty in np.unique(Y[inside] // T).astype(int)
+        for tx in np.unique(X[inside] // T).astype(int)
+    }
     real = np.zeros(Y.shape, bool)
     real[inside] = [done.get((int(a // T), int(b // T)), False) for a, b in zip(Y[inside], X[inside])]
     return float((inside & real & m[by, bx]).mean())
@@ -302,13 +333,18 @@ def _shoot(viewer, w, path, box, size, timeout, um_per_px) -> str:
     img, info = screenshot_view(viewer, path, um_per_px=um_per_px)
     took = time.monotonic() - t0
     tissue = _tissue_fraction(w, frame, gen)
-    line = (f"wrote {path} ({img.shape[1]}x{img.shape[0]} px, {info.um_per_screen_px:.2g} µm per screen px): "
-            f"{tissue:.0%} of the frame is generated tissue; {total - missing} of {total} tiles in view generated in {took:.0f} s")
+    line = (
+        f"wrote {path} ({img.shape[1]}x{img.shape[0]} px, {info.um_per_screen_px:.2g} µm per screen px): "
+        f"{tissue:.0%} of the frame is generated tissue; {total - missing} of {total} tiles in view generated in {took:.0f} s"
+    )
     if missing:
         import sys
 
-        print(f"napari-gdt demo: {missing} of {total} tiles in view were not generated within {timeout:.0f} s "
-              f"(--screenshot-timeout); {path} shows the coarse preview there", file=sys.stderr)
+        print(
+            f"napari-gdt demo: {missing} of {total} tiles in view were not generated within {timeout:.0f} s "
+            f"(--screenshot-timeout); {path} shows the coarse preview there",
+            file=sys.stderr,
+        )
     return line
 
 

@@ -15,6 +15,7 @@ Pure Python (no Qt, no napari); used by the CLI, the readers and the exporters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -161,7 +162,8 @@ def check_output(
         if not mine and not overwrite:
             kind = "folder" if p.is_dir() else "file"
             raise GDTError(
-                f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass --overwrite to replace it"
+                f"{p}: exists and is not a napari-gdt {what} (a {kind} we did not write); choose another path or pass "
+                "--overwrite to replace it"
             )
     return p
 
@@ -188,10 +190,8 @@ def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():
-        try:
+        with contextlib.suppress(OSError):
             p.unlink()
-        except OSError:
-            pass
 
 
 def _swap_into_place(tmp: Path, p: Path) -> None:

@@ -33,7 +33,17 @@ import numpy as np
 
 from ..errors import GDTError
 
-__all__ = ["TARGETS", "baseline_correlations", "fit_baselines", "her2st_training_pairs", "merfish_training_pairs", "predict", "unit_expression", "unit_pairs", "write_baselines"]
+__all__ = [
+    "TARGETS",
+    "baseline_correlations",
+    "fit_baselines",
+    "her2st_training_pairs",
+    "merfish_training_pairs",
+    "predict",
+    "unit_expression",
+    "unit_pairs",
+    "write_baselines",
+]
 
 #: per-unit targets (columns of the morphometrics unit tables)
 TARGETS = ("density_per_mm2", "area_fraction")
@@ -87,7 +97,14 @@ def unit_pairs(bundle, canvas, image, region=None, tile_px: int = 256, label: st
     prep = prepare_real(bundle, canvas, image, region, tile_px)
     X = unit_expression(canvas, bundle.px_per_bin, region, prep)
     Y = {t: prep["real_units"][t].to_numpy(float) for t in TARGETS}
-    return {"label": label, "genes": list(canvas.genes), "X": X, "Y": Y, "units": "spot footprints" if prep["units"] is not None else f"tiles of {tile_px} px", "region": str(region)}
+    return {
+        "label": label,
+        "genes": list(canvas.genes),
+        "X": X,
+        "Y": Y,
+        "units": "spot footprints" if prep["units"] is not None else f"tiles of {tile_px} px",
+        "region": str(region),
+    }
 
 
 def _log_cpm(X: np.ndarray) -> np.ndarray:
@@ -301,7 +318,9 @@ def merfish_training_pairs(bundle, tile_px: int = 128, progress=print) -> list[d
     p = fetch_merfish()
     img = read_image(p["dapi"])
     c = merfish_canvas(p["transcripts"], img.shape[:2], bin_px=64, genes=list(bundle.genes))
-    pair = unit_pairs(bundle, c, img, region=parse_region(MERFISH_TRAIN_REGION), tile_px=tile_px, label=f"merfish z0 {MERFISH_TRAIN_REGION}")
+    pair = unit_pairs(
+        bundle, c, img, region=parse_region(MERFISH_TRAIN_REGION), tile_px=tile_px, label=f"merfish z0 {MERFISH_TRAIN_REGION}"
+    )
     if progress:
         progress(f"baselines: merfish training part: {len(pair['X'])} units")
     return [pair]
@@ -314,7 +333,10 @@ def main(argv=None) -> int:
 
     from ..models.bundle import load_bundle
 
-    ap = argparse.ArgumentParser(prog="python -m napari_gdt.analysis.baselines", description="Fit the library_size and ridge baselines on a bundled recipe's training data and write the record.")
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_gdt.analysis.baselines",
+        description="Fit the library_size and ridge baselines on a bundled recipe's training data and write the record.",
+    )
     ap.add_argument("dataset", choices=["her2st", "merfish"])
     ap.add_argument("--model", required=True, help="model name or file (its gene panel and grid are used)")
     ap.add_argument("--sections", default="C2,C3,C4", help="her2st training sections (default C2,C3,C4)")
@@ -325,7 +347,12 @@ def main(argv=None) -> int:
     try:
         b = load_bundle(a.model, device="cpu")
         if a.dataset == "her2st":
-            pairs = her2st_training_pairs(b, [s.strip() for s in a.sections.split(",") if s.strip()], tile_px=a.tile or 256, progress=lambda m: print(m, file=sys.stderr))
+            pairs = her2st_training_pairs(
+                b,
+                [s.strip() for s in a.sections.split(",") if s.strip()],
+                tile_px=a.tile or 256,
+                progress=lambda m: print(m, file=sys.stderr),
+            )
         else:
             pairs = merfish_training_pairs(b, tile_px=a.tile or 128, progress=lambda m: print(m, file=sys.stderr))
         rec = fit_baselines(pairs)

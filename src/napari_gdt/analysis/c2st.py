@@ -8,8 +8,8 @@ The recipe (fixed; do not tune it to a model):
   right half (test: non-overlapping patches, the classes balanced by random subsampling); no patch
   crosses the split, so no test pixel is seen in training;
 - a 4-layer CNN (3x3 convolutions of 16-32-64-64 channels at full resolution first, ReLU, 2x2
-  max-pooling after the first three, global average pooling, one logit), Adam (lr 1e-3), ``steps`` (300) steps of ``batch`` (32 + 32) patches,
-  torch seed ``seed`` (0), one CPU thread;
+  max-pooling after the first three, global average pooling, one logit), Adam (lr 1e-3), ``steps`` (300) steps
+  of ``batch`` (32 + 32) patches, torch seed ``seed`` (0), one CPU thread;
 - two variants: ``"rgb"`` (the pixel values, stain and brightness included) and ``"lum"``
   (the luminance of each patch standardised to mean 0 and SD 1: stain and brightness removed);
 - the result is the held-out accuracy with a 95 % Wilson interval: 0.5 means the CNN cannot tell
@@ -54,7 +54,9 @@ def _channels(img) -> np.ndarray:
     return a[..., :3]
 
 
-def extract_patches(img, mask, patch_px: int = 64, min_tissue: float = 0.9, stride: int | None = None, x_range=None) -> tuple[np.ndarray, np.ndarray]:
+def extract_patches(
+    img, mask, patch_px: int = 64, min_tissue: float = 0.9, stride: int | None = None, x_range=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Patches (N, C, p, p) float32 of ``img`` on a grid of ``stride`` (default ``patch_px``),
     kept when at least ``min_tissue`` of the patch is ``mask``; also their top-left corners (N, 2).
     ``x_range=(xa, xb)``: only patches lying wholly in columns [xa, xb)."""

@@ -311,9 +311,7 @@ def _peak_excess(P: np.ndarray, peaks: np.ndarray, exclude: np.ndarray, radius: 
     return float(r.mean()) if len(r) else None
 
 
-def lattice_excess(
-    img, mask, period_px: int, patch_px: int | None = None, n_harmonics: int = 8, min_tissue: float = 0.9
-) -> dict:
+def lattice_excess(img, mask, period_px: int, patch_px: int | None = None, n_harmonics: int = 8, min_tissue: float = 0.9) -> dict:
     """Excess luminance power at a pixel period and its harmonics over neighbouring frequencies.
 
     The luminance (:func:`luminance`) is cut into ``patch_px`` x ``patch_px`` patches (a multiple
@@ -344,7 +342,7 @@ def lattice_excess(
     on = np.isclose(jy, np.round(jy)) & (np.abs(np.round(jy)) <= n_harmonics)
     peaks = on[:, None] & on[None, :]
     peaks[0, 0] = False
-    lattice = (np.isclose(jy, np.round(jy))[:, None] & np.isclose(jy, np.round(jy))[None, :])
+    lattice = np.isclose(jy, np.round(jy))[:, None] & np.isclose(jy, np.round(jy))[None, :]
     exclude = lattice.copy()
     exclude[0, 0] = True
     return {"excess": _peak_excess(P, peaks, exclude), "n_patches": k, "patch_px": n}
@@ -391,7 +389,11 @@ def real_side(real, kind: str, um_per_px: float, real_labels=None, real_mask=Non
     with _timed(t, "tissue_iou"):
         tmask = segment_tissue(real, kind, um_per_px) if real_mask is None else np.asarray(real_mask, bool)
     with _timed(t, "segmentation"):
-        labels = real_labels if real_labels is not None else mm.measure_nuclei(real if kind == "he" else luminance(real), kind, um_per_px, mask=tmask).labels
+        labels = (
+            real_labels
+            if real_labels is not None
+            else mm.measure_nuclei(real if kind == "he" else luminance(real), kind, um_per_px, mask=tmask).labels
+        )
     with _timed(t, "nucleus_table"):
         table = nucleus_table(labels, um_per_px, None)
     return {"image": real, "kind": kind, "um": float(um_per_px), "tissue": tmask, "labels": labels, "table": table, "lattice": {}}
@@ -456,7 +458,11 @@ def fidelity_report(
             "both_fraction": float(both.mean()),
         }
     with _timed(t, "segmentation"):
-        glab = gen_labels if gen_labels is not None else mm.measure_nuclei(gen if kind == "he" else luminance(gen), kind, um, mask=gmask).labels
+        glab = (
+            gen_labels
+            if gen_labels is not None
+            else mm.measure_nuclei(gen if kind == "he" else luminance(gen), kind, um, mask=gmask).labels
+        )
     with _timed(t, "nucleus_table"):
         gt = nucleus_table(glab, um, both)
         rt_all = R["table"]
@@ -490,12 +496,23 @@ def fidelity_report(
                 rl = lattice_excess(R["image"], both, period, n_harmonics=harm)
                 R["lattice"][key] = rl
             gl = lattice_excess(gen, both, period, n_harmonics=harm)
-            lat[name] = {"period_px": period, "real": rl["excess"], "generated": gl["excess"], "n_patches": rl["n_patches"], "patch_px": rl["patch_px"]}
+            lat[name] = {
+                "period_px": period,
+                "real": rl["excess"],
+                "generated": gl["excess"],
+                "n_patches": rl["n_patches"],
+                "patch_px": rl["patch_px"],
+            }
         key = ("streak", both.tobytes().__hash__())
         rs = R["lattice"].get(key) or streak_excess(R["image"], both)
         R["lattice"][key] = rs
         gs = streak_excess(gen, both)
-        lat["streak"] = {"real": rs["excess"], "generated": gs["excess"], "n_patches": rs["n_patches"], "patch_px": rs["patch_px"]}
+        lat["streak"] = {
+            "real": rs["excess"],
+            "generated": gs["excess"],
+            "n_patches": rs["n_patches"],
+            "patch_px": rs["patch_px"],
+        }
         out["lattice_ratio"] = _ratio(lat["bin"]["generated"], lat["bin"]["real"])
         out["lattice_ratio_tile"] = _ratio(lat["tile"]["generated"], lat["tile"]["real"])
         out["streak_ratio"] = _ratio(lat["streak"]["generated"], lat["streak"]["real"])
@@ -569,7 +586,11 @@ def _generated_paths(flat: dict) -> list[str]:
     from .quality import KEYS
 
     keep = set(KEYS) | set(FIDELITY_KEYS)
-    return [k for k in flat if k in keep or k.startswith("generated.") or (k.startswith("c2st.") and ".generated." in k and k.endswith("accuracy"))]
+    return [
+        k
+        for k in flat
+        if k in keep or k.startswith("generated.") or (k.startswith("c2st.") and ".generated." in k and k.endswith("accuracy"))
+    ]
 
 
 def _region_stats(img, kind, um, mask) -> dict:
@@ -578,7 +599,12 @@ def _region_stats(img, kind, um, mask) -> dict:
     if mask is None or not mask.any():
         return {"density_per_mm2": None, "area_fraction": None, "mean_area_um2": None, "mean_luminance": None}
     s = mm.measure_nuclei(img if kind == "he" else luminance(img), kind, um, mask=mask)
-    return {"density_per_mm2": s.density_per_mm2, "area_fraction": s.area_fraction, "mean_area_um2": s.mean_area_um2, "mean_luminance": float(luminance(img)[mask].mean())}
+    return {
+        "density_per_mm2": s.density_per_mm2,
+        "area_fraction": s.area_fraction,
+        "mean_area_um2": s.mean_area_um2,
+        "mean_luminance": float(luminance(img)[mask].mean()),
+    }
 
 
 def evaluate_model(
@@ -745,7 +771,10 @@ def evaluate_model(
                 from .c2st import two_sample_test
 
                 with _timed(T, "c2st"):
-                    out["c2st"] = {v: {"generated": two_sample_test(real, g, R["tissue"], segment_tissue(g, kind, um), v)} for v in ("rgb", "lum")}
+                    out["c2st"] = {
+                        v: {"generated": two_sample_test(real, g, R["tissue"], segment_tissue(g, kind, um), v)}
+                        for v in ("rgb", "lum")
+                    }
             (per_seed if name == runs[-1][0] else per_seed_unedited).append(out)
         if edited is not None:
             d = np.abs(imgs["edited"].astype(np.float64) - imgs["unedited"])
@@ -762,7 +791,11 @@ def evaluate_model(
 
         with _timed(T, "c2st"):
             s = 2.0 / um  # 2 µm Gaussian blur: nuclei lose their edges
-            blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
+            blur = (
+                np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1)
+                if real.ndim == 3
+                else ndi.gaussian_filter(real, s)
+            )
             for v in ("rgb", "lum"):
                 c2st_res[v] = {"control_blur": two_sample_test(real, blur, R["tissue"], R["tissue"], v)}
                 if control is not None:
@@ -811,26 +844,52 @@ def evaluate_model(
     for k in quality.KEYS:
         row = {}
         for b, bres in res_base.items():
-            row[b] = None if not isinstance(bres, dict) or k not in bres else bool(quality._badness(res, k) < quality._badness(bres, k))
+            row[b] = (
+                None
+                if not isinstance(bres, dict) or k not in bres
+                else bool(quality._badness(res, k) < quality._badness(bres, k))
+            )
         table[k] = row
     res["better_than_baseline"] = table
     if blur_baseline:
-        real_b = np.stack([ndi.gaussian_filter(real[..., c], 10.0 / um) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, 10.0 / um)
+        real_b = (
+            np.stack([ndi.gaussian_filter(real[..., c], 10.0 / um) for c in range(real.shape[-1])], -1)
+            if real.ndim == 3
+            else ndi.gaussian_filter(real, 10.0 / um)
+        )
         res["baseline_blur"], _ = quality.score_generated(prep, real_b)
         res["better_than_baseline_blur"] = quality.compare_to_baseline(res, "baseline_blur")
     if edited is not None:
-        fu = [_flatten({**{k: o.get(k) for k in list(quality.KEYS) + list(FIDELITY_KEYS)}, "edit_region": o["edit_region"]}) for o in per_seed_unedited]
-        fe = [_flatten({**{k: o.get(k) for k in list(quality.KEYS) + list(FIDELITY_KEYS)}, "edit_region": o["edit_region"]}) for o in per_seed]
+        fu = [
+            _flatten({**{k: o.get(k) for k in list(quality.KEYS) + list(FIDELITY_KEYS)}, "edit_region": o["edit_region"]})
+            for o in per_seed_unedited
+        ]
+        fe = [
+            _flatten({**{k: o.get(k) for k in list(quality.KEYS) + list(FIDELITY_KEYS)}, "edit_region": o["edit_region"]})
+            for o in per_seed
+        ]
         eff = {}
         for p in fu[0]:
             u = [f.get(p) for f in fu]
             e = [f.get(p) for f in fe]
             if any(x is None for x in u + e):
-                eff[p] = {"unedited_mean": _mean_sd(u)[0], "edited_mean": _mean_sd(e)[0], "delta": None, "seed_sd": _mean_sd(u)[1], "effect_size": None}
+                eff[p] = {
+                    "unedited_mean": _mean_sd(u)[0],
+                    "edited_mean": _mean_sd(e)[0],
+                    "delta": None,
+                    "seed_sd": _mean_sd(u)[1],
+                    "effect_size": None,
+                }
                 continue
             delta = float(np.mean(np.subtract(e, u)))
             su = _mean_sd(u)[1]
-            eff[p] = {"unedited_mean": float(np.mean(u)), "edited_mean": float(np.mean(e)), "delta": delta, "seed_sd": su, "effect_size": (delta / su) if su else None}
+            eff[p] = {
+                "unedited_mean": float(np.mean(u)),
+                "edited_mean": float(np.mean(e)),
+                "delta": delta,
+                "seed_sd": su,
+                "effect_size": (delta / su) if su else None,
+            }
         res["edit_effect"] = {
             "edited_px": int(emask.sum()),
             "edited_mm2": float(emask.sum() * um * um / 1e6),

@@ -203,10 +203,7 @@ def nuclear_channel(img, kind: str, um_per_px: float, sigma_um: float | None = N
     kind = _check_kind(kind)
     um = _check_um(um_per_px)
     sigma_um = DEFAULTS["sigma_um"] if sigma_um is None else sigma_um
-    if kind == "he":
-        ch = haematoxylin(img)
-    else:
-        ch = _unit_float(_check_image(img, kind))
+    ch = haematoxylin(img) if kind == "he" else _unit_float(_check_image(img, kind))
     s = float(sigma_um) / um
     if s > 0.3:
         ch = ndi.gaussian_filter(ch, s, mode="reflect")

@@ -28,9 +28,26 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 
-__all__ = ["KEYS", "compare_to_baseline", "evaluate", "flat_baseline", "prepare_real", "real_on_model_grid", "record_validation", "score_generated", "spot_units", "tissue_region"]
+__all__ = [
+    "KEYS",
+    "compare_to_baseline",
+    "evaluate",
+    "flat_baseline",
+    "prepare_real",
+    "real_on_model_grid",
+    "record_validation",
+    "score_generated",
+    "spot_units",
+    "tissue_region",
+]
 
-KEYS = ("nuclei_density_ratio", "nuclear_area_ratio", "area_fraction_ratio", "tile_spearman_nuclei", "tile_spearman_area_fraction")
+KEYS = (
+    "nuclei_density_ratio",
+    "nuclear_area_ratio",
+    "area_fraction_ratio",
+    "tile_spearman_nuclei",
+    "tile_spearman_area_fraction",
+)
 
 
 def real_on_model_grid(image: np.ndarray, canvas: ExpressionCanvas, px_per_bin: int, region) -> np.ndarray:
@@ -157,7 +174,18 @@ def prepare_real(bundle, canvas: ExpressionCanvas, image: np.ndarray, region, ti
         units = None
     rs = mm.measure_nuclei(real, kind, um, mask=mask)
     real_units = _units(real, kind, um, units, tile_px, mask)
-    return {"real": real, "mask": mask, "units": units, "real_stats": rs.as_dict(), "real_labels": rs.labels, "real_units": real_units, "kind": kind, "um": float(um), "tile_px": int(tile_px), "region": region}
+    return {
+        "real": real,
+        "mask": mask,
+        "units": units,
+        "real_stats": rs.as_dict(),
+        "real_labels": rs.labels,
+        "real_units": real_units,
+        "kind": kind,
+        "um": float(um),
+        "tile_px": int(tile_px),
+        "region": region,
+    }
 
 
 def score_generated(prep: dict, gen: np.ndarray) -> tuple[dict, dict]:
@@ -166,7 +194,9 @@ def score_generated(prep: dict, gen: np.ndarray) -> tuple[dict, dict]:
         gen = gen[..., 0]
     if gen.shape[:2] != prep["real"].shape[:2]:
         raise GDTError(f"generated image {gen.shape[:2]} and real image {prep['real'].shape[:2]} differ in shape")
-    return _compare(prep["real_stats"], prep["real_units"], gen, prep["kind"], prep["um"], prep["mask"], prep["units"], prep["tile_px"])
+    return _compare(
+        prep["real_stats"], prep["real_units"], gen, prep["kind"], prep["um"], prep["mask"], prep["units"], prep["tile_px"]
+    )
 
 
 def flat_baseline(prep: dict) -> np.ndarray:
@@ -218,7 +248,11 @@ def evaluate(
     res["better_than_baseline"] = compare_to_baseline(res, "baseline")
     if blur_baseline:
         s = blur_um / um
-        blur = np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1) if real.ndim == 3 else ndi.gaussian_filter(real, s)
+        blur = (
+            np.stack([ndi.gaussian_filter(real[..., c], s) for c in range(real.shape[-1])], -1)
+            if real.ndim == 3
+            else ndi.gaussian_filter(real, s)
+        )
         res["baseline_blur"], _ = score_generated(prep, blur)
         res["better_than_baseline_blur"] = compare_to_baseline(res, "baseline_blur")
     res.update(

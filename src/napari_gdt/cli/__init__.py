@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # never a traceback without --debug
             if args.debug:
                 raise
-            print(f"napari-gdt {cmd}: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)", file=sys.stderr)
+            print(
+                f"napari-gdt {cmd}: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
             return 1
         finally:
             warnings.showwarning = old_show

@@ -44,21 +44,59 @@ def register(sub):
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input file(s) or folder (legacy ST: counts tsv and spot file)")
-    p.add_argument("--out", required=True, metavar="CANVAS.ome.zarr", help="output canvas (a canvas of ours is replaced; anything else is refused without --overwrite)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="CANVAS.ome.zarr",
+        help="output canvas (a canvas of ours is replaced; anything else is refused without --overwrite)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
-    p.add_argument("--format", default="auto", help="auto|xenium|merfish|cosmx|visium|visium_hd|st|anndata|csv|spatialdata|canvas (default auto: detect)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        help="auto|xenium|merfish|cosmx|visium|visium_hd|st|anndata|csv|spatialdata|canvas (default auto: detect)",
+    )
     p.add_argument("--bin-um", type=float, default=None, help="bin edge in µm (transcripts default 10)")
     p.add_argument("--bin-px", type=float, default=None, help="bin edge in pixels (with --um-per-px)")
-    p.add_argument("--um-per-px", type=float, default=None, help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image")
-    p.add_argument("--genes", default=None, metavar="FILE|G1,G2,...", help="keep these genes, in this order (a file: one gene per line)")
-    p.add_argument("--model", default=None, metavar="MODEL",
-                   help="follow this model's card: its gene panel (unless --genes), its bin size (unless --bin-um/--bin-px; "
-                        "warns if the result differs by more than 1%%) and, for spot data, its spot mode (unless --spot-mode)")
-    p.add_argument("--zero-fill", action="store_true", help="fill genes of --genes absent from the data with zeros (warns) instead of failing")
-    p.add_argument("--image", default=None, metavar="IMG", help="the paired real image (H&E or DAPI); the canvas records the affine bins -> its pixels")
-    p.add_argument("--image-transform", default=None, metavar="FILE", help="3x3 µm -> image px matrix (x first, e.g. Vizgen micron_to_mosaic_pixel_transform.csv)")
-    p.add_argument("--image-extent-um", default=None, metavar="XMIN,XMAX,YMIN,YMAX", help="the image spans exactly this µm rectangle")
-    p.add_argument("--image-um-per-px", type=float, default=None, help="image pixel size in µm, image corner at 0 µm (Xenium default 0.2125)")
+    p.add_argument(
+        "--um-per-px",
+        type=float,
+        default=None,
+        help="µm per pixel of pixel coordinates (CosMx default 0.12028) and of the paired image",
+    )
+    p.add_argument(
+        "--genes", default=None, metavar="FILE|G1,G2,...", help="keep these genes, in this order (a file: one gene per line)"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help="follow this model's card: its gene panel (unless --genes), its bin size (unless --bin-um/--bin-px; "
+        "warns if the result differs by more than 1%%) and, for spot data, its spot mode (unless --spot-mode)",
+    )
+    p.add_argument(
+        "--zero-fill",
+        action="store_true",
+        help="fill genes of --genes absent from the data with zeros (warns) instead of failing",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="IMG",
+        help="the paired real image (H&E or DAPI); the canvas records the affine bins -> its pixels",
+    )
+    p.add_argument(
+        "--image-transform",
+        default=None,
+        metavar="FILE",
+        help="3x3 µm -> image px matrix (x first, e.g. Vizgen micron_to_mosaic_pixel_transform.csv)",
+    )
+    p.add_argument(
+        "--image-extent-um", default=None, metavar="XMIN,XMAX,YMIN,YMAX", help="the image spans exactly this µm rectangle"
+    )
+    p.add_argument(
+        "--image-um-per-px", type=float, default=None, help="image pixel size in µm, image corner at 0 µm (Xenium default 0.2125)"
+    )
     g = p.add_argument_group("generic tables (--format csv)")
     g.add_argument("--x-col", default="x", help="column of x (default x)")
     g.add_argument("--y-col", default="y", help="column of y (default y)")
@@ -66,20 +104,46 @@ def register(sub):
     g.add_argument("--units", default="um", choices=["um", "px"], help="units of x and y (px needs --um-per-px)")
     t = p.add_argument_group("transcript filters")
     t.add_argument("--qv-min", type=float, default=None, help="Xenium: drop transcripts with qv below this (default 20)")
-    t.add_argument("--coords", default=None, choices=["global", "local"], help="CosMx: global (default) or local px (needs --fov)")
+    t.add_argument(
+        "--coords", default=None, choices=["global", "local"], help="CosMx: global (default) or local px (needs --fov)"
+    )
     t.add_argument("--fov", default=None, help="CosMx: keep these fields of view (comma-separated)")
     s = p.add_argument_group("spot data (st, visium, anndata)")
-    s.add_argument("--spot-mode", default=None, choices=["footprint", "spread"], help="footprint: counts over each spot's disc; spread: a continuous field")
+    s.add_argument(
+        "--spot-mode",
+        default=None,
+        choices=["footprint", "spread"],
+        help="footprint: counts over each spot's disc; spread: a continuous field",
+    )
     s.add_argument("--spot-diameter-px", type=float, default=None, help="spot diameter in image px (default from the data)")
     s.add_argument("--sigma-px", type=float, default=None, help="spread mode: Gaussian width in image px")
     s.add_argument("--layer", default=None, help="AnnData / SpatialData table layer to read (default X)")
-    s.add_argument("--hd-bin-um", type=int, default=None, help="Visium HD: which binned_outputs/square_NNNum to read (2, 8 or 16; default 8)")
+    s.add_argument(
+        "--hd-bin-um", type=int, default=None, help="Visium HD: which binned_outputs/square_NNNum to read (2, 8 or 16; default 8)"
+    )
     d = p.add_argument_group("SpatialData stores (.zarr)")
     d.add_argument("--points", default=None, metavar="NAME", help="points element of transcripts (default: picked, and said)")
-    d.add_argument("--table", default=None, metavar="NAME", help="table annotating a shapes element of spots or bins (default: picked)")
-    d.add_argument("--image-element", default=None, metavar="NAME", help="image element of the real image (default: the largest in a shared coordinate system)")
-    d.add_argument("--coordinate-system", default=None, metavar="NAME", help="coordinate system relating them (default: global, else the first shared)")
-    d.add_argument("--um-per-unit", type=float, default=None, help="points: µm per coordinate-system unit (default 1: the coordinate system is in µm)")
+    d.add_argument(
+        "--table", default=None, metavar="NAME", help="table annotating a shapes element of spots or bins (default: picked)"
+    )
+    d.add_argument(
+        "--image-element",
+        default=None,
+        metavar="NAME",
+        help="image element of the real image (default: the largest in a shared coordinate system)",
+    )
+    d.add_argument(
+        "--coordinate-system",
+        default=None,
+        metavar="NAME",
+        help="coordinate system relating them (default: global, else the first shared)",
+    )
+    d.add_argument(
+        "--um-per-unit",
+        type=float,
+        default=None,
+        help="points: µm per coordinate-system unit (default 1: the coordinate system is in µm)",
+    )
     p.add_argument("--chunks", default=None, metavar="G,Y,X", help="chunking of the written canvas (default 32,256,256)")
     p.set_defaults(func=run)
 
@@ -107,7 +171,10 @@ def run(args):
     out = Path(args.out)
     if not out.name.lower().endswith((".zarr",)):
         raise GDTError(f"{out}: the output canvas must be an OME-Zarr folder ending in .ome.zarr")
-    check_not_input(out, list(args.inputs) + [args.image, args.image_transform, args.genes if args.genes and Path(args.genes).exists() else None])
+    check_not_input(
+        out,
+        list(args.inputs) + [args.image, args.image_transform, args.genes if args.genes and Path(args.genes).exists() else None],
+    )
     check_output(out, overwrite=args.overwrite, what="canvas")
     for opt in ("image_um_per_px", "spot_diameter_px", "sigma_px"):
         _positive(getattr(args, opt), "--" + opt.replace("_", "-"))
@@ -129,7 +196,17 @@ def run(args):
             raise ReaderError(f"option --fov: expected comma-separated integers, got {args.fov!r}") from None
     if args.spot_mode:
         opts["mode"] = args.spot_mode
-    for k in ("spot_diameter_px", "sigma_px", "layer", "hd_bin_um", "points", "table", "image_element", "coordinate_system", "um_per_unit"):
+    for k in (
+        "spot_diameter_px",
+        "sigma_px",
+        "layer",
+        "hd_bin_um",
+        "points",
+        "table",
+        "image_element",
+        "coordinate_system",
+        "um_per_unit",
+    ):
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     if args.chunks:
@@ -158,9 +235,19 @@ def run(args):
     t0 = time.perf_counter()
     try:
         canvas = read_any(
-            inputs, format=args.format, bin_um=bin_um, bin_px=bin_px, um_per_px=args.um_per_px, genes=genes,
-            zero_fill=args.zero_fill, image=args.image, x_col=args.x_col, y_col=args.y_col, gene_col=args.gene_col,
-            units=args.units, **opts,
+            inputs,
+            format=args.format,
+            bin_um=bin_um,
+            bin_px=bin_px,
+            um_per_px=args.um_per_px,
+            genes=genes,
+            zero_fill=args.zero_fill,
+            image=args.image,
+            x_col=args.x_col,
+            y_col=args.y_col,
+            gene_col=args.gene_col,
+            units=args.units,
+            **opts,
         )
     except GDTError as e:
         missing = getattr(e, "missing", None)

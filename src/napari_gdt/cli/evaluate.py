@@ -26,22 +26,60 @@ def register(sub):
     p.add_argument("--expression", required=True, metavar="CANVAS", help="expression canvas (.ome.zarr) registered to --image")
     p.add_argument("--image", required=True, metavar="REAL", help="the real image the canvas affine maps to")
     p.add_argument("--region", metavar="Y0:Y1,X0:X1", help="output-pixel region (default: whole canvas)")
-    p.add_argument("--edits", metavar="RECIPE", help="edit recipe applied before rendering; with it, edit_effect reports effect sizes")
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="render N seeds (--seed, --seed+1, ...) and report mean and SD (default 1)")
+    p.add_argument(
+        "--edits", metavar="RECIPE", help="edit recipe applied before rendering; with it, edit_effect reports effect sizes"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="render N seeds (--seed, --seed+1, ...) and report mean and SD (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--tile", type=int, default=256, help="tile edge (output px) for non-spot data (default 256)")
     p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
     p.add_argument("--blur-baseline", action="store_true", help="also report a blurred-real-image baseline (baseline_blur)")
-    p.add_argument("--c2st", action="store_true", help="run the classifier two-sample test (about a minute per comparison on one core)")
-    p.add_argument("--depth-normalised", action="store_true", help="also score the canvas with every bin scaled to the same total count (how much of the Spearman is sequencing depth)")
-    p.add_argument("--control-image", metavar="REAL2", help="two-sample test control: another real section (default for her2st-he: C4; merfish-dapi: the field's left quarter)")
+    p.add_argument(
+        "--c2st", action="store_true", help="run the classifier two-sample test (about a minute per comparison on one core)"
+    )
+    p.add_argument(
+        "--depth-normalised",
+        action="store_true",
+        help="also score the canvas with every bin scaled to the same total count (how much of the Spearman is sequencing depth)",
+    )
+    p.add_argument(
+        "--control-image",
+        metavar="REAL2",
+        help="two-sample test control: another real section (default for her2st-he: C4; merfish-dapi: the field's left quarter)",
+    )
     p.add_argument("--control-expression", metavar="CANVAS2", help="the canvas registered to --control-image")
     b = p.add_argument_group("baselines (library_size, ridge; fitted on training sections only)")
-    b.add_argument("--train-image", action="append", default=[], metavar="IMG", help="a training section's real image (repeat; paired with --train-expression)")
-    b.add_argument("--train-expression", action="append", default=[], metavar="CANVAS", help="a training section's canvas (repeat)")
-    b.add_argument("--fit-baselines", metavar="SECTIONS", help="fit on these recipe sections now (her2st: e.g. C2,C3,C4; merfish: 'train') instead of the card's record")
-    b.add_argument("--record-baselines", action="store_true", help="write the baselines fitted now into MODEL's card (field 'baselines'; a file)")
-    p.add_argument("--record", metavar="LABEL", help="write the result into the model card (validation.morphometrics.LABEL) of MODEL (a file)")
+    b.add_argument(
+        "--train-image",
+        action="append",
+        default=[],
+        metavar="IMG",
+        help="a training section's real image (repeat; paired with --train-expression)",
+    )
+    b.add_argument(
+        "--train-expression", action="append", default=[], metavar="CANVAS", help="a training section's canvas (repeat)"
+    )
+    b.add_argument(
+        "--fit-baselines",
+        metavar="SECTIONS",
+        help="fit on these recipe sections now (her2st: e.g. C2,C3,C4; merfish: 'train') instead of the card's record",
+    )
+    b.add_argument(
+        "--record-baselines",
+        action="store_true",
+        help="write the baselines fitted now into MODEL's card (field 'baselines'; a file)",
+    )
+    p.add_argument(
+        "--record",
+        metavar="LABEL",
+        help="write the result into the model card (validation.morphometrics.LABEL) of MODEL (a file)",
+    )
     p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")
     add_render_args(p)
     p.set_defaults(func=run)
@@ -58,13 +96,21 @@ def _baselines(args, bundle):
     from ..training.sampling import read_image
 
     if len(args.train_image) != len(args.train_expression):
-        raise GDTError(f"--train-image given {len(args.train_image)} time(s) but --train-expression {len(args.train_expression)}: give them in pairs")
+        raise GDTError(
+            f"--train-image given {len(args.train_image)} time(s) but --train-expression {len(args.train_expression)}: give "
+            "them in pairs"
+        )
     scored = Path(args.image).resolve()
     if args.train_image:
         for ti in args.train_image:
             if Path(ti).resolve() == scored:
                 raise GDTError(f"{ti}: a training image is the scored image; baselines are never fitted on the scored section")
-        pairs = [bl.unit_pairs(bundle, open_canvas(c), read_image(i), tile_px=args.tile, label=Path(i).parent.name + "/" + Path(i).name) for i, c in zip(args.train_image, args.train_expression)]
+        pairs = [
+            bl.unit_pairs(
+                bundle, open_canvas(c), read_image(i), tile_px=args.tile, label=Path(i).parent.name + "/" + Path(i).name
+            )
+            for i, c in zip(args.train_image, args.train_expression)
+        ]
         rec = bl.fit_baselines(pairs)
         return rec, f"fitted now on --train-image {', '.join(args.train_image)}", True
     name = str(bundle.card.get("name", ""))
@@ -88,7 +134,10 @@ def _recipe_baselines(args, bundle, name, sections, scored):
     secs = [s.strip() for s in sections.split(",") if s.strip()]
     if name.startswith("merfish") or secs == ["train"]:
         if args.region and args.region.replace(" ", "") != bl.MERFISH_VAL_REGION:
-            _say(f"note: merfish baselines are fitted on {bl.MERFISH_TRAIN_REGION}; the scored region {args.region} should not overlap it")
+            _say(
+                f"note: merfish baselines are fitted on {bl.MERFISH_TRAIN_REGION}; the scored region {args.region} should not "
+                "overlap it"
+            )
         rec = bl.fit_baselines(bl.merfish_training_pairs(bundle, tile_px=args.tile, progress=_say))
         return rec, f"fitted now on the merfish recipe's training part {bl.MERFISH_TRAIN_REGION}"
     from ..data import fetch_her2st
@@ -153,8 +202,8 @@ def run(args):
     from ..analysis.fidelity import FIDELITY_KEYS, evaluate_model
     from ..analysis.quality import KEYS, tissue_region
     from ..errors import GDTError
-    from ..rendering.tiles import parse_region
     from ..pixels import read_image
+    from ..rendering.tiles import parse_region
     from .render import build_renderer
 
     if args.seeds < 1:
@@ -177,7 +226,8 @@ def run(args):
     rk = {"tile_px": args.tile_px, "batch_size": args.batch_size, "cache": r.cache, "zero_fill": args.zero_fill}
     res = evaluate_model(
         bundle, canvas, real, region=region, seeds=args.seeds, seed=args.seed, edits=edits, tile_px=args.tile, device=args.device,
-        baselines=rec, c2st=args.c2st, control=control, depth_normalised=args.depth_normalised, blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
+        baselines=rec, c2st=args.c2st, control=control, depth_normalised=args.depth_normalised,
+        blur_baseline=args.blur_baseline, renderer_kwargs=rk, log=_say,
     )  # fmt: skip
     res["baselines_source"] = source
     if fitted:
@@ -186,7 +236,9 @@ def run(args):
         res["c2st"]["control_other_section_is"] = control_label
     if args.record_baselines:
         if rec is None or not fitted:
-            raise GDTError("--record-baselines: no baselines were fitted (give --fit-baselines or --train-image/--train-expression)")
+            raise GDTError(
+                "--record-baselines: no baselines were fitted (give --fit-baselines or --train-image/--train-expression)"
+            )
         from ..analysis.baselines import write_baselines
 
         write_baselines(args.model, rec)
@@ -223,14 +275,26 @@ def run(args):
         for v in ("rgb", "lum"):
             c = res["c2st"][v]
             oth = c.get("control_other_section")
-            print(f"two-sample test ({v}): generated {f(c['generated']['accuracy'])}, real vs other section {f(oth['accuracy']) if oth else 'n/a'}, real vs blurred {f(c['control_blur']['accuracy'])}")
+            print(
+                f"two-sample test ({v}): generated {f(c['generated']['accuracy'])}, real vs other section "
+                f"{f(oth['accuracy']) if oth else 'n/a'}, real vs blurred {f(c['control_blur']['accuracy'])}"
+            )
     if "edit_effect" in res:
         e = res["edit_effect"]
-        print(f"edit: {e['edited_mm2']:.3f} mm² edited; mean |Δpixel| {f(e['mean_abs_dpixel_255'])}/255 (between seeds {f(e['mean_abs_dpixel_255_between_seeds'])}/255)")
+        print(
+            f"edit: {e['edited_mm2']:.3f} mm² edited; mean |Δpixel| {f(e['mean_abs_dpixel_255'])}/255 (between seeds "
+            f"{f(e['mean_abs_dpixel_255_between_seeds'])}/255)"
+        )
         for k, v in e["metrics"].items():
             print(f"  {k:36s} Δ {f(v['delta']):>8s}  effect size {f(v['effect_size']):>8s}")
     g, rl = res["generated"], res["real"]
-    print(f"real: {rl['count']} nuclei, {rl['density_per_mm2']:.0f}/mm², mean {rl['mean_area_um2']:.1f} µm², area fraction {rl['area_fraction']:.3f}")
-    print(f"generated: {g['count']:.0f} nuclei, {g['density_per_mm2']:.0f}/mm², mean {g['mean_area_um2']:.1f} µm², area fraction {g['area_fraction']:.3f}")
+    print(
+        f"real: {rl['count']} nuclei, {rl['density_per_mm2']:.0f}/mm², mean {rl['mean_area_um2']:.1f} µm², area fraction "
+        f"{rl['area_fraction']:.3f}"
+    )
+    print(
+        f"generated: {g['count']:.0f} nuclei, {g['density_per_mm2']:.0f}/mm², mean {g['mean_area_um2']:.1f} µm², area fraction "
+        f"{g['area_fraction']:.3f}"
+    )
     sys.stdout.flush()
     return 0

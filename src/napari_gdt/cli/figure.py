@@ -20,19 +20,36 @@ def register(sub):
     add_model_args(p)
     p.add_argument("--expression", required=True, metavar="CANVAS", help="expression canvas (.ome.zarr from napari-gdt convert)")
     p.add_argument("--region", required=True, metavar="Y0:Y1,X0:X1", help="output-pixel region of the figure")
-    p.add_argument("--out", required=True, metavar="FIG", help="figure file: .png, .tif or .pdf (a file we did not write is refused without --overwrite)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FIG",
+        help="figure file: .png, .tif or .pdf (a file we did not write is refused without --overwrite)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--edits", metavar="RECIPE", help="edit recipe JSON (enables the edited and difference panels)")
-    p.add_argument("--image", metavar="REAL", help="paired real image (enables the real panel; resampled through the canvas affine)")
+    p.add_argument(
+        "--image", metavar="REAL", help="paired real image (enables the real panel; resampled through the canvas affine)"
+    )
     p.add_argument(
         "--panels",
         metavar="P1,P2,...",
         help="panels in order, from real,generated,edited,difference,expression "
         "(default: real if --image, generated, edited and difference if --edits, expression if --genes)",
     )
-    p.add_argument("--genes", metavar="G1,G2", help="genes of the expression panel, as additive colours (default: the 3 with most counts in the region)")
+    p.add_argument(
+        "--genes",
+        metavar="G1,G2",
+        help="genes of the expression panel, as additive colours (default: the 3 with most counts in the region)",
+    )
     p.add_argument("--dpi", type=float, default=150, help="resolution in dots per inch (default 150)")
-    p.add_argument("--scalebar-um", type=float, default=None, metavar="N", help="scale-bar length in µm (default: a round number near 1/4 of the panel width)")
+    p.add_argument(
+        "--scalebar-um",
+        type=float,
+        default=None,
+        metavar="N",
+        help="scale-bar length in µm (default: a round number near 1/4 of the panel width)",
+    )
     p.add_argument("--panel-width-in", type=float, default=2.4, metavar="IN", help="width of each panel in inches (default 2.4)")
     p.add_argument("--cache", metavar="DIR", help="on-disk tile cache folder")
     p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")

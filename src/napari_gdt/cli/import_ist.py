@@ -22,7 +22,12 @@ def register(sub):
     p.add_argument(
         "--output", choices=["auto", "dapi", "he"], default="auto", help="what the model paints (default: from the channel count)"
     )
-    p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="bundle to write (a file we did not write is refused without --overwrite)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="MODEL.safetensors",
+        help="bundle to write (a file we did not write is refused without --overwrite)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--um-per-px", type=float, default=0.2125, help="µm per output pixel (default 0.2125, Xenium)")
     p.add_argument("--name", help="model name in the card (default: ist-editing-<output>-<checkpoint name>)")

@@ -24,15 +24,51 @@ def register(sub):
     p.add_argument("--zero-fill", action="store_true", help="zero-fill model genes missing from the canvas (warns)")
     z = p.add_argument_group("OME-Zarr output (.ome.zarr)")
     z.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4", help="NGFF version: 0.4 (zarr v2, default) or 0.5 (zarr v3)")
-    z.add_argument("--chunk-px", type=int, default=None, help="chunk edge in output px, a multiple of the tile size (default ~1024)")
+    z.add_argument(
+        "--chunk-px", type=int, default=None, help="chunk edge in output px, a multiple of the tile size (default ~1024)"
+    )
     z.add_argument("--levels", type=int, default=None, help="pyramid levels (default: until the coarsest is <= 256 px)")
-    z.add_argument("--dtype", choices=("uint8", "float32"), default="uint8", help="stored values: uint8 (default) or float32 (exact; for cache warming)")
-    z.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it (a file we did not write is refused without it; --into-spatialdata: replace elements of the same names)")
+    z.add_argument(
+        "--dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="stored values: uint8 (default) or float32 (exact; for cache warming)",
+    )
+    z.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=(
+            "replace an existing output instead of resuming it (a file we did not write is refused without it; "
+            "--into-spatialdata: replace elements of the same names)"
+        ),
+    )
     d = p.add_argument_group("SpatialData output (--into-spatialdata)")
-    d.add_argument("--into-spatialdata", action="store_true", help="--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, aligned with its real image")
-    d.add_argument("--image-element", default=None, metavar="NAME", help="the store's real image the canvas is registered to (default: the one the canvas was read from)")
-    d.add_argument("--element-prefix", default="gdt", metavar="P", help="names of the new elements: P_generated, P_edited, P_regions (default gdt)")
-    z.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads per dask worker (default: cores // --workers; unchanged with --scheduler)")
+    d.add_argument(
+        "--into-spatialdata",
+        action="store_true",
+        help=(
+            "--out is an existing SpatialData .zarr store: add the generated (and edited) image and the regions to it, "
+            "aligned with its real image"
+        ),
+    )
+    d.add_argument(
+        "--image-element",
+        default=None,
+        metavar="NAME",
+        help="the store's real image the canvas is registered to (default: the one the canvas was read from)",
+    )
+    d.add_argument(
+        "--element-prefix",
+        default="gdt",
+        metavar="P",
+        help="names of the new elements: P_generated, P_edited, P_regions (default gdt)",
+    )
+    z.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per dask worker (default: cores // --workers; unchanged with --scheduler)",
+    )
     add_render_args(p)
     p.set_defaults(func=run)
 
@@ -50,11 +86,21 @@ def build_renderer(args, bundle, canvas):
         from ..editing.recipe import apply_recipe_file
 
         canvas = apply_recipe_file(args.edits, canvas, px_per_bin=bundle.px_per_bin)
-    return TileRenderer(bundle, canvas, seed=args.seed, tile_px=args.tile_px, device=args.device, batch_size=args.batch_size, cache=cache, zero_fill=args.zero_fill)
+    return TileRenderer(
+        bundle,
+        canvas,
+        seed=args.seed,
+        tile_px=args.tile_px,
+        device=args.device,
+        batch_size=args.batch_size,
+        cache=cache,
+        zero_fill=args.zero_fill,
+    )
 
 
 def _render_omezarr(args, bundle, region) -> int:
-    """``napari-gdt render ... --out OUT.ome.zarr``: the argparse adapter of :func:`napari_gdt.export.omezarr_render.render_to_omezarr`."""
+    """``napari-gdt render ... --out OUT.ome.zarr``: the argparse adapter of
+    :func:`napari_gdt.export.omezarr_render.render_to_omezarr`."""
     from ..export.omezarr_render import render_to_omezarr
 
     s = render_to_omezarr(
@@ -117,7 +163,11 @@ def run(args):
     img = r.render_region(region, progress=update)
     bar.close()
     write_image(out, img)
-    print(f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} from cache", file=sys.stdout)
+    print(
+        f"rendered {region.shape[0]}x{region.shape[1]} px to {out}: {r.stats['computed']} tiles computed, {r.stats['cached']} "
+        "from cache",
+        file=sys.stdout,
+    )
     return 0
 
 
@@ -134,10 +184,26 @@ def _into_spatialdata(args, bundle, canvas, region) -> int:
         cache = cache_mod.open_cache(args.cache)
     update, bar = progress_bar(1, "render")
     s = render_into_spatialdata(
-        args.out, bundle, canvas, region=region, edits=args.edits, seed=args.seed, tile_px=args.tile_px, device=args.device,
-        batch_size=args.batch_size, cache=cache, zero_fill=args.zero_fill, image_element=args.image_element,
-        prefix=args.element_prefix, overwrite=args.overwrite, progress=update,
-        settings={"model": str(args.model), "canvas": str(args.expression), "recipe_file": str(args.edits) if args.edits else None},
+        args.out,
+        bundle,
+        canvas,
+        region=region,
+        edits=args.edits,
+        seed=args.seed,
+        tile_px=args.tile_px,
+        device=args.device,
+        batch_size=args.batch_size,
+        cache=cache,
+        zero_fill=args.zero_fill,
+        image_element=args.image_element,
+        prefix=args.element_prefix,
+        overwrite=args.overwrite,
+        progress=update,
+        settings={
+            "model": str(args.model),
+            "canvas": str(args.expression),
+            "recipe_file": str(args.edits) if args.edits else None,
+        },
     )
     bar.close()
     h, w = s["region"].shape

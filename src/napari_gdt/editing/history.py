@@ -51,7 +51,9 @@ class EditHistory:
         Called with no arguments after every change.
     """
 
-    def __init__(self, recipe: Recipe | None = None, autosave: str | Path | None = None, on_change: Callable[[], None] | None = None):
+    def __init__(
+        self, recipe: Recipe | None = None, autosave: str | Path | None = None, on_change: Callable[[], None] | None = None
+    ):
         self.recipe = recipe.copy() if recipe is not None else Recipe(source="session recipe")
         self._redo: list[dict] = []
         self.autosave_path = Path(autosave) if autosave else None
@@ -84,7 +86,11 @@ class EditHistory:
         self._changed()
 
     def remove_region(self, name: str) -> None:
-        used = [i for i, e in enumerate(self.recipe.edits) if name in {e.get(f) for f in ("region", "from", "to", "source", "reference")}]
+        used = [
+            i
+            for i, e in enumerate(self.recipe.edits)
+            if name in {e.get(f) for f in ("region", "from", "to", "source", "reference")}
+        ]
         if used:
             raise RecipeError(f"region {name!r} is used by edit(s) {used}; undo them first")
         self.recipe.regions.pop(name, None)
@@ -145,7 +151,7 @@ class EditHistory:
         self._changed()
 
     @classmethod
-    def restore(cls, autosave: str | Path, on_change=None) -> "EditHistory":
+    def restore(cls, autosave: str | Path, on_change=None) -> EditHistory:
         """Reopen an autosaved session recipe."""
         h = cls(load_recipe(autosave), autosave=autosave, on_change=on_change)
         return h

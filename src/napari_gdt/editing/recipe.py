@@ -100,13 +100,15 @@ class Recipe:
 
     # ------------------------------------------------------------ build/IO
     @classmethod
-    def from_dict(cls, d: Any, source: str = "recipe", base_dir: str | Path | None = None) -> "Recipe":
+    def from_dict(cls, d: Any, source: str = "recipe", base_dir: str | Path | None = None) -> Recipe:
         """Build and validate (structure only) a recipe from its JSON object."""
         if not isinstance(d, dict):
             raise RecipeError(f"{source}: a recipe must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - {"version", "regions", "edits"})
         if unknown:
-            raise RecipeError(f"{source}: unknown top-level field(s) {', '.join(map(repr, unknown))} (expected version, regions, edits)")
+            raise RecipeError(
+                f"{source}: unknown top-level field(s) {', '.join(map(repr, unknown))} (expected version, regions, edits)"
+            )
         if d.get("version") != RECIPE_VERSION:
             raise RecipeError(f"{source}: field 'version' must be {RECIPE_VERSION}, got {d.get('version')!r}")
         regs = d.get("regions", {})
@@ -159,9 +161,11 @@ class Recipe:
         self.base_dir = path.parent
         return path
 
-    def copy(self) -> "Recipe":
+    def copy(self) -> Recipe:
         return Recipe(
-            regions={n: RegionDef(n, copy.deepcopy(r.spec), None if r.array is None else r.array) for n, r in self.regions.items()},
+            regions={
+                n: RegionDef(n, copy.deepcopy(r.spec), None if r.array is None else r.array) for n, r in self.regions.items()
+            },
             edits=copy.deepcopy(self.edits),
             base_dir=self.base_dir,
             source=self.source,
@@ -215,7 +219,10 @@ class Recipe:
             if f in e and e[f] > NUM_RANGES[f][1]:
                 raise RecipeError(f"{where}: field {f!r} is {e[f]:g}, above the sane maximum {NUM_RANGES[f][1]:g}")
         if op in ("set", "add") and abs(e["value"]) > NUM_RANGES["value"][1]:
-            raise RecipeError(f"{where}: field 'value' is {e['value']:g}, outside the sane range [-{NUM_RANGES['value'][1]:g}, {NUM_RANGES['value'][1]:g}] counts")
+            raise RecipeError(
+                f"{where}: field 'value' is {e['value']:g}, outside the sane range [-{NUM_RANGES['value'][1]:g}, "
+                f"{NUM_RANGES['value'][1]:g}] counts"
+            )
         if op == "scale" and (e["factor"] < 0 or e.get("others", 1.0) < 0):
             bad = "factor" if e["factor"] < 0 else "others"
             raise RecipeError(f"{where}: field {bad!r} must be >= 0 (counts stay non-negative), got {e[bad]!r}")
@@ -225,14 +232,17 @@ class Recipe:
             raise RecipeError(f"{where}: field 'strength' must lie in [0, 1], got {e['strength']!r}")
         if op == "eigen":
             if ("reference" in e) == ("coef" in e):
-                raise RecipeError(f"{where}: give either 'reference' (match a reference population) or 'coef' (rescale the source's own top-k eigen-directions), not {'both' if 'coef' in e else 'neither'}")
+                raise RecipeError(
+                    f"{where}: give either 'reference' (match a reference population) or 'coef' (rescale the source's own top-k "
+                    f"eigen-directions), not {'both' if 'coef' in e else 'neither'}"
+                )
             if "coef" in e and e["coef"] < 0:
                 raise RecipeError(f"{where}: field 'coef' must be >= 0, got {e['coef']!r}")
             k = e.get("k", 1)
             if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
                 raise RecipeError(f"{where}: field 'k' must be an integer >= 1, got {k!r}")
             if e.get("basis", "all") not in ("all", "genes"):
-                raise RecipeError(f"{where}: field 'basis' must be \"all\" or \"genes\", got {e.get('basis')!r}")
+                raise RecipeError(f'{where}: field \'basis\' must be "all" or "genes", got {e.get("basis")!r}')
 
     def check_regions(self, canvas: ExpressionCanvas, masks: dict[str, np.ndarray]) -> None:
         """Every region an edit uses covers at least one bin; eigen's ``k`` fits its gene basis."""
@@ -252,7 +262,11 @@ class Recipe:
                     why = f"it lies outside the canvas ({H} x {W} bins)"
                 raise RecipeError(f"{where}: region {name!r} is empty on this canvas (field {f!r}: {why})")
             if e["op"] == "eigen":
-                n = len(canvas.genes) if e.get("basis", "all") == "all" else (len(canvas.genes) if e["genes"] == "all" else len(e["genes"]))
+                n = (
+                    len(canvas.genes)
+                    if e.get("basis", "all") == "all"
+                    else (len(canvas.genes) if e["genes"] == "all" else len(e["genes"]))
+                )
                 k = int(e.get("k", 1))
                 if k > n:
                     raise RecipeError(f"{where}: field 'k' is {k} but the eigen basis has only {n} gene(s)")
@@ -265,7 +279,10 @@ class Recipe:
                 missing = [g for g in e["genes"] if g not in have]
                 if missing:
                     s = "s" if len(missing) > 1 else ""
-                    raise RecipeError(f"{self.source}: edit {i} ({e['op']}): unknown gene{s} {', '.join(map(repr, missing))} (not in the canvas)")
+                    raise RecipeError(
+                        f"{self.source}: edit {i} ({e['op']}): unknown gene{s} {', '.join(map(repr, missing))} (not in the "
+                        "canvas)"
+                    )
         for reg in self.regions.values():
             if reg.kind == "gene" and reg.spec["gene"] not in have:
                 raise RecipeError(f"{self.source}: region {reg.name!r}: unknown gene {reg.spec['gene']!r} (not in the canvas)")
@@ -332,11 +349,21 @@ class Recipe:
             for name, n in ((e["from"], n_from), (e["to"], n_to)):
                 if n == 0:
                     raise RecipeError(f"{where}: region {name!r} is empty on this canvas")
-            return _map_genes(data, mask, gi, lambda blk, m, local, sel: ops.transfer(blk, m, local, mean_from[sel], mean_to[sel], float(e.get("strength", 1.0))))
+            return _map_genes(
+                data,
+                mask,
+                gi,
+                lambda blk, m, local, sel: ops.transfer(
+                    blk, m, local, mean_from[sel], mean_to[sel], float(e.get("strength", 1.0))
+                ),
+            )
         elif op == "eigen":
             basis = gi if e.get("basis", "all") == "genes" else list(range(data.shape[0]))
             if len(basis) > MAX_EIGEN_GENES:
-                raise RecipeError(f"{where}: eigen over {len(basis)} genes needs a {len(basis)}x{len(basis)} moment; use \"basis\": \"genes\" with at most {MAX_EIGEN_GENES} genes")
+                raise RecipeError(
+                    f"{where}: eigen over {len(basis)} genes needs a {len(basis)}x{len(basis)} moment; "
+                    f'use "basis": "genes" with at most {MAX_EIGEN_GENES} genes'
+                )
             _, m_src, n_src = _masked_stats(data, masks[e["source"]], basis, moment=True)
             pops = [(e["source"], n_src)]
             if "coef" in e:

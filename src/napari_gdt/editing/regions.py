@@ -175,7 +175,11 @@ class RegionDef:
                 raise RecipeError(f"{where}: region {n!r} field 'rect' {r!r} is empty (need y1 > y0 and x1 > x0)")
         elif k == "polygon":
             p = s["polygon"]
-            ok = isinstance(p, (list, tuple)) and len(p) >= 3 and all(isinstance(q, (list, tuple)) and len(q) == 2 and all(_is_num(v) for v in q) for q in p)
+            ok = (
+                isinstance(p, (list, tuple))
+                and len(p) >= 3
+                and all(isinstance(q, (list, tuple)) and len(q) == 2 and all(_is_num(v) for v in q) for q in p)
+            )
             if not ok:
                 raise RecipeError(f"{where}: region {n!r} field 'polygon' must be >= 3 [y, x] vertices, got {_short(p)}")
         elif k == "labels":
@@ -216,7 +220,10 @@ class RegionDef:
                 arr = read_labels(p)
                 self.array = arr
             if tuple(arr.shape) != tuple(n_bins):
-                raise RecipeError(f"{where}: region {self.name!r} labels {s['labels']!r} have shape {tuple(arr.shape)}, but the canvas bin grid is {tuple(n_bins)}")
+                raise RecipeError(
+                    f"{where}: region {self.name!r} labels {s['labels']!r} have shape {tuple(arr.shape)}, but the canvas bin "
+                    f"grid is {tuple(n_bins)}"
+                )
             return np.asarray(arr) == int(s["value"])
         raise RecipeError(f"{where}: region {self.name!r} has no geometry")
 

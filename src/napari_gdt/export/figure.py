@@ -199,7 +199,12 @@ def expression_region(canvas, genes: Sequence[str], region, px_per_bin: int) -> 
     return out
 
 
-def expression_composite(counts: np.ndarray, colours: Sequence[tuple[float, float, float]] | None = None, limits: Sequence[tuple[float, float]] | None = None, percentile: float = 99.5) -> np.ndarray:
+def expression_composite(
+    counts: np.ndarray,
+    colours: Sequence[tuple[float, float, float]] | None = None,
+    limits: Sequence[tuple[float, float]] | None = None,
+    percentile: float = 99.5,
+) -> np.ndarray:
     """Additive colour composite of ``(G, H, W)`` counts -> ``(H, W, 3)`` float in [0, 1].
 
     Each gene is scaled to [0, 1] by ``limits[k]`` (default: 0 to its
@@ -342,8 +347,20 @@ def compose_figure(
             label = f"{scalebar_um:g} µm"
             _scalebar(ax, length_px, label, p.image if not p.heat else np.zeros((h, w)))
         if p.legend:
-            handles = [Line2D([0], [0], marker="s", linestyle="none", markersize=6, markerfacecolor=c, markeredgecolor="0.3", label=g) for g, c in p.legend]
-            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(2, len(handles)), fontsize=7, frameon=False, handletextpad=0.2, columnspacing=0.8)
+            handles = [
+                Line2D([0], [0], marker="s", linestyle="none", markersize=6, markerfacecolor=c, markeredgecolor="0.3", label=g)
+                for g, c in p.legend
+            ]
+            ax.legend(
+                handles=handles,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.02),
+                ncol=min(2, len(handles)),
+                fontsize=7,
+                frameon=False,
+                handletextpad=0.2,
+                columnspacing=0.8,
+            )
         x0 = x * dpi
         y0 = (H_in - bottom - ph) * dpi
         boxes.append((round(x0), round(y0), round(x0 + pw * dpi), round(y0 + ph * dpi)))
@@ -355,11 +372,17 @@ def compose_figure(
     fmt = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".pdf": "pdf"}[ext]
     from ..safeio import PNG_MARK, atomic_file
 
-    marks = {"png": {"metadata": {"Software": PNG_MARK}}, "pdf": {"metadata": {"Creator": PNG_MARK}}, "tiff": {"pil_kwargs": {"tiffinfo": {305: PNG_MARK}}}}[fmt]
+    marks = {
+        "png": {"metadata": {"Software": PNG_MARK}},
+        "pdf": {"metadata": {"Creator": PNG_MARK}},
+        "tiff": {"pil_kwargs": {"tiffinfo": {305: PNG_MARK}}},
+    }[fmt]
     with atomic_file(out) as tmp:  # never half a figure over an old one
         fig.savefig(str(tmp), dpi=dpi, format=fmt, facecolor="white", **marks)
     size = (round(H_in * dpi), round(W_in * dpi))
-    return FigureInfo(path=out, size_px=size, dpi=float(dpi), panels=[p.name for p in panels], panel_boxes=boxes, scalebar_um=float(scalebar_um))
+    return FigureInfo(
+        path=out, size_px=size, dpi=float(dpi), panels=[p.name for p in panels], panel_boxes=boxes, scalebar_um=float(scalebar_um)
+    )
 
 
 # --------------------------------------------------------------------------- from renderers
@@ -377,7 +400,8 @@ def parse_panels(text: str | Sequence[str] | None) -> list[str] | None:
 
 
 def default_panels(has_real: bool, has_edits: bool, has_genes: bool) -> list[str]:
-    """Panels shown when none are asked for: real (with an image), generated, edited and difference (with edits), expression (with genes)."""
+    """Panels shown when none are asked for: real (with an image), generated, edited and difference (with edits),
+    expression (with genes)."""
     names = (["real"] if has_real else []) + ["generated"]
     if has_edits:
         names += ["edited", "difference"]
@@ -430,11 +454,20 @@ def render_figure(
         Genes of the ``expression`` panel (default: the 3 with most counts in the region).
     """
     built = figure_panels(renderer, region, edited_renderer, real_image, panels, genes, progress)
-    return compose_figure(built, out, um_per_px=renderer.bundle.um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in)
+    return compose_figure(
+        built, out, um_per_px=renderer.bundle.um_per_px, scalebar_um=scalebar_um, dpi=dpi, panel_width_in=panel_width_in
+    )
 
 
-def figure_panels(renderer, region, edited_renderer=None, real_image=None, panels: Sequence[str] | None = None,
-                  genes: Sequence[str] | None = None, progress=None) -> list[Panel]:
+def figure_panels(
+    renderer,
+    region,
+    edited_renderer=None,
+    real_image=None,
+    panels: Sequence[str] | None = None,
+    genes: Sequence[str] | None = None,
+    progress=None,
+) -> list[Panel]:
     """The panels of a figure of ``region`` (float images in [0, 1]; see :func:`render_figure`), before layout."""
     region = renderer.check_region(region)
     ppb = renderer.bundle.px_per_bin
@@ -450,7 +483,9 @@ def figure_panels(renderer, region, edited_renderer=None, real_image=None, panel
         if genes:
             missing = [g for g in genes if g not in expr_canvas.genes]
             if missing:
-                raise CanvasError(f"{renderer.canvas.meta.get('path', 'canvas')}: --genes names gene(s) not in the canvas: {', '.join(missing)}")
+                raise CanvasError(
+                    f"{renderer.canvas.meta.get('path', 'canvas')}: --genes names gene(s) not in the canvas: {', '.join(missing)}"
+                )
         else:
             genes = top_genes(expr_canvas, region, ppb)
         if len(genes) > len(GENE_COLOURS):
@@ -469,9 +504,15 @@ def figure_panels(renderer, region, edited_renderer=None, real_image=None, panel
         elif name == "edited":
             built.append(Panel("edited", "edited", to_display(edi)))
         elif name == "difference":
-            built.append(Panel("difference", "|edited − generated|", difference_map(gen, edi), heat=True, colorbar_label="mean |Δ| (0–1)"))
+            built.append(
+                Panel("difference", "|edited − generated|", difference_map(gen, edi), heat=True, colorbar_label="mean |Δ| (0–1)")
+            )
         elif name == "expression":
             counts = expression_region(expr_canvas, list(genes), region, ppb)
             label = "expression (edited)" if edited_renderer is not None else "expression"
-            built.append(Panel("expression", label, expression_composite(counts), legend=[(g, GENE_COLOURS[k]) for k, g in enumerate(genes)]))
+            built.append(
+                Panel(
+                    "expression", label, expression_composite(counts), legend=[(g, GENE_COLOURS[k]) for k, g in enumerate(genes)]
+                )
+            )
     return built

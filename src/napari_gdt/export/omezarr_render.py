@@ -240,7 +240,9 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
         def place(s, tile):
             ya, yb = max(s.out.y0, box.y0), min(s.out.y1, box.y1)
             xa, xb = max(s.out.x0, box.x0), min(s.out.x1, box.x1)
-            img[ya - box.y0 : yb - box.y0, xa - box.x0 : xb - box.x0] = tile[ya - s.out.y0 : yb - s.out.y0, xa - s.out.x0 : xb - s.out.x0]
+            img[ya - box.y0 : yb - box.y0, xa - box.x0 : xb - box.x0] = tile[
+                ya - s.out.y0 : yb - s.out.y0, xa - s.out.x0 : xb - s.out.x0
+            ]
 
         r.compute_tiles(specs, windows=windows, on_tile=place)
         del windows
@@ -257,7 +259,13 @@ def render_chunk(job: RenderJob, cy: int, cx: int, verify: bool = True) -> dict:
         "cached": r.stats["cached"] - before["cached"],
     }
     _write_marker(job, 0, cy, cx, rec)
-    return {"chunk": (cy, cx), "skipped": False, "computed": rec["computed"], "cached": rec["cached"], "cpu": time.process_time() - cpu0}
+    return {
+        "chunk": (cy, cx),
+        "skipped": False,
+        "computed": rec["computed"],
+        "cached": rec["cached"],
+        "cpu": time.process_time() - cpu0,
+    }
 
 
 def downsample_chunk(job: RenderJob, level: int, cy: int, cx: int, verify: bool = True) -> dict:
@@ -338,7 +346,11 @@ def _create_store(out: Path, job: RenderJob, bundle, ngff: str, levels: int, set
     datasets = []
     for lvl in range(levels):
         h, w = level_shape(job.shape, lvl)
-        kw = {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if fmt.zarr_format == 2 else {"dimension_names": ["c", "y", "x"]}
+        kw = (
+            {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            if fmt.zarr_format == 2
+            else {"dimension_names": ["c", "y", "x"]}
+        )
         group.create_array(
             str(lvl), shape=(C, h, w), chunks=(C, min(job.chunk_px, h), min(job.chunk_px, w)), dtype=job.dtype, fill_value=0, **kw
         )
@@ -373,7 +385,7 @@ def read_settings(path) -> dict | None:
 
     try:
         g = zarr.open_group(str(path), mode="r")
-    except Exception:
+    except Exception:  # noqa: BLE001 - probe of an unknown path: any zarr failure means not ours
         return None
     s = dict(g.attrs).get(ATTR)
     return s if isinstance(s, dict) and s.get("kind") == KIND else None
@@ -568,7 +580,16 @@ def render_to_omezarr(
     timings = {"prepare": t_setup - t0, "cluster": time.perf_counter() - t_setup}
     grids = [job.chunk_grid(lvl) for lvl in range(levels)]
     n_chunks = [gy * gx for gy, gx in grids]
-    stats = {"rendered": 0, "skipped": 0, "computed": 0, "cached": 0, "pyramid_written": 0, "pyramid_skipped": 0, "task_cpu": 0.0, "pyramid_cpu": 0.0}
+    stats = {
+        "rendered": 0,
+        "skipped": 0,
+        "computed": 0,
+        "cached": 0,
+        "pyramid_written": 0,
+        "pyramid_skipped": 0,
+        "task_cpu": 0.0,
+        "pyramid_cpu": 0.0,
+    }
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(n_chunks), desc="level 0", unit="chunk", disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
@@ -660,13 +681,20 @@ def warm_cache_from_omezarr(zarr_path, renderer, cache=None, region=None, allow_
     s = read_settings(p)
     if s is None:
         raise GDTError(f"{p}: not an OME-Zarr rendered by napari-gdt (no '{ATTR}' attrs)")
-    checks = {"model digest": (s["model"]["digest"], renderer.bundle.digest), "seed": (s["seed"], renderer.seed), "tile_px": (s["tile_px"], renderer.tile_px)}
+    checks = {
+        "model digest": (s["model"]["digest"], renderer.bundle.digest),
+        "seed": (s["seed"], renderer.seed),
+        "tile_px": (s["tile_px"], renderer.tile_px),
+    }
     for name, (have, want) in checks.items():
         if have != want:
             raise GDTError(f"{p}: rendered with {name} {have!r} but the renderer uses {want!r}; cannot warm its cache")
     exact = s["dtype"] == "float32"
     if not exact and not allow_quantised:
-        raise GDTError(f"{p}: stores uint8 (quantised) pixels; render with --dtype float32 for exact cache warming, or pass allow_quantised=True")
+        raise GDTError(
+            f"{p}: stores uint8 (quantised) pixels; render with --dtype float32 for exact cache warming, or pass "
+            "allow_quantised=True"
+        )
     import dask
 
     ry0, ry1, rx0, rx1 = s["region"]
@@ -688,7 +716,12 @@ def warm_cache_from_omezarr(zarr_path, renderer, cache=None, region=None, allow_
                 seen.add(k)
                 ty, tx = (int(v) for v in k.split(","))
                 spec = renderer.tile(ty, tx)
-                if region is not None and not (spec.out.y0 >= region.y0 and spec.out.y1 <= region.y1 and spec.out.x0 >= region.x0 and spec.out.x1 <= region.x1):
+                if region is not None and not (
+                    spec.out.y0 >= region.y0
+                    and spec.out.y1 <= region.y1
+                    and spec.out.x0 >= region.x0
+                    and spec.out.x1 <= region.x1
+                ):
                     continue
                 tiles.append((spec, rec["tiles"][k]))
             if not tiles:

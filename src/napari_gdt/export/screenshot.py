@@ -53,7 +53,9 @@ def _font(size: int):
             return ImageFont.load_default()
 
 
-def burn_scalebar(img: np.ndarray, um_per_px: float, length_um: float | None = None, colour: str = "auto", margin: int | None = None) -> tuple[np.ndarray, float, int]:
+def burn_scalebar(
+    img: np.ndarray, um_per_px: float, length_um: float | None = None, colour: str = "auto", margin: int | None = None
+) -> tuple[np.ndarray, float, int]:
     """Draw a scale bar with its µm label into the lower-right corner of ``img``.
 
     Parameters
@@ -200,4 +202,6 @@ def screenshot_view(
     if scalebar:
         img, length_um, length_px = burn_scalebar(img, um_per_screen_px, scalebar_um)
     out_path = save_image(path, img) if path is not None else None
-    return img, ScreenshotInfo(path=out_path, size_px=img.shape[:2], um_per_screen_px=um_per_screen_px, scalebar_um=length_um, scalebar_px=length_px)
+    return img, ScreenshotInfo(
+        path=out_path, size_px=img.shape[:2], um_per_screen_px=um_per_screen_px, scalebar_um=length_um, scalebar_px=length_px
+    )

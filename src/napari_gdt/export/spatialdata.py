@@ -30,7 +30,8 @@ def render_into_spatialdata(
     progress=None,
     settings: dict | None = None,
 ) -> dict:
-    """Render ``region`` (default: the whole canvas) and add it to ``store``; with ``edits`` also the edited render and its regions.
+    """Render ``region`` (default: the whole canvas) and add it to ``store``; with ``edits`` also the edited render
+    and its regions.
 
     ``edits`` is a recipe file or a :class:`~napari_gdt.editing.recipe.Recipe`.
     Returns :func:`write_into_spatialdata`'s summary plus ``region``.
@@ -56,11 +57,28 @@ def render_into_spatialdata(
         recipe_dict = recipe.to_dict()
     names = bundle.card.get("output", {}).get("channels")
     s = dict(settings or {})
-    s.update({"seed": int(seed), "region": [region.y0, region.y1, region.x0, region.x1], "tile_px": tile_px or bundle.card.get("tile_px")})
+    s.update(
+        {
+            "seed": int(seed),
+            "region": [region.y0, region.y1, region.x0, region.x1],
+            "tile_px": tile_px or bundle.card.get("tile_px"),
+        }
+    )
     out = write_into_spatialdata(
-        store, canvas, ppb, generated, edited=edited, regions=regions, origin_px=(region.y0, region.x0),
-        image_element=image_element, prefix=prefix, channel_names=names, recipe=recipe_dict, model_card=dict(bundle.card),
-        settings=s, overwrite=overwrite,
+        store,
+        canvas,
+        ppb,
+        generated,
+        edited=edited,
+        regions=regions,
+        origin_px=(region.y0, region.x0),
+        image_element=image_element,
+        prefix=prefix,
+        channel_names=names,
+        recipe=recipe_dict,
+        model_card=dict(bundle.card),
+        settings=s,
+        overwrite=overwrite,
     )
     out["region"] = region
     return out

@@ -84,7 +84,9 @@ class ExpressionCanvas:
         if missing:
             import warnings
 
-            warnings.warn(f"{where}: zero-filling {len(missing)} gene(s) missing from the canvas: {', '.join(missing[:10])}", stacklevel=2)
+            warnings.warn(
+                f"{where}: zero-filling {len(missing)} gene(s) missing from the canvas: {', '.join(missing[:10])}", stacklevel=2
+            )
         zeros = da.zeros((1,) + self.n_bins, dtype=self.data.dtype, chunks=(1,) + tuple(c[0] for c in self.data.chunks[1:]))
         parts = []
         for g in genes:

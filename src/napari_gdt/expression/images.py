@@ -53,7 +53,7 @@ def _tiff_levels(p: Path, channel: int):
                 index.append(0)
         d = d[tuple(index)]
         kept = [c for c in ax if c in "YXS"]
-        if kept[: 2] != ["Y", "X"]:
+        if kept[:2] != ["Y", "X"]:
             d = d.transpose([kept.index("Y"), kept.index("X")] + ([kept.index("S")] if "S" in kept else []))
         levels.append(d)
     return levels

@@ -40,7 +40,11 @@ def write_canvas(canvas: ExpressionCanvas, path: str | Path, chunks=None, overwr
         [data],
         group,
         fmt=FormatV04(),
-        axes=[{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}],
+        axes=[
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
         scale={"c": 1.0, "y": float(canvas.bin_um), "x": float(canvas.bin_um)},
         storage_options={"chunks": chunks},
         name="expression",
@@ -48,7 +52,10 @@ def write_canvas(canvas: ExpressionCanvas, path: str | Path, chunks=None, overwr
     group.attrs["omero"] = {
         "name": "expression",
         "version": "0.4",
-        "channels": [{"label": g, "active": False, "color": "FFFFFF", "window": {"start": 0, "end": 10, "min": 0, "max": 1e6}} for g in canvas.genes],
+        "channels": [
+            {"label": g, "active": False, "color": "FFFFFF", "window": {"start": 0, "end": 10, "min": 0, "max": 1e6}}
+            for g in canvas.genes
+        ],
     }
     group.attrs[CANVAS_ATTR] = {
         "kind": "expression-canvas",
@@ -105,7 +112,7 @@ def is_canvas(path: str | Path) -> bool:
     try:
         g = zarr.open_group(str(p), mode="r")
         return CANVAS_ATTR in g.attrs and g.attrs[CANVAS_ATTR].get("kind") == "expression-canvas"
-    except Exception:
+    except Exception:  # noqa: BLE001 - probe of an unknown path: any zarr failure means not a canvas
         return False
 
 
@@ -118,7 +125,7 @@ def read_canvas(path: str | Path) -> ExpressionCanvas:
         raise CanvasError(f"{p}: no such canvas")
     try:
         g = zarr.open_group(str(p), mode="r")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a non-group; all become one CanvasError
         raise CanvasError(f"{p}: not an OME-Zarr group ({e})") from None
     attrs = dict(g.attrs)
     ms = attrs.get("multiscales")
@@ -136,4 +143,10 @@ def read_canvas(path: str | Path) -> ExpressionCanvas:
         scale = ms[0]["datasets"][0].get("coordinateTransformations", [{}])[0].get("scale", [1, 1, 1])
         bin_um = float(scale[-1])
     affine = np.asarray(info.get("affine", np.eye(3)), dtype=float)
-    return ExpressionCanvas(data=data.astype(np.float32), genes=genes, bin_um=float(bin_um), affine=affine, meta=dict(info.get("meta", {}), path=str(p)))
+    return ExpressionCanvas(
+        data=data.astype(np.float32),
+        genes=genes,
+        bin_um=float(bin_um),
+        affine=affine,
+        meta=dict(info.get("meta", {}), path=str(p)),
+    )

@@ -38,8 +38,16 @@ FORMATS = ("auto", "xenium", "merfish", "cosmx", "visium", "visium_hd", "st", "a
 TRANSCRIPT_FORMATS = ("xenium", "merfish", "cosmx", "csv")
 SPOT_FORMATS = ("visium", "visium_hd", "st", "anndata")
 _ALIASES = {
-    "parquet": "csv", "table": "csv", "ome-zarr": "canvas", "zarr": "canvas", "h5ad": "anndata", "spaceranger": "visium",
-    "vizgen": "merfish", "visium-hd": "visium_hd", "visiumhd": "visium_hd", "sdata": "spatialdata",
+    "parquet": "csv",
+    "table": "csv",
+    "ome-zarr": "canvas",
+    "zarr": "canvas",
+    "h5ad": "anndata",
+    "spaceranger": "visium",
+    "vizgen": "merfish",
+    "visium-hd": "visium_hd",
+    "visiumhd": "visium_hd",
+    "sdata": "spatialdata",
 }
 
 parse_gene_list = _parse_genes
@@ -82,7 +90,9 @@ def detect_format(path) -> str:
                 fmts.add("?")
         if "st" in fmts or all(p.name.lower().endswith((".tsv", ".tsv.gz")) for p in paths):
             return "st"
-        raise ReaderError(f"{', '.join(map(str, paths))}: several inputs are only supported for legacy ST (counts tsv + spot file)")
+        raise ReaderError(
+            f"{', '.join(map(str, paths))}: several inputs are only supported for legacy ST (counts tsv + spot file)"
+        )
     p = paths[0]
     if not p.exists():
         raise ReaderError(f"{p}: no such file or folder")
@@ -108,7 +118,11 @@ def detect_format(path) -> str:
 
         if find_visium_hd_bins(p) is not None:
             return "visium_hd"
-        if (p / "filtered_feature_bc_matrix.h5").is_file() or (p / "outs" / "filtered_feature_bc_matrix.h5").is_file() or (p / "spatial").is_dir():
+        if (
+            (p / "filtered_feature_bc_matrix.h5").is_file()
+            or (p / "outs" / "filtered_feature_bc_matrix.h5").is_file()
+            or (p / "spatial").is_dir()
+        ):
             return "visium"
         tsvs = [q.name.lower() for q in p.iterdir() if q.name.lower().endswith((".tsv", ".tsv.gz"))]
         if any("count" in t for t in tsvs) and any("spot" in t for t in tsvs):
@@ -194,8 +208,11 @@ def read_any(path, format: str = "auto", bin_um: float | None = None, **kw) -> E
         raise ReaderError(f"{getattr(e, 'filename', None) or _src(path)}: {e.strerror or e}") from None
     except (EOFError, zlib.error, UnicodeDecodeError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
         msg = " ".join(str(e).split())[:300] or type(e).__name__
-        what = "truncated or corrupt compressed file" if isinstance(e, (EOFError, zlib.error)) or "gzip" in msg.lower() else (
-            "not a text file" if isinstance(e, UnicodeDecodeError) else "unreadable input")
+        what = (
+            "truncated or corrupt compressed file"
+            if isinstance(e, (EOFError, zlib.error)) or "gzip" in msg.lower()
+            else ("not a text file" if isinstance(e, UnicodeDecodeError) else "unreadable input")
+        )
         raise ReaderError(f"{_src(path)}: {what} ({type(e).__name__}: {msg})") from None
     from ..safeio import check_grid
 
@@ -304,10 +321,28 @@ def _read_any(
 
         if len(paths) != 1:
             raise ReaderError(f"{src}: read one SpatialData store at a time")
-        sd_keys = ("points", "table", "image_element", "coordinate_system", "um_per_unit", "gene_col", "layer", "mode",
-                   "spot_diameter_px", "sigma_px", "chunks", "progress", "drop_prefixes")
+        sd_keys = (
+            "points",
+            "table",
+            "image_element",
+            "coordinate_system",
+            "um_per_unit",
+            "gene_col",
+            "layer",
+            "mode",
+            "spot_diameter_px",
+            "sigma_px",
+            "chunks",
+            "progress",
+            "drop_prefixes",
+        )
         return read_spatialdata(
-            paths[0], bin_um=bin_um, bin_px=bin_px, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill,
+            paths[0],
+            bin_um=bin_um,
+            bin_px=bin_px,
+            um_per_px=um_per_px,
+            genes=genes,
+            zero_fill=zero_fill,
             **{k: v for k, v in opts.items() if k in sd_keys and v is not None},
         )
 
@@ -337,8 +372,15 @@ def _read_any(
         if fmt == "cosmx":
             return _call_with_accepted(tx.read_cosmx, p, bin_um=bin_um, um_per_px=um_per_px or COSMX_UM_PER_PX, **common)
         return _call_with_accepted(
-            tx.read_transcripts_table, p, x_col=x_col, y_col=y_col, gene_col=gene_col, units=units, bin_um=bin_um,
-            um_per_px=um_per_px, **common,
+            tx.read_transcripts_table,
+            p,
+            x_col=x_col,
+            y_col=y_col,
+            gene_col=gene_col,
+            units=units,
+            bin_um=bin_um,
+            um_per_px=um_per_px,
+            **common,
         )
 
     # spot formats: bins are laid in image pixels
@@ -346,8 +388,14 @@ def _read_any(
     if fmt == "visium_hd":
         g = _parse_genes(genes)
         canvas = _call_with_accepted(
-            spots.read_visium_hd, paths[0], bin_px=bin_px, bin_um=bin_um, um_per_px=um_per_px, image=image,
-            genes=None if zero_fill else g, **opts,
+            spots.read_visium_hd,
+            paths[0],
+            bin_px=bin_px,
+            bin_um=bin_um,
+            um_per_px=um_per_px,
+            image=image,
+            genes=None if zero_fill else g,
+            **opts,
         )
         return canvas.align(g, zero_fill=True, where=src) if (g and zero_fill) else canvas
     if bin_px is None:

@@ -38,4 +38,10 @@ def merfish_canvas(transcripts_csv, image_shape, bin_px: int = 64, genes=None):
     np.add.at(counts, (g[ok].astype(int).to_numpy(), by, bx), 1.0)
     um_per_px = 0.5 * (um_x + um_y)
     affine = np.diag([float(bin_px), float(bin_px), 1.0])
-    return ExpressionCanvas(counts, all_genes, bin_um=bin_px * um_per_px, affine=affine, meta={"format": "merfish", "files": [str(transcripts_csv)], "um_per_px": um_per_px, "total_counts": float(counts.sum())})
+    return ExpressionCanvas(
+        counts,
+        all_genes,
+        bin_um=bin_px * um_per_px,
+        affine=affine,
+        meta={"format": "merfish", "files": [str(transcripts_csv)], "um_per_px": um_per_px, "total_counts": float(counts.sum())},
+    )

@@ -75,7 +75,10 @@ def _require(where: str = "SpatialData"):
     try:
         import spatialdata
     except ImportError:
-        raise ReaderError(f"{where}: reading and writing SpatialData stores needs the optional 'spatialdata' package: pip install 'napari-gdt[spatialdata]'") from None
+        raise ReaderError(
+            f"{where}: reading and writing SpatialData stores needs the optional 'spatialdata' package: pip install "
+            "'napari-gdt[spatialdata]'"
+        ) from None
     return spatialdata
 
 
@@ -107,8 +110,10 @@ def open_store(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return sd.read_zarr(p)
-    except Exception as e:  # spatialdata raises many kinds
-        raise ReaderError(f"{p}: not a readable SpatialData store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # noqa: BLE001 - spatialdata raises many kinds; all become one ReaderError
+        raise ReaderError(
+            f"{p}: not a readable SpatialData store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
 
 
 def _names(d) -> str:
@@ -122,7 +127,10 @@ def _to_cs(store, kind: str, name: str, element, cs: str) -> np.ndarray:
 
     ts = get_transformation(element, get_all=True)
     if cs not in ts:
-        raise ReaderError(f"{store}: {kind} element '{name}' has no transformation to coordinate system '{cs}' (it has: {', '.join(ts) or 'none'})")
+        raise ReaderError(
+            f"{store}: {kind} element '{name}' has no transformation to coordinate system '{cs}' (it has: "
+            f"{', '.join(ts) or 'none'})"
+        )
     m = np.asarray(ts[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
     return _SWAP @ m @ _SWAP
 
@@ -220,7 +228,9 @@ def pick_elements(sdata, store, points=None, table=None, image=None, coordinate_
         pk = Picked(store, "table", table=table)
     else:
         pts = sorted(sdata.points.keys())
-        usable_tables = [t for t in sorted(sdata.tables.keys()) if any(r in sdata.shapes for r in _table_regions(sdata.tables[t])[0])]
+        usable_tables = [
+            t for t in sorted(sdata.tables.keys()) if any(r in sdata.shapes for r in _table_regions(sdata.tables[t])[0])
+        ]
         if pts:
             name = _prefer(pts, ("transcripts",))
             pk = Picked(store, "points", points=name)
@@ -269,7 +279,10 @@ def pick_elements(sdata, store, points=None, table=None, image=None, coordinate_
             if len(cands) > 1:
                 notes.append(f"picked image '{pk.image}' (the largest of {', '.join(cands)}; --image-element to choose)")
         else:
-            notes.append(f"no image element shares a coordinate system with {expr_kind} '{expr_name}': the canvas is placed in coordinate-system units")
+            notes.append(
+                f"no image element shares a coordinate system with {expr_kind} '{expr_name}': the canvas is placed in "
+                "coordinate-system units"
+            )
     shared = list(expr_cs) if pk.image is None else [c for c in expr_cs if c in _coordinate_systems(sdata.images[pk.image])]
     if coordinate_system is not None:
         if coordinate_system not in shared:
@@ -281,7 +294,10 @@ def pick_elements(sdata, store, points=None, table=None, image=None, coordinate_
         pk.coordinate_system = coordinate_system
     else:
         if not shared:
-            raise ReaderError(f"{store}: image element '{pk.image}' shares no coordinate system with {expr_kind} '{expr_name}' ({', '.join(expr_cs)})")
+            raise ReaderError(
+                f"{store}: image element '{pk.image}' shares no coordinate system with {expr_kind} '{expr_name}' "
+                f"({', '.join(expr_cs)})"
+            )
         pk.coordinate_system = "global" if "global" in shared else shared[0]
         if len(shared) > 1:
             notes.append(f"used coordinate system '{pk.coordinate_system}' of {', '.join(shared)}")
@@ -310,7 +326,10 @@ class _PointsBatches:
             uy = m[1, 0] * x + m[1, 1] * y + m[1, 2]
             g = df[self.gene_col]
             if str(g.dtype) == "category":
-                gene = pa.DictionaryArray.from_arrays(pa.array(g.cat.codes.to_numpy(np.int32), mask=(g.cat.codes.to_numpy() < 0)), pa.array([str(c) for c in g.cat.categories]))
+                gene = pa.DictionaryArray.from_arrays(
+                    pa.array(g.cat.codes.to_numpy(np.int32), mask=(g.cat.codes.to_numpy() < 0)),
+                    pa.array([str(c) for c in g.cat.categories]),
+                )
             else:
                 gene = pa.array(g.astype(object).where(g.notna(), None).tolist(), type=pa.string())
             yield pa.RecordBatch.from_arrays([pa.array(ux), pa.array(uy), gene], names=["x", "y", "gene"])
@@ -409,9 +428,39 @@ def read_spatialdata(
         "picked": list(pk.notes),
     }
     if pk.kind == "points":
-        canvas = _read_points(sdata, pk, store, cs_to_img, bin_um, bin_px, um_per_px, um_per_unit, genes, zero_fill, gene_col, drop_prefixes, chunks, progress)
+        canvas = _read_points(
+            sdata,
+            pk,
+            store,
+            cs_to_img,
+            bin_um,
+            bin_px,
+            um_per_px,
+            um_per_unit,
+            genes,
+            zero_fill,
+            gene_col,
+            drop_prefixes,
+            chunks,
+            progress,
+        )
     else:
-        canvas = _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per_px, genes, zero_fill, layer, mode, spot_diameter_px, sigma_px)
+        canvas = _read_table(
+            sdata,
+            pk,
+            store,
+            cs_to_img,
+            image_shape,
+            bin_um,
+            bin_px,
+            um_per_px,
+            genes,
+            zero_fill,
+            layer,
+            mode,
+            spot_diameter_px,
+            sigma_px,
+        )
     canvas.meta["spatialdata"] = info
     canvas.meta["format"] = "spatialdata"
     if image_shape is not None:
@@ -419,7 +468,22 @@ def read_spatialdata(
     return canvas
 
 
-def _read_points(sdata, pk, store, cs_to_img, bin_um, bin_px, um_per_px, um_per_unit, genes, zero_fill, gene_col, drop_prefixes, chunks, progress):
+def _read_points(
+    sdata,
+    pk,
+    store,
+    cs_to_img,
+    bin_um,
+    bin_px,
+    um_per_px,
+    um_per_unit,
+    genes,
+    zero_fill,
+    gene_col,
+    drop_prefixes,
+    chunks,
+    progress,
+):
     from .transcripts import read_transcripts_table
 
     ddf = sdata.points[pk.points]
@@ -430,7 +494,9 @@ def _read_points(sdata, pk, store, cs_to_img, bin_um, bin_px, um_per_px, um_per_
         raise ReaderError(f"{store}: points element '{pk.points}' has no feature_key (gene column); give --gene-col")
     for c in ("x", "y", gcol):
         if c not in ddf.columns:
-            raise ReaderError(f"{store}: points element '{pk.points}' has no column '{c}' (columns: {', '.join(map(str, ddf.columns))})")
+            raise ReaderError(
+                f"{store}: points element '{pk.points}' has no column '{c}' (columns: {', '.join(map(str, ddf.columns))})"
+            )
     t_pts = _to_cs(store, "points", pk.points, ddf, pk.coordinate_system)
     u = float(um_per_unit)
     to_um_xy = _xy(np.diag([u, u, 1.0]) @ t_pts)
@@ -447,16 +513,29 @@ def _read_points(sdata, pk, store, cs_to_img, bin_um, bin_px, um_per_px, um_per_
         drop_prefixes = tuple(dict.fromkeys(p for sch in SCHEMAS.values() for p in sch.drop_prefixes))
     src = _PointsBatches(ddf, gcol, to_um_xy, label)
     canvas = read_transcripts_table(
-        label, x_col="x", y_col="y", gene_col="gene", units="um", bin_um=float(bin_um), genes=genes, zero_fill=zero_fill,
-        drop_prefixes=tuple(drop_prefixes or ()), image_transform=um_to_img_xy if pk.image else None, chunks=chunks, progress=progress,
-        _batches=src, _fmt="spatialdata",
+        label,
+        x_col="x",
+        y_col="y",
+        gene_col="gene",
+        units="um",
+        bin_um=float(bin_um),
+        genes=genes,
+        zero_fill=zero_fill,
+        drop_prefixes=tuple(drop_prefixes or ()),
+        image_transform=um_to_img_xy if pk.image else None,
+        chunks=chunks,
+        progress=progress,
+        _batches=src,
+        _fmt="spatialdata",
     )
     canvas.meta["files"] = [store]
     canvas.meta["um_per_unit"] = u
     return canvas
 
 
-def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per_px, genes, zero_fill, layer, mode, spot_diameter_px, sigma_px):
+def _read_table(
+    sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per_px, genes, zero_fill, layer, mode, spot_diameter_px, sigma_px
+):
     from scipy import sparse
 
     from .spots import _select_genes, spots_to_canvas
@@ -472,7 +551,10 @@ def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per
     inst = tab.obs[ikey].to_numpy()[rows]
     missing = ~np.isin(inst, shp.index.to_numpy())
     if missing.any():
-        raise ReaderError(f"{store}: table '{pk.table}': {int(missing.sum())} instance(s) not in shapes '{pk.shapes}' (first {inst[missing][0]!r})")
+        raise ReaderError(
+            f"{store}: table '{pk.table}': {int(missing.sum())} instance(s) not in shapes '{pk.shapes}' (first "
+            f"{inst[missing][0]!r})"
+        )
     geo = shp.loc[inst]
     gtypes = set(geo.geometry.geom_type)
     if gtypes <= {"Point"}:
@@ -504,7 +586,9 @@ def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per
             how = "the table's spot_diameter_fullres (55 µm Visium spots)"
         elif (hd := _HD_NAME.search(f"{pk.table} {pk.shapes}")) is not None:
             # Visium HD bins from spatialdata-io: the bin edge is bin_size µm
-            edge = float(np.median(np.sqrt(geo.geometry.area.to_numpy(float)))) if "Point" not in gtypes else float(np.median(diam))
+            edge = (
+                float(np.median(np.sqrt(geo.geometry.area.to_numpy(float)))) if "Point" not in gtypes else float(np.median(diam))
+            )
             um_per_px = float(hd.group(1)) / (edge * lin)
             how = f"Visium HD bins of {int(hd.group(1))} µm (element name) over their edge"
         else:
@@ -514,7 +598,9 @@ def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per
         bin_px = float(bin_um if bin_um is not None else DEFAULT_BIN_UM) / float(um_per_px)
     if layer is not None:
         if layer not in tab.layers:
-            raise ReaderError(f"{store}: table '{pk.table}' has no layer '{layer}' (layers: {', '.join(tab.layers.keys()) or 'none'})")
+            raise ReaderError(
+                f"{store}: table '{pk.table}' has no layer '{layer}' (layers: {', '.join(tab.layers.keys()) or 'none'})"
+            )
         X = tab.layers[layer]
     else:
         X = tab.X
@@ -524,9 +610,17 @@ def _read_table(sdata, pk, store, cs_to_img, image_shape, bin_um, bin_px, um_per
     gi = _select_genes(all_genes, g, f"{store}:tables/{pk.table}")
     X = X[:, gi]
     canvas = spots_to_canvas(
-        X, centres, [all_genes[i] for i in gi], bin_px=float(bin_px), um_per_px=float(um_per_px), mode=mode,
-        diameter_px=spot_diameter_px, sigma_px=sigma_px, image_shape=image_shape,
-        spot_ids=list(map(str, tab.obs_names[rows])), source=f"{store}:tables/{pk.table}",
+        X,
+        centres,
+        [all_genes[i] for i in gi],
+        bin_px=float(bin_px),
+        um_per_px=float(um_per_px),
+        mode=mode,
+        diameter_px=spot_diameter_px,
+        sigma_px=sigma_px,
+        image_shape=image_shape,
+        spot_ids=list(map(str, tab.obs_names[rows])),
+        source=f"{store}:tables/{pk.table}",
         meta={"files": [store]},
     )
     if how:
@@ -627,7 +721,10 @@ def write_into_spatialdata(
     if image_element is None:
         image_element = (canvas.meta.get("spatialdata") or {}).get("image")
         if image_element is None:
-            raise GDTError(f"{store}: the canvas was not read from a SpatialData store; name the real image element (--image-element; images: {_names(sdata.images)})")
+            raise GDTError(
+                f"{store}: the canvas was not read from a SpatialData store; name the real image element (--image-element; "
+                f"images: {_names(sdata.images)})"
+            )
     if image_element not in sdata.images:
         raise GDTError(f"{store}: no image element '{image_element}' to align to (images: {_names(sdata.images)})")
     img_el = sdata.images[image_element]
@@ -679,8 +776,19 @@ def write_into_spatialdata(
             if arr.dtype != np.uint8:
                 arr = np.floor(np.clip(arr.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
             arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0))
-            cn = list(channel_names) if channel_names is not None and len(channel_names) == arr.shape[0] else (["r", "g", "b"] if arr.shape[0] == 3 else [f"c{i}" for i in range(arr.shape[0])])
-            el = Image2DModel.parse(arr, dims=("c", "y", "x"), c_coords=cn, transformations=transformations, scale_factors=_levels(arr.shape[1:]) or None, chunks=(arr.shape[0], 1024, 1024))
+            cn = (
+                list(channel_names)
+                if channel_names is not None and len(channel_names) == arr.shape[0]
+                else (["r", "g", "b"] if arr.shape[0] == 3 else [f"c{i}" for i in range(arr.shape[0])])
+            )
+            el = Image2DModel.parse(
+                arr,
+                dims=("c", "y", "x"),
+                c_coords=cn,
+                transformations=transformations,
+                scale_factors=_levels(arr.shape[1:]) or None,
+                chunks=(arr.shape[0], 1024, 1024),
+            )
             kind = "edited" if name.endswith("_edited") else "generated"
         else:
             el = Labels2DModel.parse(data, dims=("y", "x"), transformations=transformations)
@@ -720,9 +828,9 @@ def _exists(sdata, name: str) -> bool:
     try:
         if name in sdata:
             return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - membership test on a foreign object; fall back to the paths on disk
         pass
     try:
         return any(p.endswith("/" + name) for p in sdata.elements_paths_on_disk())
-    except Exception:
+    except Exception:  # noqa: BLE001 - older spatialdata or an unbacked object; treat as absent
         return False

@@ -37,7 +37,15 @@ import numpy as np
 from ..errors import ReaderError
 from .canvas import ExpressionCanvas
 
-__all__ = ["find_visium_hd_bins", "read_anndata", "read_spaceranger", "read_st", "read_visium_hd", "spot_weights", "spots_to_canvas"]
+__all__ = [
+    "find_visium_hd_bins",
+    "read_anndata",
+    "read_spaceranger",
+    "read_st",
+    "read_visium_hd",
+    "spot_weights",
+    "spots_to_canvas",
+]
 
 ST_PITCH_UM = 200.0  # centre-to-centre distance of legacy ST spots
 ST_DIAMETER_UM = 100.0
@@ -55,7 +63,6 @@ def _nn_distance(centres: np.ndarray) -> float:
     return float(np.median(d[:, 1]))
 
 
-
 def _visium_scale(centres: np.ndarray, um_per_px, spot_diameter_px) -> tuple[float, float]:
     """Fill in µm/px and spot diameter (px) from the Visium geometry (55 µm spots, 100 µm pitch) where not given."""
     if um_per_px is None:
@@ -67,6 +74,7 @@ def _visium_scale(centres: np.ndarray, um_per_px, spot_diameter_px) -> tuple[flo
     if spot_diameter_px is None:
         spot_diameter_px = VISIUM_DIAMETER_UM / um_per_px
     return um_per_px, spot_diameter_px
+
 
 def spot_weights(
     centres_px: np.ndarray,
@@ -168,7 +176,11 @@ def spots_to_canvas(
     n = len(centres_px)
     if n == 0:
         raise ReaderError(f"{source}: no spots to place")
-    for name, v in (("spot diameter (--spot-diameter-px)", diameter_px), ("spread width (--sigma-px)", sigma_px), ("µm per pixel (--um-per-px)", um_per_px)):
+    for name, v in (
+        ("spot diameter (--spot-diameter-px)", diameter_px),
+        ("spread width (--sigma-px)", sigma_px),
+        ("µm per pixel (--um-per-px)", um_per_px),
+    ):
         if v is not None and not (np.isfinite(v) and v > 0):
             raise ReaderError(f"{source}: {name} must be > 0, got {v}")
     if not np.isfinite(bin_px):
@@ -186,13 +198,20 @@ def spots_to_canvas(
     from ..safeio import check_grid, limit
 
     hb, wb = float(np.ceil(H / bin_px)), float(np.ceil(W / bin_px))
-    check_grid((counts.shape[1] if len(counts.shape) > 1 else 1, min(hb, 2**62), min(wb, 2**62)), source, hint="use a larger bin (--bin-px / --bin-um)")
+    check_grid(
+        (counts.shape[1] if len(counts.shape) > 1 else 1, min(hb, 2**62), min(wb, 2**62)),
+        source,
+        hint="use a larger bin (--bin-px / --bin-um)",
+    )
     Hb, Wb = int(hb), int(wb)
-    reach = 2.0 * (0.5 * float(diameter_px) if mode == "footprint" else 3.0 * float(sigma_px)) / float(bin_px) + 2.0  # window edge of one spot, in bins
+    reach = (
+        2.0 * (0.5 * float(diameter_px) if mode == "footprint" else 3.0 * float(sigma_px)) / float(bin_px) + 2.0
+    )  # window edge of one spot, in bins
     covered = n * min(reach, Hb) * min(reach, Wb)
     if covered > limit("bins"):
         raise ReaderError(
-            f"{source}: {n} spot(s) of {reach:,.0f} bins across would cover {covered:,.0f} bins, above the limit of {limit('bins'):,.0f}; "
+            f"{source}: {n} spot(s) of {reach:,.0f} bins across would cover {covered:,.0f} bins, above the limit of "
+            f"{limit('bins'):,.0f}; "
             "use a larger bin (--bin-px / --bin-um) or check --spot-diameter-px / --sigma-px"
         )
     Wt = spot_weights(centres_px, (Hb, Wb), bin_px, mode=mode, diameter_px=diameter_px, sigma_px=sigma_px)
@@ -277,7 +296,7 @@ def _image_shape(image) -> tuple[int, int] | None:
     try:
         with Image.open(p) as im:
             w, h = im.size
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file; all become one ReaderError
         raise ReaderError(f"{p}: not a readable image ({e})") from None
     return h, w
 
@@ -344,8 +363,12 @@ def read_st(
             raise ReaderError(f"{spots_tsv}: missing column '{col}' (columns: {', '.join(map(str, spots.columns))})")
     if len(spots) == 0:
         raise ReaderError(f"{spots_tsv}: file has no spot rows")
+
     def _ids(t):
-        return [f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}" for a, b in zip(t["x"], t["y"])]
+        return [
+            f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}"
+            for a, b in zip(t["x"], t["y"])
+        ]
 
     try:
         all_ids = set(_ids(spots))
@@ -353,7 +376,10 @@ def read_st(
         raise ReaderError(f"{spots_tsv}: columns 'x' and 'y' must hold the spots' array coordinates (numbers)") from None
     if "selected" in spots.columns:
         spots = spots[spots["selected"].fillna(0).astype(float) != 0]
-    ids = [f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}" for a, b in zip(spots["x"], spots["y"])]
+    ids = [
+        f"{int(a)}x{int(b)}" if float(a).is_integer() and float(b).is_integer() else f"{a}x{b}"
+        for a, b in zip(spots["x"], spots["y"])
+    ]
     for col in ("pixel_x", "pixel_y"):
         _check_coords(spots[col].to_numpy(dtype=float), ids, spots_tsv, col)
     try:
@@ -367,13 +393,16 @@ def read_st(
     cnt.index = cnt.index.astype(str)
     common = [i for i in ids if i in cnt.index]
     if not common:
-        raise ReaderError(f"{counts_tsv}: no spot id (first column, '{{x}}x{{y}}') matches {spots_tsv} (e.g. {ids[0]!r} vs {cnt.index[0]!r})")
+        raise ReaderError(
+            f"{counts_tsv}: no spot id (first column, '{{x}}x{{y}}') matches {spots_tsv} (e.g. {ids[0]!r} vs {cnt.index[0]!r})"
+        )
     n_cnt, n_pos = len(cnt.index), len(ids)
     unknown = sum(1 for i in cnt.index if i not in all_ids)  # counted spots the spot file does not list at all
     if unknown > 0.05 * n_cnt or len(common) < 0.95 * n_pos:
         warnings.warn(
             f"{counts_tsv}: spot ids match {spots_tsv} only in part ({len(common)} of {n_cnt} counted spots placed, "
-            f"{unknown} not in the spot file, {n_pos - len(common)} listed spots without counts); check that both files are of the same section",
+            f"{unknown} not in the spot file, {n_pos - len(common)} listed spots without counts); check that both files are of "
+            "the same section",
             stacklevel=3,
         )
     spots = spots.assign(_id=ids).set_index("_id").loc[common]
@@ -400,7 +429,10 @@ def read_st(
         image_shape=_image_shape(image),
         spot_ids=common,
         source=str(counts_tsv),
-        meta={"format": "st", "files": [str(counts_tsv), str(spots_tsv)] + ([str(image)] if isinstance(image, str | Path) else [])},
+        meta={
+            "format": "st",
+            "files": [str(counts_tsv), str(spots_tsv)] + ([str(image)] if isinstance(image, str | Path) else []),
+        },
     )
 
 
@@ -432,7 +464,7 @@ def read_anndata(
         raise ReaderError(f"{p}: no such file")
     try:
         adata = ad.read_h5ad(p)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - anndata/h5py raise many kinds; all become one ReaderError
         raise ReaderError(f"{p}: not a readable AnnData file ({e})") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ReaderError(f"{p}: AnnData has no observations or no variables")
@@ -452,7 +484,7 @@ def read_anndata(
         X = adata.X
     X = X.tocsr() if sparse.issparse(X) else np.asarray(X)
     vals = X.data if sparse.issparse(X) else X.ravel()
-    if vals.size and not np.allclose(vals[: 100000], np.round(vals[: 100000])):
+    if vals.size and not np.allclose(vals[:100000], np.round(vals[:100000])):
         warnings.warn(
             f"{p}: expression values are not integer counts (log1p-normalised?); the canvas keeps them as given, "
             "but generators expect raw counts (use layer='counts' if the file has one)",
@@ -504,7 +536,11 @@ def _read_10x_h5(h5: Path):
             barcodes = [b.decode() if isinstance(b, bytes) else str(b) for b in m["barcodes"][()]]
             feats = m["features"]
             names = [b.decode() if isinstance(b, bytes) else str(b) for b in feats["name"][()]]
-            ftype = [b.decode() if isinstance(b, bytes) else str(b) for b in feats["feature_type"][()]] if "feature_type" in feats else ["Gene Expression"] * len(names)
+            ftype = (
+                [b.decode() if isinstance(b, bytes) else str(b) for b in feats["feature_type"][()]]
+                if "feature_type" in feats
+                else ["Gene Expression"] * len(names)
+            )
     except OSError as e:
         raise ReaderError(f"{h5}: not a readable HDF5 matrix ({e})") from None
     gex = np.asarray([t == "Gene Expression" for t in ftype])
@@ -654,7 +690,9 @@ def read_visium_hd(
     p = Path(path)
     bins = find_visium_hd_bins(p)
     if bins is None:
-        raise ReaderError(f"{p}: not a Visium HD folder (expected binned_outputs/square_NNNum/ with filtered_feature_bc_matrix.h5)")
+        raise ReaderError(
+            f"{p}: not a Visium HD folder (expected binned_outputs/square_NNNum/ with filtered_feature_bc_matrix.h5)"
+        )
     picked = None
     if hd_bin_um is None:
         hd_bin_um = HD_DEFAULT_BIN_UM if HD_DEFAULT_BIN_UM in bins else min(bins)
@@ -679,7 +717,7 @@ def read_visium_hd(
     mat, barcodes, names = _read_10x_h5(h5)
     try:
         pos = pd.read_parquet(pos_file)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - pandas/pyarrow raise many kinds; all become one ReaderError
         raise ReaderError(f"{pos_file}: not a readable parquet table ({e})") from None
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
     for c in cols:
@@ -699,7 +737,14 @@ def read_visium_hd(
     files = [str(h5), str(pos_file), str(sf_file)]
     image_note = None
     if image is None:
-        hires = next((q for q in (d / "spatial" / "tissue_hires_image.png", d.parent.parent / "spatial" / "tissue_hires_image.png") if q.is_file()), None)
+        hires = next(
+            (
+                q
+                for q in (d / "spatial" / "tissue_hires_image.png", d.parent.parent / "spatial" / "tissue_hires_image.png")
+                if q.is_file()
+            ),
+            None,
+        )
         if hires is not None and isinstance(sf.get("tissue_hires_scalef"), (int, float)) and sf["tissue_hires_scalef"] > 0:
             image = hires
             px_scale = float(sf["tissue_hires_scalef"])
@@ -712,14 +757,28 @@ def read_visium_hd(
         bin_px = float(bin_um if bin_um is not None else 10.0) / float(um_per_px)
     if image is not None:
         files.append(str(image))
-    meta = {"format": "visium_hd", "files": files, "hd_bin_um": int(hd_bin_um), "microns_per_pixel_fullres": float(sf["microns_per_pixel"])}
+    meta = {
+        "format": "visium_hd",
+        "files": files,
+        "hd_bin_um": int(hd_bin_um),
+        "microns_per_pixel_fullres": float(sf["microns_per_pixel"]),
+    }
     notes = [n for n in (picked, image_note) if n]
     if notes:
         meta["picked"] = notes
     if image_note:
         meta["image_scale_from_fullres"] = px_scale
     return spots_to_canvas(
-        X, centres * px_scale, [names[i] for i in gi], bin_px=float(bin_px), um_per_px=float(um_per_px), mode=mode,
-        diameter_px=spot_diameter_px, sigma_px=sigma_px, image_shape=_image_shape(image), spot_ids=barcodes,
-        source=str(d), meta=meta,
+        X,
+        centres * px_scale,
+        [names[i] for i in gi],
+        bin_px=float(bin_px),
+        um_per_px=float(um_per_px),
+        mode=mode,
+        diameter_px=spot_diameter_px,
+        sigma_px=sigma_px,
+        image_shape=_image_shape(image),
+        spot_ids=barcodes,
+        source=str(d),
+        meta=meta,
     )

@@ -33,6 +33,7 @@ falls in the image. It is the identity when no image is given.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -95,7 +96,13 @@ class TranscriptSchema:
 
 SCHEMAS: dict[str, TranscriptSchema] = {
     "xenium": TranscriptSchema(
-        "xenium", "x_location", "y_location", "feature_name", "um", qv="qv", qv_min=20.0,
+        "xenium",
+        "x_location",
+        "y_location",
+        "feature_name",
+        "um",
+        qv="qv",
+        qv_min=20.0,
         drop_prefixes=("NegControl", "BLANK", "Unassigned", "Deprecated"),
     ),
     "merfish": TranscriptSchema("merfish", "global_x", "global_y", "gene", "um", drop_prefixes=("Blank-",)),
@@ -133,7 +140,7 @@ def table_columns(path: str | Path) -> list[str]:
 
         try:
             return list(pq.read_schema(p).names)
-        except Exception as e:  # pyarrow raises ArrowInvalid for non-parquet bytes
+        except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid and others for non-parquet bytes
             raise ReaderError(f"{p}: not a readable Parquet file ({e})") from None
     opener = gzip.open if _is_gzip(p) else open
     try:
@@ -182,7 +189,7 @@ def _image_shape(image) -> tuple[int, int]:
         with Image.open(p) as im:
             w, h = im.size
         return int(h), int(w)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - PIL/tifffile raise many kinds; all become one ReaderError
         raise ReaderError(f"{p}: cannot read the image header ({e})") from None
 
 
@@ -233,7 +240,9 @@ def image_registration(
             raise ReaderError(f"{name}: image transform has NaN or infinite entries")
         det = float(np.linalg.det(m[:2, :2]))
         if not np.isfinite(det) or abs(det) < 1e-12 * max(1.0, float(np.abs(m[:2, :2]).max()) ** 2):
-            raise ReaderError(f"{name}: image transform is singular (its 2x2 part has determinant {det:g}); it cannot map µm to pixels")
+            raise ReaderError(
+                f"{name}: image transform is singular (its 2x2 part has determinant {det:g}); it cannot map µm to pixels"
+            )
         return _SWAP @ m @ _SWAP
     if extent_um is not None:
         if len(extent_um) != 4:
@@ -396,7 +405,9 @@ class BinAccumulator:
         Runs kept before they are merged into one.
     """
 
-    def __init__(self, bin_um: float, origin_um=(0.0, 0.0), buffer_keys: int = 8_000_000, max_runs: int = 8, source: str = "input"):
+    def __init__(
+        self, bin_um: float, origin_um=(0.0, 0.0), buffer_keys: int = 8_000_000, max_runs: int = 8, source: str = "input"
+    ):
         if not (isinstance(bin_um, (int, float, np.floating)) and bin_um > 0 and math.isfinite(bin_um)):
             raise ReaderError(f"{source}: bin size must be > 0 µm (option --bin-um), got {bin_um}")
         self.bin_um = float(bin_um)
@@ -466,7 +477,11 @@ class BinAccumulator:
         shape = (len(channel_codes), ymax - ymin + 1, xmax - xmin + 1)
         from ..safeio import check_grid
 
-        check_grid(shape, self.source, hint=f"check the coordinates and units of the transcripts (bins of {self.bin_um:g} µm) or use a larger --bin-um")
+        check_grid(
+            shape,
+            self.source,
+            hint=f"check the coordinates and units of the transcripts (bins of {self.bin_um:g} µm) or use a larger --bin-um",
+        )
         return SparseCounts(self.runs, channel_codes, (by0, bx0), shape)
 
 
@@ -510,7 +525,7 @@ class _CountingFile(io.RawIOBase):
     """A read-only file that remembers how many bytes were read (for progress)."""
 
     def __init__(self, path):
-        self._fh = open(path, "rb")
+        self._fh = open(path, "rb")  # noqa: SIM115 - the handle lives as long as this object; close() closes it
         self.pos = 0
 
     def readable(self):
@@ -535,7 +550,7 @@ def _iter_batches(path: Path, columns: list[str], float_cols: list[str], gene_co
 
         try:
             pf = pq.ParquetFile(path, read_dictionary=[gene_col])  # genes arrive dictionary-encoded
-        except Exception:
+        except Exception:  # noqa: BLE001 - no dictionary reading for that column/file; read it plainly
             pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         done = 0
@@ -578,7 +593,11 @@ def _gene_dictionary(arr, path: Path, gene_col: str):
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_dictionary(arr.type):
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        if (
+            pa.types.is_binary(arr.type)
+            or pa.types.is_large_binary(arr.type)
+            or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type))
+        ):
             arr = pc.cast(arr, pa.string())
         arr = pc.dictionary_encode(arr)
     values = arr.dictionary
@@ -715,7 +734,10 @@ def rasterize_transcripts(
             bad_rows = np.isin(idx, empty)
             if bad_rows.any():
                 i = int(np.flatnonzero(bad_rows)[0])
-                raise ReaderError(f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at data row {row0 + i})")
+                raise ReaderError(
+                    f"{path}: column '{schema.gene}' has {int(bad_rows.sum())} empty gene name(s) (blank or missing) (first at "
+                    f"data row {row0 + i})"
+                )
         lut, ctrl = gidx.lut(names)
         per_value = np.bincount(idx, minlength=len(names))
         st.controls += int(per_value[ctrl].sum())
@@ -753,10 +775,15 @@ def rasterize_transcripts(
         if missing and not zero_fill:
             err = GenePanelError(missing, where=str(path))
             shown = ", ".join(missing[:20]) + (f" ... (+{len(missing) - 20} more)" if len(missing) > 20 else "")
-            err.args = (f"{path}: column '{schema.gene}' lacks {len(missing)} requested gene(s): {shown} (--zero-fill fills them with zeros)",)
+            err.args = (
+                f"{path}: column '{schema.gene}' lacks {len(missing)} requested gene(s): {shown} (--zero-fill fills them with "
+                "zeros)",
+            )
             raise err
         if missing:
-            warnings.warn(f"{path}: zero-filling {len(missing)} gene(s) absent from the data: {', '.join(missing[:10])}", stacklevel=3)
+            warnings.warn(
+                f"{path}: zero-filling {len(missing)} gene(s) absent from the data: {', '.join(missing[:10])}", stacklevel=3
+            )
         channel_genes = list(dict.fromkeys(panel))
     else:
         channel_genes = sorted(found)
@@ -787,7 +814,14 @@ def sparse_to_canvas(counts: SparseCounts, genes, bin_um, affine, meta, chunks=N
     import uuid
 
     chunks = tuple(chunks or _default_chunks(counts.shape))
-    data = da.from_array(counts, chunks=chunks, name=f"transcript-canvas-{uuid.uuid4().hex}", asarray=True, lock=False, meta=np.zeros((0, 0, 0), np.float32))
+    data = da.from_array(
+        counts,
+        chunks=chunks,
+        name=f"transcript-canvas-{uuid.uuid4().hex}",
+        asarray=True,
+        lock=False,
+        meta=np.zeros((0, 0, 0), np.float32),
+    )
     return ExpressionCanvas(data=data, genes=list(genes), bin_um=float(bin_um), affine=affine, meta=meta)
 
 
@@ -854,7 +888,9 @@ def read_transcripts_table(
         ``gene_totals``.
     """
     path = Path(path)
-    schema = _schema or TranscriptSchema(_fmt, x_col, y_col, gene_col, units, qv=qv_col, qv_min=qv_min, drop_prefixes=tuple(drop_prefixes))
+    schema = _schema or TranscriptSchema(
+        _fmt, x_col, y_col, gene_col, units, qv=qv_col, qv_min=qv_min, drop_prefixes=tuple(drop_prefixes)
+    )
     registration = None
     if image is not None or image_transform is not None or image_extent_um is not None or image_um_per_px is not None:
         if image_transform is None and image_extent_um is None and image_um_per_px is None and schema.units == "px" and um_per_px:
@@ -866,8 +902,18 @@ def read_transcripts_table(
                 "or --image-um-per-px F"
             )
     counts, channel_genes, info = rasterize_transcripts(
-        path, schema, bin_um, um_per_px=um_per_px, genes=genes, zero_fill=zero_fill, origin_um=origin_um,
-        registration=registration, row_filter=_row_filter, batch_rows=batch_rows, progress=progress, batches=_batches,
+        path,
+        schema,
+        bin_um,
+        um_per_px=um_per_px,
+        genes=genes,
+        zero_fill=zero_fill,
+        origin_um=origin_um,
+        registration=registration,
+        row_filter=_row_filter,
+        batch_rows=batch_rows,
+        progress=progress,
+        batches=_batches,
     )
     b = float(bin_um)
     oy, ox = info["origin_um"]
@@ -889,10 +935,8 @@ def read_transcripts_table(
     }
     if image is not None:
         meta["image"] = str(image) if isinstance(image, (str, Path)) else "array"
-        try:
+        with contextlib.suppress(ReaderError):
             meta["image_shape"] = list(_image_shape(image))
-        except ReaderError:
-            pass
     if registration is not None:
         meta["um_to_image_px"] = registration.tolist()
     return sparse_to_canvas(counts, channel_genes, b, affine, meta, chunks=chunks)
@@ -924,7 +968,9 @@ def read_xenium(path, bin_um: float = DEFAULT_BIN_UM, qv_min: float = 20.0, **kw
         p = _find_in_dir(p, ["transcripts.parquet", "transcripts.csv.gz", "transcripts.csv"])
     s = SCHEMAS["xenium"]
     schema = TranscriptSchema(s.name, s.x, s.y, s.gene, s.units, qv=s.qv, qv_min=qv_min, drop_prefixes=s.drop_prefixes)
-    if kw.get("image") is not None and not any(kw.get(k) is not None for k in ("image_transform", "image_extent_um", "image_um_per_px")):
+    if kw.get("image") is not None and not any(
+        kw.get(k) is not None for k in ("image_transform", "image_extent_um", "image_um_per_px")
+    ):
         kw["image_um_per_px"] = XENIUM_IMAGE_UM_PER_PX
     return read_transcripts_table(p, bin_um=bin_um, _schema=schema, **kw)
 
@@ -953,7 +999,9 @@ def read_merfish(path, bin_um: float = DEFAULT_BIN_UM, **kw) -> ExpressionCanvas
     return read_transcripts_table(p, bin_um=bin_um, _schema=SCHEMAS["merfish"], **kw)
 
 
-def read_cosmx(path, bin_um: float = DEFAULT_BIN_UM, um_per_px: float = COSMX_UM_PER_PX, coords: str = "global", fov=None, **kw) -> ExpressionCanvas:
+def read_cosmx(
+    path, bin_um: float = DEFAULT_BIN_UM, um_per_px: float = COSMX_UM_PER_PX, coords: str = "global", fov=None, **kw
+) -> ExpressionCanvas:
     """NanoString CosMx ``*_tx_file.csv`` (or ``.csv.gz``, or the folder holding it).
 
     Columns ``x_global_px, y_global_px`` (px, ``um_per_px`` default 0.12028),
@@ -976,8 +1024,10 @@ def read_cosmx(path, bin_um: float = DEFAULT_BIN_UM, um_per_px: float = COSMX_UM
     if fovs:
         import pyarrow.compute as pc
 
-        def row_filter(batch, _f=np.asarray(fovs)):
+        fov_ids = np.asarray(fovs)
+
+        def row_filter(batch):
             col = batch.column(batch.schema.get_field_index("fov"))
-            return np.isin(pc.cast(col, "int64").to_numpy(zero_copy_only=False), _f)
+            return np.isin(pc.cast(col, "int64").to_numpy(zero_copy_only=False), fov_ids)
 
     return read_transcripts_table(p, bin_um=bin_um, um_per_px=um_per_px, _schema=schema, _row_filter=row_filter, **kw)

@@ -124,7 +124,9 @@ class TiledGenerator(nn.Module):
     def mapping(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def synthesis(self, counts: torch.Tensor, origins: torch.Tensor, w: torch.Tensor, seed: int) -> torch.Tensor:  # pragma: no cover
+    def synthesis(
+        self, counts: torch.Tensor, origins: torch.Tensor, w: torch.Tensor, seed: int
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, counts: torch.Tensor, origins: torch.Tensor, w: torch.Tensor, seed: int) -> torch.Tensor:

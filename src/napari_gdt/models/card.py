@@ -106,7 +106,9 @@ def read_card(path: str | Path, arch_hook: bool = True) -> dict:
     header, start = read_header(p)
     ends = [v.get("data_offsets", [0, 0])[1] for v in _tensor_entries(header).values() if isinstance(v, dict)]
     if ends and start + max(ends) > p.stat().st_size:
-        raise BundleError(f"{p}: not a model bundle (unreadable or truncated safetensors file: tensor data end past the end of the file)")
+        raise BundleError(
+            f"{p}: not a model bundle (unreadable or truncated safetensors file: tensor data end past the end of the file)"
+        )
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or META_KEY not in meta:
         raise BundleError(f"{p}: not a napari-gdt bundle (safetensors metadata has no '{META_KEY}' card)")
@@ -198,7 +200,9 @@ def _arch_params(arch: str):
         for fn in node.body:
             if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
                 a = fn.args
-                params = {x.arg: (ast.unparse(x.annotation).replace(" ", "") if x.annotation else "") for x in a.args[1:] + a.kwonlyargs}
+                params = {
+                    x.arg: (ast.unparse(x.annotation).replace(" ", "") if x.annotation else "") for x in a.args[1:] + a.kwonlyargs
+                }
                 return params, a.kwarg is not None
     return None
 
@@ -214,7 +218,12 @@ def _fits(v, ann: str):
             return None
     for a in alts:
         base = a.split("[", 1)[0]
-        if (a == "None" and v is None) or (a == "int" and _is_int(v)) or (a == "bool" and isinstance(v, bool)) or (a == "str" and isinstance(v, str)):
+        if (
+            (a == "None" and v is None)
+            or (a == "int" and _is_int(v))
+            or (a == "bool" and isinstance(v, bool))
+            or (a == "str" and isinstance(v, str))
+        ):
             return True
         if a == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):
             return True
@@ -254,7 +263,9 @@ def check_card(card, source: str, arch_hook: bool = True) -> dict:
     if not _is_int(fv):
         raise BundleError(f"{p}: field 'format_version' must be an integer, got {fv!r}")
     if fv > FORMAT_VERSION:
-        raise BundleError(f"{p}: field 'format_version' {card.get('format_version')} is newer than this napari-gdt supports ({FORMAT_VERSION})")
+        raise BundleError(
+            f"{p}: field 'format_version' {card.get('format_version')} is newer than this napari-gdt supports ({FORMAT_VERSION})"
+        )
     for k in REQUIRED:
         if k not in card:
             raise BundleError(f"{p}: model card lacks field {k!r}")
@@ -292,8 +303,6 @@ def check_card(card, source: str, arch_hook: bool = True) -> dict:
     _check_config(card["config"], card["arch"], p, arch_hook=arch_hook)
     _check_config_types(card["config"], card["arch"], p)
     return card
-
-
 
 
 def _tensor_entries(header: dict) -> dict:

@@ -35,7 +35,11 @@ def format_card(card: dict) -> str:
 
 _RATIOS = (("nuclei_density_ratio", "density"), ("nuclear_area_ratio", "nuclear area"), ("area_fraction_ratio", "area fraction"))
 _RHOS = (("tile_spearman_nuclei", "nuclei"), ("tile_spearman_area_fraction", "area fraction"))
-_FIDELITY = (("tissue_iou", "tissue IoU"), ("density_cv_ratio_100um", "density CV ratio 100 µm"), ("lattice_ratio", "lattice ratio"))
+_FIDELITY = (
+    ("tissue_iou", "tissue IoU"),
+    ("density_cv_ratio_100um", "density CV ratio 100 µm"),
+    ("lattice_ratio", "lattice ratio"),
+)
 
 
 def _short(v, n: int = 160) -> str:
@@ -58,16 +62,28 @@ def _provenance_lines(prov: dict):
             if rest:
                 yield "data (other)", _short(rest)
         elif k == "commands" and isinstance(v, list):
-            yield k, ("1 training run (its command is below)" if len(v) == 1
-                      else f"{len(v)} training runs (resumed {len(v) - 1} time(s)); the command below is the last")
+            yield (
+                k,
+                (
+                    "1 training run (its command is below)"
+                    if len(v) == 1
+                    else f"{len(v)} training runs (resumed {len(v) - 1} time(s)); the command below is the last"
+                ),
+            )
         elif k == "history" and isinstance(v, list):
             last = v[-1] if v else {}
             yield k, f"{len(v)} checkpoint(s), last: {_short(last, 120)}"
         elif k == "init_from" and isinstance(v, dict):
             new = v.get("new") or []
             parent = v.get("parent") or {}
-            yield k, (f"{v.get('from')} (step {parent.get('step', '?')}): {v.get('shared')} genes shared, {len(new)} new"
-                      f"{' (' + ', '.join(new[:10]) + (' …' if len(new) > 10 else '') + ')' if new else ''}, {len(v.get('dropped') or [])} dropped")
+            yield (
+                k,
+                (
+                    f"{v.get('from')} (step {parent.get('step', '?')}): {v.get('shared')} genes shared, {len(new)} new"
+                    f"{' (' + ', '.join(new[:10]) + (' …' if len(new) > 10 else '') + ')' if new else ''}, "
+                    f"{len(v.get('dropped') or [])} dropped"
+                ),
+            )
         elif isinstance(v, float):
             yield k, f"{v:.4g}"
         else:
@@ -88,7 +104,10 @@ def _validation_lines(val: dict):
                 if ratios:
                     parts.append("generated / real (1 = same): " + ", ".join(ratios))
                 if rhos:
-                    parts.append(f"Spearman ρ over {units} (rank agreement of generated and real, 1 = same order, 0 = none): " + ", ".join(rhos))
+                    parts.append(
+                        f"Spearman ρ over {units} (rank agreement of generated and real, 1 = same order, 0 = none): "
+                        + ", ".join(rhos)
+                    )
                 better = m.get("better_than_baseline")
                 fid = [f"{name} {m[key]:.2f}" for key, name in _FIDELITY if isinstance(m.get(key), (int, float))]
                 if fid:
@@ -99,9 +118,15 @@ def _validation_lines(val: dict):
                     for n in names:
                         row = {k2: b.get(n) for k2, b in better.items() if b.get(n) is not None}
                         if row:
-                            parts.append(f"better than {n}: " + ("all" if all(row.values()) else ", ".join(k2 for k2, b in row.items() if b) or "none"))
+                            parts.append(
+                                f"better than {n}: "
+                                + ("all" if all(row.values()) else ", ".join(k2 for k2, b in row.items() if b) or "none")
+                            )
                 elif isinstance(better, dict):
-                    parts.append("better than a flat-image baseline: " + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none"))
+                    parts.append(
+                        "better than a flat-image baseline: "
+                        + ("all" if all(better.values()) else ", ".join(k2 for k2, b in better.items() if b) or "none")
+                    )
                 yield f"morphometrics[{label}]", ("\n    " + "\n    ".join(parts)) if parts else _short(m)
         elif k == "held_out_patches" and isinstance(v, dict):
             yield k, ", ".join(f"{kk} {vv:.4g}" if isinstance(vv, float) else f"{kk} {vv}" for kk, vv in v.items())

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .noise import batched_noise
 from .base import TiledGenerator
+from .noise import batched_noise
 
 __all__ = ["GDTGenerator", "ModConv"]
 
@@ -139,7 +139,9 @@ class GDTGenerator(TiledGenerator):
 
     def synthesis(self, counts, origins, w, seed):
         x = self.embed(self.normalise(counts))
-        org = origins.to(device=x.device, dtype=torch.int64)  # absolute origin of the current lattice (on the device: no copy per layer)
+        org = origins.to(
+            device=x.device, dtype=torch.int64
+        )  # absolute origin of the current lattice (on the device: no copy per layer)
         for kind, idx in self._plan:
             if kind == "up":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .noise import batched_noise
 from .base import Geometry, TiledGenerator
+from .noise import batched_noise
 from .registry import register
 
 __all__ = ["PUBLISHED_CONFIG", "ISTGenerator", "ist_state_shapes"]

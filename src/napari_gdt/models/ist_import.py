@@ -179,7 +179,8 @@ def infer_ist_config(sd: dict[str, torch.Tensor], source: str = "checkpoint") ->
     )
     if cfg["kernel_size"] != 3:
         raise BundleError(
-            f"{source}: tensor 'gconv_out.conv.weight' has kernel size {cfg['kernel_size']}; only 3x3 IST-editing generators are supported"
+            f"{source}: tensor 'gconv_out.conv.weight' has kernel size {cfg['kernel_size']}; only 3x3 IST-editing generators "
+            "are supported"
         )
     return cfg
 
@@ -312,7 +313,9 @@ def import_ist_checkpoint(
         )
     bad = sorted(k for k, v in sd.items() if v.dtype != torch.float32)
     if bad:
-        raise BundleError(f"{source}: tensor {bad[0]!r} has dtype {str(sd[bad[0]].dtype).replace('torch.', '')}, expected float32")
+        raise BundleError(
+            f"{source}: tensor {bad[0]!r} has dtype {str(sd[bad[0]].dtype).replace('torch.', '')}, expected float32"
+        )
     try:
         model = ISTGenerator(**config)
     except ValueError as e:
@@ -332,7 +335,8 @@ def import_ist_checkpoint(
     want = 1 if output == "dapi" else 3
     if nch != want:
         raise BundleError(
-            f"{source}: --output {output} needs {want} output channel(s) but the generator outputs {nch} (tensor 'gconv_skip.conv.weight')"
+            f"{source}: --output {output} needs {want} output channel(s) but the generator outputs {nch} (tensor "
+            "'gconv_skip.conv.weight')"
         )
     model.load_state_dict(sd, strict=True)
     model.eval()

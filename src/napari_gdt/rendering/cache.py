@@ -14,6 +14,7 @@ half-written tile; a damaged file reads as a miss and is removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -69,10 +70,8 @@ class DiskTileCache:
             self.misses += 1
             return None
         except (ValueError, OSError, EOFError):  # truncated or damaged: treat as a miss
-            try:
+            with contextlib.suppress(OSError):
                 p.unlink()
-            except OSError:
-                pass
             self.misses += 1
             return None
         self.hits += 1
@@ -89,10 +88,8 @@ class DiskTileCache:
                 np.save(f, np.ascontiguousarray(value), allow_pickle=False)
             os.replace(tmp, p)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
 
     def __contains__(self, key: str) -> bool:

@@ -96,7 +96,10 @@ class CanvasBlocks:
                 return b
         B = self.B
         H, W = self.canvas.n_bins
-        b = np.asarray(self.canvas.data[:, by * B : min((by + 1) * B, H), bx * B : min((bx + 1) * B, W)].compute(scheduler="synchronous"), dtype=np.float32)
+        b = np.asarray(
+            self.canvas.data[:, by * B : min((by + 1) * B, H), bx * B : min((bx + 1) * B, W)].compute(scheduler="synchronous"),
+            dtype=np.float32,
+        )
         with self._lock:
             self._d[(by, bx)] = b
             self._nbytes += b.nbytes
@@ -117,7 +120,9 @@ class CanvasBlocks:
                 blk = self._block(by, bx)
                 y_a, y_b = max(ya, by * B), min(yb, (by + 1) * B)
                 x_a, x_b = max(xa, bx * B), min(xb, (bx + 1) * B)
-                out[:, y_a - y0 : y_b - y0, x_a - x0 : x_b - x0] = blk[:, y_a - by * B : y_b - by * B, x_a - bx * B : x_b - bx * B]
+                out[:, y_a - y0 : y_b - y0, x_a - x0 : x_b - x0] = blk[
+                    :, y_a - by * B : y_b - by * B, x_a - bx * B : x_b - bx * B
+                ]
         return out
 
 
@@ -723,7 +728,9 @@ class TilePyramid:
             if strip is None:
                 if should_stop():
                     raise _Preempted
-                strip = np.asarray(data[:, int(sel[0]) : int(sel[-1]) + 1 : st, x0:x1:st].compute(scheduler="synchronous"), dtype=np.float32)
+                strip = np.asarray(
+                    data[:, int(sel[0]) : int(sel[-1]) + 1 : st, x0:x1:st].compute(scheduler="synchronous"), dtype=np.float32
+                )
                 self._strips[key] = strip
                 while sum(v.nbytes for v in self._strips.values()) > 64 * 2**20 and len(self._strips) > 1:
                     self._strips.popitem(last=False)

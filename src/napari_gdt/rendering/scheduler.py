@@ -20,6 +20,7 @@ back to the queue if still requested.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -69,7 +70,9 @@ class TileScheduler:
     before touching widgets.
     """
 
-    def __init__(self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles", nice: int = 0):
+    def __init__(
+        self, num_threads: int | None = None, on_progress=None, on_error=None, name: str = "napari-gdt-tiles", nice: int = 0
+    ):
         self._cond = threading.Condition()
         self._channels: dict[str, dict[tuple, Job]] = {}
         self._running: list[Job] = []
@@ -236,10 +239,10 @@ class TileScheduler:
 
             torch.set_num_threads(int(self.num_threads))
         if self.nice > 0 and hasattr(os, "setpriority"):
-            try:  # Linux: a thread is a task; lower only this worker's priority so the UI thread wins the CPU
+            # Linux: a thread is a task; lower only this worker's priority so the UI thread wins the CPU.
+            # OSError: not permitted / not Linux.
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            except OSError:  # pragma: no cover - not permitted / not Linux
-                pass
         while True:
             with self._cond:
                 while not self._closed and not self._pending_idents():
@@ -271,13 +274,13 @@ class TileScheduler:
                     n_done = n
                     with self._cond:
                         self._requeue(batch[n:], gen)
-            except Exception as e:  # keep the worker alive; report
+            except Exception as e:  # noqa: BLE001 - keep the worker alive; report
                 self.last_error = e
                 _log.error("tile job failed: %s", e, exc_info=e)
                 for cb in list(self.error_callbacks):
                     try:
                         cb(e)
-                    except Exception:  # a broken callback must not kill the worker
+                    except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
                         _log.exception("error callback failed")
             finally:
                 self.busy_s += time.perf_counter() - t0
@@ -296,5 +299,5 @@ class TileScheduler:
         for cb in list(self.progress_callbacks):
             try:
                 cb(self.done, queued)
-            except Exception:  # a broken callback must not kill the worker
+            except Exception:  # noqa: BLE001 - a broken callback must not kill the worker
                 _log.exception("progress callback failed")

@@ -49,7 +49,9 @@ AUTO_BATCH_RANGE = (1, 128)
 AUTO_BATCH_FRACTION = 0.5
 
 
-def choose_batch_size(free_bytes: int, per_tile_bytes: int, fraction: float = AUTO_BATCH_FRACTION, lo: int = 1, hi: int = 128) -> int:
+def choose_batch_size(
+    free_bytes: int, per_tile_bytes: int, fraction: float = AUTO_BATCH_FRACTION, lo: int = 1, hi: int = 128
+) -> int:
     """Tiles per forward that fit in ``fraction`` of ``free_bytes``, a power of two in ``[lo, hi]``.
 
     ``per_tile_bytes`` is the device memory one more tile in the batch costs
@@ -214,7 +216,9 @@ class TileRenderer:
         if batch_size is None:
             self.batch_size = 8
             if self.device.type == "cuda":
-                self.batch_size = choose_batch_size(free_memory_bytes(self.device)[0], self.measure_tile_bytes(), lo=AUTO_BATCH_RANGE[0], hi=AUTO_BATCH_RANGE[1])
+                self.batch_size = choose_batch_size(
+                    free_memory_bytes(self.device)[0], self.measure_tile_bytes(), lo=AUTO_BATCH_RANGE[0], hi=AUTO_BATCH_RANGE[1]
+                )
         else:
             self.batch_size = max(1, int(batch_size))
 
@@ -262,7 +266,11 @@ class TileRenderer:
         """Content hash: model digest, seed, tile box, window origin and window bytes."""
         h = hashlib.blake2b(digest_size=20)
         h.update(self.bundle.digest.encode())
-        h.update(np.asarray([self.seed, *spec.win, *spec.crop, spec.out.y1 - spec.out.y0, spec.out.x1 - spec.out.x0], dtype=np.int64).tobytes())
+        h.update(
+            np.asarray(
+                [self.seed, *spec.win, *spec.crop, spec.out.y1 - spec.out.y0, spec.out.x1 - spec.out.x0], dtype=np.int64
+            ).tobytes()
+        )
         h.update(np.ascontiguousarray(window, dtype=np.float32).tobytes())
         if self.precision != "fp32":  # other pixels: other keys (fp32 keys stay as they were)
             h.update(self.precision.encode())
@@ -360,7 +368,13 @@ class TileRenderer:
                     ) from None
                 self.batch_size = max(1, len(chunk) // 2)
                 self.oom_retries += 1
-                _log.warning("%s out of memory at batch size %d%s; retrying at batch size %d", self.device.type.upper(), len(chunk), where, self.batch_size)
+                _log.warning(
+                    "%s out of memory at batch size %d%s; retrying at batch size %d",
+                    self.device.type.upper(),
+                    len(chunk),
+                    where,
+                    self.batch_size,
+                )
                 continue
             on_batch(chunk, out)
             i += len(chunk)
@@ -437,7 +451,9 @@ class TileRenderer:
         def place(s: TileSpec, tile: np.ndarray) -> None:
             ya, yb = max(s.out.y0, region.y0), min(s.out.y1, region.y1)
             xa, xb = max(s.out.x0, region.x0), min(s.out.x1, region.x1)
-            out[ya - region.y0 : yb - region.y0, xa - region.x0 : xb - region.x0] = tile[ya - s.out.y0 : yb - s.out.y0, xa - s.out.x0 : xb - s.out.x0]
+            out[ya - region.y0 : yb - region.y0, xa - region.x0 : xb - region.x0] = tile[
+                ya - s.out.y0 : yb - s.out.y0, xa - s.out.x0 : xb - s.out.x0
+            ]
             done[0] += 1
             if progress:
                 progress(done[0], len(specs))

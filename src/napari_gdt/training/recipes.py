@@ -41,8 +41,25 @@ HER2ST_VAL = ("C5",)
 # stroma, immune, vessels). Highly expressed everywhere, several are not "variable" by the rank
 # above, so they are added to the panel by name (when measured in every section).
 HER2ST_MARKERS = (
-    "ERBB2", "GRB7", "STARD3", "PGAP3", "KRT19", "KRT18", "KRT7", "MUC1", "MKI67", "TOP2A",
-    "COL1A1", "COL1A2", "COL3A1", "VIM", "ACTA2", "MGP", "PTPRC", "PECAM1", "IGKC",
+    "ERBB2",
+    "GRB7",
+    "STARD3",
+    "PGAP3",
+    "KRT19",
+    "KRT18",
+    "KRT7",
+    "MUC1",
+    "MKI67",
+    "TOP2A",
+    "COL1A1",
+    "COL1A2",
+    "COL3A1",
+    "VIM",
+    "ACTA2",
+    "MGP",
+    "PTPRC",
+    "PECAM1",
+    "IGKC",
 )
 
 
@@ -69,7 +86,14 @@ def her2st_panel(paths: dict, n_genes: int = 256, train=HER2ST_TRAIN, min_mean: 
     return genes + [g for g in include if g not in set(genes)]
 
 
-def prepare_her2st(out_dir, n_genes: int = 256, bin_px: int = 32, mode: str = "spread", sections=HER2ST_TRAIN + HER2ST_VAL, include=HER2ST_MARKERS) -> dict:
+def prepare_her2st(
+    out_dir,
+    n_genes: int = 256,
+    bin_px: int = 32,
+    mode: str = "spread",
+    sections=HER2ST_TRAIN + HER2ST_VAL,
+    include=HER2ST_MARKERS,
+) -> dict:
     """Write the her2st gene panel and one canvas per section into ``out_dir`` (see the module docstring); returns their paths."""
     from ..data import fetch_her2st
     from ..expression.spots import read_st

@@ -39,7 +39,9 @@ class PairedSection:
     exclude: list = field(default_factory=list)
 
     @classmethod
-    def from_canvas(cls, canvas: ExpressionCanvas, image: np.ndarray, genes: list[str], px_per_bin: int, name: str = "section", exclude=None):
+    def from_canvas(
+        cls, canvas: ExpressionCanvas, image: np.ndarray, genes: list[str], px_per_bin: int, name: str = "section", exclude=None
+    ):
         c = canvas.align(genes, where=name)
         counts = np.asarray(c.data.compute() if hasattr(c.data, "compute") else c.data, dtype=np.float32)
         Hb, Wb = counts.shape[1:]
@@ -65,7 +67,15 @@ class PatchSampler:
     uniformly so the model also sees empty background.
     """
 
-    def __init__(self, sections: list[PairedSection], geometry: Geometry, window_bins: int, seed: int = 0, augment: bool = True, p_empty: float = 0.1):
+    def __init__(
+        self,
+        sections: list[PairedSection],
+        geometry: Geometry,
+        window_bins: int,
+        seed: int = 0,
+        augment: bool = True,
+        p_empty: float = 0.1,
+    ):
         if not sections:
             raise GDTError("training needs at least one (image, expression) pair")
         self.sections = sections
@@ -73,7 +83,10 @@ class PatchSampler:
         self.n = int(window_bins)
         self.out = geometry.out_len(self.n)
         if self.out <= 0:
-            raise GDTError(f"window of {self.n} bins gives no output for this architecture (shrink {geometry.shrink} px); use a larger --patch-bins")
+            raise GDTError(
+                f"window of {self.n} bins gives no output for this architecture (shrink {geometry.shrink} px); use a larger "
+                "--patch-bins"
+            )
         self.rng = np.random.default_rng(seed)
         self.augment = augment
         self.p_empty = p_empty
