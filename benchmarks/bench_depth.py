@@ -53,7 +53,9 @@ def thinned_canvas(section: str, factor: float, genes, seed: int = 0, bin_px: in
         c_thin = read_st(f, p["spots"], bin_px, image=p["image"], mode="spread", genes=genes)
         import dask.array as da
 
-        c_thin.data = da.from_array(np.asarray(c_thin.data, dtype=np.float32), chunks=(64, 256, 256))  # materialised before the temp file goes
+        c_thin.data = da.from_array(
+            np.asarray(c_thin.data, dtype=np.float32), chunks=(64, 256, 256)
+        )  # materialised before the temp file goes
     c_full = read_st(p["counts"], p["spots"], bin_px, image=p["image"], mode="spread", genes=genes)
     return c_thin, c_full, p["image"], (med_full, med_thin)
 
@@ -82,7 +84,14 @@ def main(argv=None):
     c_thin, c_full, image, (m_full, m_thin) = thinned_canvas(a.section, a.factor, b.genes)
     if a.save_canvas:
         c_thin.to_ome_zarr(a.save_canvas)
-    res = {"model": a.model, "arch": b.card.get("arch"), "section": a.section, "factor": a.factor, "median_umis_full": m_full, "median_umis_thinned": m_thin}
+    res = {
+        "model": a.model,
+        "arch": b.card.get("arch"),
+        "section": a.section,
+        "factor": a.factor,
+        "median_umis_full": m_full,
+        "median_umis_thinned": m_thin,
+    }
     um = b.um_per_px
     out = {}
     real = mask_real = None
@@ -95,7 +104,11 @@ def main(argv=None):
         img = r.render_region(region)
         out[name] = img
         st = mm.measure_nuclei(img, "he", um, mask=mask_real)
-        res[name] = {"nuclei_per_mm2": float(st.density_per_mm2), "area_fraction": float(st.area_fraction), "mean_area_um2": float(st.mean_area_um2)}
+        res[name] = {
+            "nuclei_per_mm2": float(st.density_per_mm2),
+            "area_fraction": float(st.area_fraction),
+            "mean_area_um2": float(st.mean_area_um2),
+        }
         mg = mm.tissue_mask(img, "he", um)
         res[name]["tissue_iou_vs_real"] = float((mg & mask_real).sum() / max((mg | mask_real).sum(), 1))
     for k in ("nuclei_per_mm2", "area_fraction"):
@@ -108,8 +121,14 @@ def main(argv=None):
     else:
         print(f"{a.model} ({res['arch']}) on {a.section}: median UMIs/spot {m_full:.0f} -> {m_thin:.0f} (1/{a.factor:g})")
         for k in ("nuclei_per_mm2", "area_fraction"):
-            print(f"  {k:16s} full {res['full'][k]:9.4g}  thinned {res['thinned'][k]:9.4g}  ratio {res[k + '_ratio']:.3f}  (goal 0.9-1.1)")
-        print(f"  tissue IoU thinned vs full render {res['tissue_iou_thinned_vs_full']:.3f} (goal >= 0.85); vs real: full {res['full']['tissue_iou_vs_real']:.3f}, thinned {res['thinned']['tissue_iou_vs_real']:.3f}")
+            print(
+                f"  {k:16s} full {res['full'][k]:9.4g}  thinned {res['thinned'][k]:9.4g}  ratio {res[k + '_ratio']:.3f} "
+                " (goal 0.9-1.1)"
+            )
+        print(
+            f"  tissue IoU thinned vs full render {res['tissue_iou_thinned_vs_full']:.3f} (goal >= 0.85); vs "
+            f"real: full {res['full']['tissue_iou_vs_real']:.3f}, thinned {res['thinned']['tissue_iou_vs_real']:.3f}"
+        )
         print(f"  mean |full - thinned| {res['mean_abs_pixel_diff'] * 255:.1f}/255")
     return 0
 

@@ -35,7 +35,9 @@ def _descriptors(img, mask, patch, stride, rng=None, n=None):
     ny = (pooled.shape[-2] - k) // s + 1
     nx = (pooled.shape[-1] - k) // s + 1
     yy, xx = np.meshgrid(np.arange(ny) * s * 4, np.arange(nx) * s * 4, indexing="ij")
-    frac = ndi.uniform_filter(mask.astype(np.float32), patch)[np.clip(yy + patch // 2, 0, H - 1), np.clip(xx + patch // 2, 0, W - 1)]
+    frac = ndi.uniform_filter(mask.astype(np.float32), patch)[
+        np.clip(yy + patch // 2, 0, H - 1), np.clip(xx + patch // 2, 0, W - 1)
+    ]
     keep = (frac > 0.9).ravel()
     idx = np.nonzero(keep)[0]
     if n is not None and len(idx) > n:
@@ -103,7 +105,13 @@ def main(argv=None):
     q_real, _ = _descriptors(real, mask, a.patch, a.patch, rng, a.n)
     q_gen, _ = _descriptors(gen, mask, a.patch, a.patch, rng, a.n)
     dr, dg = nearest(q_real, bank), nearest(q_gen, bank)
-    res = {"model": a.model, "arch": b.card.get("arch"), "bank_patches": int(len(bank)), "patch_px": a.patch, "n": [int(len(dr)), int(len(dg))]}
+    res = {
+        "model": a.model,
+        "arch": b.card.get("arch"),
+        "bank_patches": int(len(bank)),
+        "patch_px": a.patch,
+        "n": [int(len(dr)), int(len(dg))],
+    }
     for name, d in (("real_held_out", dr), ("generated", dg)):
         res[name] = {f"p{q}": float(np.percentile(d, q)) for q in (1, 5, 50)} | {"min": float(d.min())}
     res["generated_over_real_p5"] = res["generated"]["p5"] / res["real_held_out"]["p5"]

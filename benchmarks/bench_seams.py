@@ -66,7 +66,7 @@ def main():
         return  # the zero-padding contrast runs gdt-v1's layer plan
     n128 = naive_padded_render(bundle, canvas, region, tile_px=128, seed=a.seed)
     n_one = naive_padded_render(bundle, canvas, region, tile_px=a.size, seed=a.seed)
-    print(f"contrast: zero padding + naive tiling (same weights)")
+    print("contrast: zero padding + naive tiling (same weights)")
     print(f"max |128-px tiles - one tile|          = {np.abs(n128 - n_one).max():.3g}")
     print(f"seam ratio (border step / other steps) = {seam_profile(n128, 128):.3f}  naive, 128-px tiles")
 

@@ -36,11 +36,21 @@ def main(argv=None):
     ap.add_argument("--tile-px", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="torch threads (default: cores - 1, as the layer's worker)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads (default: cores - 1, as the layer's worker)",
+    )
     ap.add_argument("--small-model", action="store_true", help="the tiny test model instead of the default gdt-v1 size")
     ap.add_argument("--full", action="store_true", help="2048x2048 px region, 5 repeats")
     add_device_args(ap)
-    ap.add_argument("--arch", default="gdt-v1", choices=["gdt-v1", "gdt-v2"], help="architecture of the untrained model (default size of each)")
+    ap.add_argument(
+        "--arch",
+        default="gdt-v1",
+        choices=["gdt-v1", "gdt-v2"],
+        help="architecture of the untrained model (default size of each)",
+    )
     a = ap.parse_args(argv)
     if a.full:
         a.region_px, a.repeats = 2048, 5
@@ -70,7 +80,10 @@ def main(argv=None):
         apply_best(r, res["best"])
         a.batch_size = r.batch_size
     stacked = [
-        (np.stack([wins[(s.ty, s.tx)] for s in specs[i : i + a.batch_size]]), [(s.win[0], s.win[1]) for s in specs[i : i + a.batch_size]])
+        (
+            np.stack([wins[(s.ty, s.tx)] for s in specs[i : i + a.batch_size]]),
+            [(s.win[0], s.win[1]) for s in specs[i : i + a.batch_size]],
+        )
         for i in range(0, n, a.batch_size)
     ]
 
@@ -96,20 +109,27 @@ def main(argv=None):
             synchronize(dev)
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
-    print(f"bench_tiles: {n} tiles of {a.tile_px} px ({a.region_px}x{a.region_px} px), batch {a.batch_size}, "
-          f"model {'small' if a.small_model else 'default ' + a.arch}, device {dev}, precision {r.precision}"
-          f"{', channels_last' if r.channels_last else ''}, torch threads {torch.get_num_threads()}, median of {a.repeats}; "
-          f"peak {'device memory' if dev.type != 'cpu' else 'process RSS'} {fmt_bytes(peak_memory(dev))}")
+    print(
+        f"bench_tiles: {n} tiles of {a.tile_px} px ({a.region_px}x{a.region_px} px), batch {a.batch_size}, "
+        f"model {'small' if a.small_model else 'default ' + a.arch}, device {dev}, precision {r.precision}"
+        f"{', channels_last' if r.channels_last else ''}, torch threads {torch.get_num_threads()}, median of {a.repeats}; "
+        f"peak {'device memory' if dev.type != 'cpu' else 'process RSS'} {fmt_bytes(peak_memory(dev))}"
+    )
     print("  (wall: elapsed time; cpu: this process's CPU time, robust to other jobs on a shared machine)")
     bw, bc = n / statistics.median(wall["bare forward"]), n / statistics.median(cpu["bare forward"])
     for k in runs:
         tw, tc = n / statistics.median(wall[k]), n / statistics.median(cpu[k])
-        print(f"  {k:22s} wall {tw:8.2f} tiles/s ({tw * a.tile_px**2 / 1e6:6.3f} Mpx/s) ratio {tw / bw:5.3f}x | "
-              f"cpu {tc:8.2f} tiles/cpu-s ratio {tc / bc:5.3f}x")
+        print(
+            f"  {k:22s} wall {tw:8.2f} tiles/s ({tw * a.tile_px**2 / 1e6:6.3f} Mpx/s) ratio {tw / bw:5.3f}x | "
+            f"cpu {tc:8.2f} tiles/cpu-s ratio {tc / bc:5.3f}x"
+        )
     for k in ("engine render_region", "engine compute_tiles"):
         rw = (n / statistics.median(wall[k])) / bw
         rc = (n / statistics.median(cpu[k])) / bc
-        print(f"engine/bare ratio ({k.split()[-1]}): wall {rw:.3f}, cpu {rc:.3f}  (goal >= 0.9): {'PASS' if max(rw, rc) >= 0.9 else 'FAIL'}")
+        print(
+            f"engine/bare ratio ({k.split()[-1]}): wall {rw:.3f}, cpu {rc:.3f}  (goal >= 0.9): "
+            f"{'PASS' if max(rw, rc) >= 0.9 else 'FAIL'}"
+        )
     return 0
 
 

@@ -59,12 +59,25 @@ def main(argv=None):
             st = mm.measure_nuclei(img if kind == "he" else img[..., 0], kind, um, mask=rm)
             rec[name] = {"density_per_mm2": float(st.density_per_mm2), "area_fraction": float(st.area_fraction)}
         rows.append(rec)
-    res = {"model": a.model, "arch": b.card.get("arch"), "recipe": a.recipe, "region": str(region), "seeds": a.seeds, "per_seed": rows}
+    res = {
+        "model": a.model,
+        "arch": b.card.get("arch"),
+        "recipe": a.recipe,
+        "region": str(region),
+        "seeds": a.seeds,
+        "per_seed": rows,
+    }
     for k in ("density_per_mm2", "area_fraction"):
         u = np.array([r["unedited"][k] for r in rows])
         e = np.array([r["edited"][k] for r in rows])
         sd = float(u.std(ddof=1)) if len(u) > 1 else float("nan")
-        res[k] = {"unedited_mean": float(u.mean()), "edited_mean": float(e.mean()), "seed_sd": sd, "effect_over_sd": float((e - u).mean() / sd) if sd > 0 else float("nan"), "relative_change": float((e - u).mean() / max(u.mean(), 1e-9))}
+        res[k] = {
+            "unedited_mean": float(u.mean()),
+            "edited_mean": float(e.mean()),
+            "seed_sd": sd,
+            "effect_over_sd": float((e - u).mean() / sd) if sd > 0 else float("nan"),
+            "relative_change": float((e - u).mean() / max(u.mean(), 1e-9)),
+        }
     res["mean_abs_dpixel_255"] = float(np.mean([r["mean_abs_dpixel_255"] for r in rows]))
     if a.json:
         print(json.dumps(res, indent=1))
@@ -72,7 +85,10 @@ def main(argv=None):
         print(f"{a.model} ({res['arch']}), {a.recipe}, region {region}, {a.seeds} seeds")
         for k in ("density_per_mm2", "area_fraction"):
             r = res[k]
-            print(f"  {k:16s} {r['unedited_mean']:.4g} -> {r['edited_mean']:.4g} ({r['relative_change']:+.1%}), seed SD {r['seed_sd']:.3g}, effect {r['effect_over_sd']:+.1f} SD")
+            print(
+                f"  {k:16s} {r['unedited_mean']:.4g} -> {r['edited_mean']:.4g} ({r['relative_change']:+.1%}), seed "
+                f"SD {r['seed_sd']:.3g}, effect {r['effect_over_sd']:+.1f} SD"
+            )
         print(f"  mean |Δpixel| in the region {res['mean_abs_dpixel_255']:.1f}/255")
     return 0
 

@@ -74,7 +74,11 @@ def main(argv=None):
             img = img.resize((img.size[0] * f, img.size[1] * f), Image.NEAREST)
         path = f"{a.out}_{name}.png"
         img.save(path)
-        print(f"{path}: region {region.y0}:{region.y1},{region.x0}:{region.x1} ({(region.y1 - region.y0) * um:.0f} x {(region.x1 - region.x0) * um:.0f} µm), panels real | {' | '.join(str(b.card.get('name')) + ' ' + b.card.get('arch', '') for b in bundles)}")
+        print(
+            f"{path}: region {region.y0}:{region.y1},{region.x0}:{region.x1} ({(region.y1 - region.y0) * um:.0f} "
+            f"x {(region.x1 - region.x0) * um:.0f} µm), panels real | "
+            + " | ".join(str(b.card.get("name")) + " " + b.card.get("arch", "") for b in bundles)
+        )
 
     if not a.no_whole:
         panel(whole, "whole", a.whole_max)

@@ -11,7 +11,15 @@ from napari_gdt.models.gdt2 import GDT2Generator, composition, depth_features, s
 from napari_gdt.rendering.tiles import Region, TileRenderer
 from napari_gdt.synthetic import SYNTHETIC_GENES, synthetic_canvas
 
-TINY = {"emb_ch": 8, "n_bin_convs": 2, "depth_window": 3, "n_struct": 2, "stage_channels": [8, 8, 6], "stage_convs": [1, 1, 2], "latent_dim": 8}
+TINY = {
+    "emb_ch": 8,
+    "n_bin_convs": 2,
+    "depth_window": 3,
+    "n_struct": 2,
+    "stage_channels": [8, 8, 6],
+    "stage_convs": [1, 1, 2],
+    "latent_dim": 8,
+}
 
 
 def _tiny_model(seed=0, **kw):
@@ -147,7 +155,15 @@ def test_bundle_round_trip_and_registry(tmp_path, tiny_bundle, canvas):
     from napari_gdt.models.registry import build
 
     p = tmp_path / "v2.safetensors"
-    save_bundle(p, tiny_bundle.model, SYNTHETIC_GENES, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, name="tiny-v2", provenance={"trained": False})
+    save_bundle(
+        p,
+        tiny_bundle.model,
+        SYNTHETIC_GENES,
+        um_per_px=1.0,
+        output={"kind": "he", "channels": ["R", "G", "B"]},
+        name="tiny-v2",
+        provenance={"trained": False},
+    )
     card = read_card(p)
     assert card["arch"] == "gdt-v2" and card["config"]["depth_window"] == 3
     assert "composition" in card["normalisation"] and card["normalisation"]["relative_depth_window_bins"] == 3
@@ -205,9 +221,36 @@ def test_train_gdt_v2_and_resume(tmp_path):
     imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
     arch = json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
     out = tmp_path / "m.safetensors"
-    args = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr"),
-            "--out", str(out), "--arch-config", arch, "--patch-bins", "16", "--batch-size", "2", "--device", "cpu", "--threads", "1",
-            "--d-scales", "2", "--r1-gamma", "0.1", "--depth-aug", "0.5", "--keep-every", "2", "--no-eval"]
+    args = [
+        "train",
+        "--arch",
+        "gdt-v2",
+        "--image",
+        str(tmp_path / "img.png"),
+        "--expression",
+        str(tmp_path / "c.ome.zarr"),
+        "--out",
+        str(out),
+        "--arch-config",
+        arch,
+        "--patch-bins",
+        "16",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--d-scales",
+        "2",
+        "--r1-gamma",
+        "0.1",
+        "--depth-aug",
+        "0.5",
+        "--keep-every",
+        "2",
+        "--no-eval",
+    ]
     assert main(args + ["--steps", "2", "--ckpt-every", "2"]) == 0
     card = read_card(out)
     assert card["arch"] == "gdt-v2" and card["provenance"]["config"]["model"] == "gdt-v2"
@@ -215,8 +258,24 @@ def test_train_gdt_v2_and_resume(tmp_path):
     assert (tmp_path / "m.ckpt" / "step2.safetensors").exists()
     ck = tmp_path / "m.ckpt" / "last.pt"
     assert torch.load(ck, weights_only=True)["model_arch"] == "gdt-v2"
-    resume = ["train", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr"), "--out", str(out),
-              "--resume", str(ck), "--steps", "3", "--device", "cpu", "--threads", "1", "--no-eval"]
+    resume = [
+        "train",
+        "--image",
+        str(tmp_path / "img.png"),
+        "--expression",
+        str(tmp_path / "c.ome.zarr"),
+        "--out",
+        str(out),
+        "--resume",
+        str(ck),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--no-eval",
+    ]
     assert main(resume) == 0
     card = read_card(out)
     assert card["arch"] == "gdt-v2" and card["provenance"]["steps"] == 3
@@ -225,6 +284,20 @@ def test_train_gdt_v2_and_resume(tmp_path):
 def test_init_from_refuses_gdt_v2(tmp_path, capsys):
     from napari_gdt.cli import main
 
-    rc = main(["train", "--arch", "gdt-v2", "--image", "x.png", "--expression", "c.ome.zarr", "--out", str(tmp_path / "m.safetensors"), "--init-from", "her2st-he"])
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "gdt-v2",
+            "--image",
+            "x.png",
+            "--expression",
+            "c.ome.zarr",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--init-from",
+            "her2st-he",
+        ]
+    )
     assert rc == 2
     assert "gdt-v1" in capsys.readouterr().err

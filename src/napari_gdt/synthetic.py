@@ -13,7 +13,9 @@ __all__ = ["synthetic_canvas", "untrained_bundle", "SYNTHETIC_GENES"]
 SYNTHETIC_GENES = ["EPCAM", "KRT19", "ERBB2", "MKI67", "COL1A1", "PTPRC", "ACTA2", "VIM"] + [f"GENE{i:03d}" for i in range(8, 24)]
 
 
-def synthetic_canvas(n_bins: tuple[int, int] = (64, 64), genes: list[str] | None = None, seed: int = 0, bin_um: float = 16.0, lam: float = 3.0) -> ExpressionCanvas:
+def synthetic_canvas(
+    n_bins: tuple[int, int] = (64, 64), genes: list[str] | None = None, seed: int = 0, bin_um: float = 16.0, lam: float = 3.0
+) -> ExpressionCanvas:
     """A canvas of Poisson counts whose rates vary smoothly in space.
 
     Each gene has a rate map made of a few Gaussian blobs, so that regions
@@ -35,7 +37,9 @@ def synthetic_canvas(n_bins: tuple[int, int] = (64, 64), genes: list[str] | None
     return ExpressionCanvas(counts, genes, bin_um=bin_um, meta={"source": "synthetic", "seed": seed})
 
 
-def untrained_bundle(genes: list[str] | None = None, out_channels: int = 3, seed: int = 0, um_per_px: float = 1.0, arch: str = "gdt-v1", **config) -> GeneratorBundle:
+def untrained_bundle(
+    genes: list[str] | None = None, out_channels: int = 3, seed: int = 0, um_per_px: float = 1.0, arch: str = "gdt-v1", **config
+) -> GeneratorBundle:
     """A randomly initialised generator (``arch`` ``gdt-v1`` or ``gdt-v2``; for demos before training, tests, benchmarks)."""
     import torch
 
@@ -51,4 +55,6 @@ def untrained_bundle(genes: list[str] | None = None, out_channels: int = 3, seed
         for conv in model.convs:  # give styles some effect
             conv.affine.weight.normal_(0, 0.3)
         model.to_img.weight.mul_(4.0)
-    return bundle_from_model(model, genes, um_per_px=um_per_px, name=f"untrained-{arch}", provenance={"trained": False, "init_seed": seed})
+    return bundle_from_model(
+        model, genes, um_per_px=um_per_px, name=f"untrained-{arch}", provenance={"trained": False, "init_seed": seed}
+    )

@@ -16,19 +16,33 @@ def register(sub):
         ),
     )
     p.add_argument("--image", action="append", required=True, metavar="IMG", help="registered real image (repeat per section)")
-    p.add_argument("--expression", action="append", required=True, metavar="CANVAS", help="expression canvas .ome.zarr (repeat, same order as --image)")
+    p.add_argument(
+        "--expression",
+        action="append",
+        required=True,
+        metavar="CANVAS",
+        help="expression canvas .ome.zarr (repeat, same order as --image)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL", help="output bundle (.safetensors); rewritten at every checkpoint")
-    p.add_argument("--val-region", metavar="Y0:Y1,X0:X1", help="held-out region (output px) of the first section: excluded from training, used for validation")
+    p.add_argument(
+        "--val-region",
+        metavar="Y0:Y1,X0:X1",
+        help="held-out region (output px) of the first section: excluded from training, used for validation",
+    )
     p.add_argument("--val-image", action="append", metavar="IMG", help="held-out validation image (repeat per section)")
-    p.add_argument("--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)")
+    p.add_argument(
+        "--val-expression", action="append", metavar="CANVAS", help="held-out validation canvas (same order as --val-image)"
+    )
     p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out even if napari-gdt did not write it")
     p.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint (e.g. OUT.ckpt/last.pt)")
     p.add_argument(
         "--init-from",
         metavar="MODEL|CKPT",
-        help="fine-tune: start from this gdt-v1 model (bundle or bundled name; or a training checkpoint, which also brings the discriminator). "
-        "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used unless --arch-config is given",
+        help="fine-tune: start from this gdt-v1 model (bundle or bundled name; or a training checkpoint, "
+        "which also brings the discriminator). "
+        "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used "
+        "unless --arch-config is given",
     )
     p.add_argument(
         "--train-only-new-genes",
@@ -36,30 +50,63 @@ def register(sub):
         help="with --init-from: keep every generator weight of the starting model and learn only the input weights of the "
         "genes it lacks (the discriminator trains as usual)",
     )
-    p.add_argument("--arch", default=None, choices=["gdt-v1", "gdt-v2"], help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        choices=["gdt-v1", "gdt-v2"],
+        help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own)",
+    )
     p.add_argument("--d-scales", type=int, default=1, help="discriminators at 1, 1/2, ... resolution (default 1)")
     p.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on real images (default 0 = off)")
-    p.add_argument("--depth-aug", type=float, default=0.0, metavar="P", help="probability of thinning a window's counts to a random depth in [1/20, 1] (default 0)")
-    p.add_argument("--keep-every", type=int, default=0, metavar="N", help="keep the bundle of every Nth step as CKPT_DIR/stepN.safetensors, to choose among them later (default 0 = no)")
+    p.add_argument(
+        "--depth-aug",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of thinning a window's counts to a random depth in [1/20, 1] (default 0)",
+    )
+    p.add_argument(
+        "--keep-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the bundle of every Nth step as CKPT_DIR/stepN.safetensors, to choose among them later (default 0 = no)",
+    )
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
-    p.add_argument("--amp", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="mixed precision of the training step (default auto: bf16 autocast on a CUDA GPU that supports it, else fp32)")
-    p.add_argument("--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="mixed precision of the training step (default auto: bf16 autocast on a CUDA GPU that supports it, else fp32)",
+    )
+    p.add_argument(
+        "--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
     p.add_argument("--patch-bins", type=int, default=10, help="input window edge in bins (default 10)")
-    p.add_argument("--arch-config", metavar="JSON", help='generator config overrides, e.g. \'{"emb_ch": 64, "stage_channels": [64, 48, 32, 16]}\'')
+    p.add_argument(
+        "--arch-config",
+        metavar="JSON",
+        help='generator config overrides, e.g. \'{"emb_ch": 64, "stage_channels": [64, 48, 32, 16]}\'',
+    )
     p.add_argument("--ckpt-dir", metavar="DIR", help="checkpoint folder (default OUT.ckpt)")
     p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--log", metavar="FILE", help="append JSON lines of losses here (default CKPT_DIR/log.jsonl)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of both networks (default 2e-3)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 of both networks (default 0)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the generator's gradient norm (0 = off)")
-    p.add_argument("--lambda-rec", type=float, default=10.0, help="weight of the low-resolution L1 reconstruction loss (default 10)")
-    p.add_argument("--lambda-hem", type=float, default=0.0, help="H&E: weight of an L1 on pooled haematoxylin density (default 0 = off)")
+    p.add_argument(
+        "--lambda-rec", type=float, default=10.0, help="weight of the low-resolution L1 reconstruction loss (default 10)"
+    )
+    p.add_argument(
+        "--lambda-hem", type=float, default=0.0, help="H&E: weight of an L1 on pooled haematoxylin density (default 0 = off)"
+    )
     p.add_argument("--hem-pool", type=int, default=16, help="pooling (output px) of the haematoxylin loss (default 16)")
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN", help="stop and checkpoint after MIN minutes (0 = none)")
+    p.add_argument(
+        "--time-limit", type=float, default=0.0, metavar="MIN", help="stop and checkpoint after MIN minutes (0 = none)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--name", default=None, help="model name recorded in the card (default: OUT's stem)")
     p.add_argument("--tile-px", type=int, default=256, help="default render tile of the bundle (default 256)")

@@ -37,7 +37,18 @@ from ..errors import BundleError
 from .base import TiledGenerator
 from .registry import build
 
-__all__ = ["GeneratorBundle", "save_bundle", "load_bundle", "bundle_from_model", "resolve_model", "read_card", "set_card_fields", "BUNDLED_MODELS", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "GeneratorBundle",
+    "save_bundle",
+    "load_bundle",
+    "bundle_from_model",
+    "resolve_model",
+    "read_card",
+    "set_card_fields",
+    "BUNDLED_MODELS",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
 
 from .card import (  # noqa: F401  (the card is read and checked without torch in .card)
     BUNDLED_MODELS,
@@ -110,7 +121,7 @@ class GeneratorBundle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device) -> "GeneratorBundle":
+    def to(self, device) -> GeneratorBundle:
         self.model.to(device)
         self._styles.clear()
         return self
@@ -138,7 +149,10 @@ def _card_for(model: TiledGenerator, genes, px_per_bin, um_per_px, output, tile_
         "output": output,
         "tile_px": int(tile_px),
         "halo_px": int(geo.halo_px),
-        "normalisation": extra.pop("normalisation", getattr(model, "normalisation", None) or {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True}),
+        "normalisation": extra.pop(
+            "normalisation",
+            getattr(model, "normalisation", None) or {"log1p": bool(model.config.get("log1p", False)), "per_gene_scale": True},
+        ),
         "provenance": extra.pop("provenance", {}),
         "validation": extra.pop("validation", {}),
     }
@@ -176,17 +190,29 @@ def _validate_card(card: dict, model: TiledGenerator, source: str) -> None:
         dup = sorted({g for g in card["genes"] if card["genes"].count(g) > 1})
         raise BundleError(f"{source}: field 'genes' has duplicates: {', '.join(dup[:10])}")
     if int(card["px_per_bin"]) != model.geometry.px_per_bin:
-        raise BundleError(f"{source}: field 'px_per_bin' is {card['px_per_bin']} but the architecture gives {model.geometry.px_per_bin}")
+        raise BundleError(
+            f"{source}: field 'px_per_bin' is {card['px_per_bin']} but the architecture gives {model.geometry.px_per_bin}"
+        )
     chans = card["output"].get("channels", [])
     if chans and len(chans) != model.out_channels:
-        raise BundleError(f"{source}: field 'output.channels' names {len(chans)} channels but the model outputs {model.out_channels}")
+        raise BundleError(
+            f"{source}: field 'output.channels' names {len(chans)} channels but the model outputs {model.out_channels}"
+        )
     if not (float(card["um_per_px"]) > 0):
         raise BundleError(f"{source}: field 'um_per_px' must be > 0, got {card['um_per_px']}")
 
 
 _ST_DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
 }
 
 
@@ -202,7 +228,21 @@ def _header_tensors(p: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return out
 
 
-_ST_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_ST_BYTES = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 class _AllocationGuard:
@@ -215,7 +255,16 @@ class _AllocationGuard:
 
         guard = self
         self.budget, self.source, self.held, self.total = float(budget), source, float(held), 0.0
-        factories = {torch.empty, torch.zeros, torch.ones, torch.randn, torch.rand, torch.full, torch.randint, torch.empty_strided}
+        factories = {
+            torch.empty,
+            torch.zeros,
+            torch.ones,
+            torch.randn,
+            torch.rand,
+            torch.full,
+            torch.randint,
+            torch.empty_strided,
+        }
 
         class Mode(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -266,13 +315,17 @@ def _build_checked(p: Path, card: dict):
     header = _header_tensors(p)
     held = sum(math.prod(shape) * _ST_BYTES.get(dt, 8) for shape, dt in header.values())
     check_model_bytes(held, str(p))
-    with _AllocationGuard(budget=1.25 * held + (128 << 20), source=str(p), held=held):  # slack for buffers an architecture builds but does not save
+    with _AllocationGuard(
+        budget=1.25 * held + (128 << 20), source=str(p), held=held
+    ):  # slack for buffers an architecture builds but does not save
         model = build(card["arch"], card["config"], source=str(p))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(header))
     extra = sorted(set(header) - set(expected))
     if missing or extra:
-        parts = ([f"missing tensors: {', '.join(missing[:12])}"] if missing else []) + ([f"unexpected tensors: {', '.join(extra[:12])}"] if extra else [])
+        parts = ([f"missing tensors: {', '.join(missing[:12])}"] if missing else []) + (
+            [f"unexpected tensors: {', '.join(extra[:12])}"] if extra else []
+        )
         raise BundleError(f"{p}: metadata does not match the tensors ({'; '.join(parts)})")
     wrong = []
     for k in sorted(expected):
@@ -300,11 +353,14 @@ def load_bundle(path: str | Path, device=None) -> GeneratorBundle:
     try:
         model = _build_checked(p, card)
     except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError) as e:
-        raise BundleError(f"{p}: field 'config' does not fit architecture {card['arch']!r}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+        raise BundleError(
+            f"{p}: field 'config' does not fit architecture {card['arch']!r}: {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}"
+        ) from None
     _validate_card(card, model, str(p))
     try:
         tensors = load_file(str(p))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own and OS errors on a damaged file: one line names it
         raise BundleError(f"{p}: tensors could not be read (truncated file?): {e}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -318,8 +374,7 @@ def load_bundle(path: str | Path, device=None) -> GeneratorBundle:
             parts.append("unexpected tensors: " + ", ".join(extra[:12]))
         if wrong:
             parts.append(
-                "wrong shapes: "
-                + ", ".join(f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:12])
+                "wrong shapes: " + ", ".join(f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:12])
             )
         raise BundleError(f"{p}: metadata does not match the tensors ({'; '.join(parts)})")
     for k, v in tensors.items():
@@ -343,7 +398,10 @@ def bundle_from_model(model: TiledGenerator, genes, um_per_px=1.0, output=None, 
     """Wrap an in-memory model as a bundle (for tests, training and demos)."""
     import io
 
-    output = output or {"kind": "he" if model.out_channels == 3 else "fluorescence", "channels": _default_channels(model.out_channels)}
+    output = output or {
+        "kind": "he" if model.out_channels == 3 else "fluorescence",
+        "channels": _default_channels(model.out_channels),
+    }
     card = _card_for(model, genes, None, um_per_px, output, tile_px, dict(extra))
     _validate_card(card, model, "<in-memory model>")
     h = hashlib.sha256(json.dumps({k: card[k] for k in ("arch", "config", "genes", "px_per_bin")}, sort_keys=True).encode())
@@ -357,7 +415,6 @@ def bundle_from_model(model: TiledGenerator, genes, um_per_px=1.0, output=None, 
 
 def _default_channels(n: int) -> list[str]:
     return ["R", "G", "B"] if n == 3 else (["DAPI"] if n == 1 else [f"ch{i}" for i in range(n)])
-
 
 
 def set_card_fields(path: str | Path, **fields) -> dict:

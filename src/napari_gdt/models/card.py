@@ -53,7 +53,11 @@ META_KEY = "napari_gdt"
 REQUIRED = ("arch", "config", "genes", "px_per_bin", "um_per_px", "output", "tile_px", "halo_px")
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED_MODELS = {"her2st-he": "her2st-he.safetensors", "her2st-he-v2": "her2st-he-v2.safetensors", "merfish-dapi": "merfish-dapi.safetensors"}
+BUNDLED_MODELS = {
+    "her2st-he": "her2st-he.safetensors",
+    "her2st-he-v2": "her2st-he-v2.safetensors",
+    "merfish-dapi": "merfish-dapi.safetensors",
+}
 
 _MAX_HEADER = 100_000_000
 

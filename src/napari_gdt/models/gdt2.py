@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .noise import batched_noise
 from .base import TiledGenerator
 from .gdt import ModConv
+from .noise import batched_noise
 
 __all__ = ["GDT2Generator", "composition", "composition_scale", "depth_features", "smooth_up2"]
 
@@ -70,7 +70,9 @@ def depth_features(counts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     n = F.avg_pool2d(cov, k, stride=1)
     r = (k - 1) // 2
     mean = s / n.clamp_min(1.0 / (k * k))
-    rel = (lt[..., r : r + mean.shape[-2], r : r + mean.shape[-1]] - mean) * cov[..., r : r + mean.shape[-2], r : r + mean.shape[-1]]
+    rel = (lt[..., r : r + mean.shape[-2], r : r + mean.shape[-1]] - mean) * cov[
+        ..., r : r + mean.shape[-2], r : r + mean.shape[-1]
+    ]
     # pad back to the window size so callers crop all channels alike
     return cov, F.pad(rel, (r, r, r, r))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from ..errors import BundleError
 from .base import TiledGenerator
 
@@ -35,7 +37,5 @@ def _load_builtin() -> None:
 
     ARCHITECTURES.setdefault(GDTGenerator.arch, GDTGenerator)
     ARCHITECTURES.setdefault(GDT2Generator.arch, GDT2Generator)
-    try:  # optional architectures register themselves on import
+    with contextlib.suppress(ImportError):  # optional architectures register themselves on import
         from . import ist  # noqa: F401
-    except ImportError:
-        pass

@@ -9,6 +9,7 @@ counter goes on from where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -43,7 +44,15 @@ DEFAULT_ARCH = dict(emb_ch=64, n_bin_convs=1, stage_channels=[64, 32, 24, 16], c
 # default config per architecture (--arch); gdt-v2: see napari_gdt.models.gdt2
 DEFAULT_ARCHS = {
     "gdt-v1": DEFAULT_ARCH,
-    "gdt-v2": dict(emb_ch=64, n_bin_convs=3, depth_window=5, n_struct=4, stage_channels=[48, 32, 20, 12], stage_convs=[1, 1, 1, 2], latent_dim=32),
+    "gdt-v2": dict(
+        emb_ch=64,
+        n_bin_convs=3,
+        depth_window=5,
+        n_struct=4,
+        stage_channels=[48, 32, 20, 12],
+        stage_convs=[1, 1, 1, 2],
+        latent_dim=32,
+    ),
 }
 
 
@@ -121,7 +130,9 @@ class Trainer:
         that supports it and fp32 elsewhere (see :func:`~napari_gdt.models.device.default_amp`).
     """
 
-    def __init__(self, sections, genes, cfg: TrainConfig, device, val_sections=None, ckpt_dir=None, progress=None, log=None, amp="auto"):
+    def __init__(
+        self, sections, genes, cfg: TrainConfig, device, val_sections=None, ckpt_dir=None, progress=None, log=None, amp="auto"
+    ):
         self.sections = sections
         self.val_sections = val_sections or []
         self.genes = list(genes)
@@ -138,7 +149,9 @@ class Trainer:
         self.log_file = log
         torch.manual_seed(cfg.seed)
         out_ch = sections[0].image.shape[-1]
-        self.G = build_arch(cfg.model, dict(n_genes=len(self.genes), out_channels=out_ch, **cfg.arch), source="--arch-config").to(self.device)
+        self.G = build_arch(cfg.model, dict(n_genes=len(self.genes), out_channels=out_ch, **cfg.arch), source="--arch-config").to(
+            self.device
+        )
         with torch.no_grad():
             if hasattr(self.G, "fit_input_scale"):  # the architecture normalises its own way (gdt-v2: composition)
                 self.G.fit_input_scale([s.counts for s in sections])
@@ -153,12 +166,20 @@ class Trainer:
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
         n_cond = len(self.genes) if cfg.d_cond else 0
-        self.D = (MultiScaleDiscriminator(out_ch, n_genes=n_cond, scales=cfg.d_scales) if cfg.d_scales > 1 else PatchDiscriminator(out_ch, n_genes=n_cond)).to(self.device)
+        self.D = (
+            MultiScaleDiscriminator(out_ch, n_genes=n_cond, scales=cfg.d_scales)
+            if cfg.d_scales > 1
+            else PatchDiscriminator(out_ch, n_genes=n_cond)
+        ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
         self.geo = self.G.geometry
         self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
-        self.val_sampler = PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0) if self.val_sections else None
+        self.val_sampler = (
+            PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0)
+            if self.val_sections
+            else None
+        )
         self._new_cols = None  # (1, G, 1, 1) mask of trainable embedding columns (train_only_new_genes)
         self.step = 0
         self.elapsed_s = 0.0
@@ -201,13 +222,15 @@ class Trainer:
             raise GDTError(f"{p}: no such checkpoint")
         try:
             st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
             raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
         for k in ("step", "G", "G_ema", "D", "opt_g", "opt_d", "genes"):
             if k not in st:
                 raise GDTError(f"{p}: checkpoint lacks field {k!r}")
         if list(st["genes"]) != self.genes:
-            raise GDTError(f"{p}: checkpoint gene panel ({len(st['genes'])} genes) differs from this run's ({len(self.genes)} genes)")
+            raise GDTError(
+                f"{p}: checkpoint gene panel ({len(st['genes'])} genes) differs from this run's ({len(self.genes)} genes)"
+            )
         try:
             self.G.load_state_dict(st["G"])
             self.G_ema.load_state_dict(st["G_ema"])
@@ -255,7 +278,7 @@ class Trainer:
                 raise GDTError(f"{p}: no such checkpoint")
             try:
                 st = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
                 raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
             if not all(k in st for k in ("genes", "arch", "G")):
                 raise GDTError(f"{p}: checkpoint lacks field 'genes', 'arch' or 'G'")
@@ -275,12 +298,19 @@ class Trainer:
                 raise GDTError(f"{path}: --init-from needs a gdt-v1 model (this one is {b.card.get('arch')!r})")
             old_genes, arch, digest = list(b.genes), dict(b.card.get("config", {})), b.digest
             g_state = ema_state = b.model.state_dict()
-            parent = {"name": b.card.get("name"), "steps": (b.card.get("provenance") or {}).get("steps"), "commands": (b.card.get("provenance") or {}).get("commands", [])}
+            parent = {
+                "name": b.card.get("name"),
+                "steps": (b.card.get("provenance") or {}).get("steps"),
+                "commands": (b.card.get("provenance") or {}).get("commands", []),
+            }
         mine = dict(self.G.config)
         theirs = dict(arch)
         diff = sorted(k for k in set(mine) | set(theirs) if k != "n_genes" and mine.get(k) != theirs.get(k))
         if diff:
-            raise GDTError(f"{path}: architecture differs from this run's in {', '.join(f'{k} ({theirs.get(k)!r} vs {mine.get(k)!r})' for k in diff)}")
+            raise GDTError(
+                f"{path}: architecture differs from this run's in "
+                f"{', '.join(f'{k} ({theirs.get(k)!r} vs {mine.get(k)!r})' for k in diff)}"
+            )
         old_idx = {g: i for i, g in enumerate(old_genes)}
         shared_pos = [i for i, g in enumerate(self.genes) if g in old_idx]  # their columns in this panel ...
         src_pos = [old_idx[self.genes[i]] for i in shared_pos]  # ... and in the starting model's
@@ -318,7 +348,15 @@ class Trainer:
             if d_state is not None and self.cfg.d_cond:
                 self.D.load_state_dict(mapped(d_state, self.D.state_dict(), {"cond.weight_orig": 1, "cond.weight_v": 0}))
         dropped = [g for g in old_genes if g not in set(self.genes)]
-        self.init_info = {"from": str(path), "digest": digest, "shared": len(shared_pos), "new": new, "dropped": dropped, "discriminator": d_state is not None, "parent": parent}
+        self.init_info = {
+            "from": str(path),
+            "digest": digest,
+            "shared": len(shared_pos),
+            "new": new,
+            "dropped": dropped,
+            "discriminator": d_state is not None,
+            "parent": parent,
+        }
         return self.init_info
 
     @staticmethod
@@ -329,11 +367,17 @@ class Trainer:
             raise GDTError(f"{p}: no such checkpoint")
         try:
             st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
             raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
         if "genes" not in st or "arch" not in st:
             raise GDTError(f"{p}: checkpoint lacks field 'genes' or 'arch'")
-        return {"genes": list(st["genes"]), "arch": dict(st["arch"]), "model": st.get("model_arch", "gdt-v1"), "cfg": json.loads(st.get("cfg", "{}")), "step": int(st.get("step", 0))}
+        return {
+            "genes": list(st["genes"]),
+            "arch": dict(st["arch"]),
+            "model": st.get("model_arch", "gdt-v1"),
+            "cfg": json.loads(st.get("cfg", "{}")),
+            "step": int(st.get("step", 0)),
+        }
 
     # ---------------------------------------------------------------- training
     def _batch(self, sampler, batch):
@@ -429,10 +473,8 @@ class Trainer:
         def _term(*_):
             self._stop = True
 
-        try:
+        with contextlib.suppress(ValueError):  # not in the main thread
             signal.signal(signal.SIGTERM, _term)
-        except ValueError:  # not in the main thread
-            pass
         t_start = time.time()
         base_elapsed = self.elapsed_s
         acc = {"d": 0.0, "adv": 0.0, "rec": 0.0, "hem": 0.0}
@@ -451,8 +493,13 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     self._update_throughput(step0, t_tp)
-                    rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **{k: round(v / n_acc, 5) for k, v in acc.items()},
-                           "steps_s": round(self.throughput["steps_s"], 3), "img_s": round(self.throughput["img_s"], 2)}
+                    rec = {
+                        "step": self.step,
+                        "time_s": round(self.elapsed_s, 1),
+                        **{k: round(v / n_acc, 5) for k, v in acc.items()},
+                        "steps_s": round(self.throughput["steps_s"], 3),
+                        "img_s": round(self.throughput["img_s"], 2),
+                    }
                     bar.set_postfix(d=rec["d"], rec=rec["rec"])
                     acc = {k: 0.0 for k in acc}
                     n_acc = 0
@@ -469,19 +516,27 @@ class Trainer:
             bar.close()
             if self.throughput.get("steps"):
                 tp = self.throughput
-                line = (f"throughput: {tp['steps_s']:.2f} steps/s, {tp['img_s']:.1f} img/s ({tp['steps']} steps in {tp['seconds']:.1f} s, "
-                        f"batch {cfg.batch_size}, {tp['patch_px']}-px patches, {self.device}, amp {self.amp})")
+                line = (
+                    f"throughput: {tp['steps_s']:.2f} steps/s, {tp['img_s']:.1f} img/s ({tp['steps']} steps in "
+                    f"{tp['seconds']:.1f} s, "
+                    f"batch {cfg.batch_size}, {tp['patch_px']}-px patches, {self.device}, amp {self.amp})"
+                )
                 print(line, file=sys.stderr)
                 self._log({"step": self.step, "event": "throughput", **tp})
-            try:
+            with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signal.SIGTERM, old)
-            except (ValueError, TypeError):
-                pass
 
     def _update_throughput(self, step0: int, t0: float) -> None:
         n, dt = self.step - step0, max(1e-9, time.perf_counter() - t0)
         patch_px = self.geo.out_len(self.cfg.patch_bins)
-        self.throughput = {"steps": n, "seconds": round(dt, 2), "steps_s": n / dt, "img_s": n * self.cfg.batch_size / dt, "patch_px": patch_px, "amp": self.amp}
+        self.throughput = {
+            "steps": n,
+            "seconds": round(dt, 2),
+            "steps_s": n / dt,
+            "img_s": n * self.cfg.batch_size / dt,
+            "patch_px": patch_px,
+            "amp": self.amp,
+        }
 
     def _checkpoint(self, on_checkpoint) -> None:
         val = self.validate()

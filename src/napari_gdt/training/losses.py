@@ -43,12 +43,17 @@ class PatchDiscriminator(nn.Module):
         self.config = dict(in_ch=int(in_ch), n_genes=int(n_genes), ch=int(ch), cond_ch=int(cond_ch))
         sn = spectral_norm
         self.body = nn.Sequential(
-            sn(nn.Conv2d(in_ch, ch, 4, 2, 1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(ch, ch * 2, 4, 2, 1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(ch * 2, ch * 4, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(in_ch, ch, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(ch, ch * 2, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(ch * 2, ch * 4, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
         )
         self.cond = sn(nn.Conv2d(n_genes, cond_ch, 1)) if n_genes else None
-        self.head = nn.Sequential(sn(nn.Conv2d(ch * 4 + (cond_ch if n_genes else 0), ch * 4, 3, 1, 1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(ch * 4, 1, 1)))
+        self.head = nn.Sequential(
+            sn(nn.Conv2d(ch * 4 + (cond_ch if n_genes else 0), ch * 4, 3, 1, 1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(ch * 4, 1, 1))
+        )
 
     def forward(self, img: torch.Tensor, cond: torch.Tensor | None = None, offset: int = 0, px_per_bin: int = 1) -> torch.Tensor:
         """``img`` (B, C, H, W) in [0, 1]; ``cond`` normalised counts (B, G, n, n) of the window
@@ -58,7 +63,9 @@ class PatchDiscriminator(nn.Module):
             if cond is None:
                 raise ValueError("this discriminator is conditional: pass the counts window")
             c = self.cond(cond)
-            c = F.interpolate(c, scale_factor=px_per_bin, mode="nearest")[..., offset : offset + img.shape[-2], offset : offset + img.shape[-1]]
+            c = F.interpolate(c, scale_factor=px_per_bin, mode="nearest")[
+                ..., offset : offset + img.shape[-2], offset : offset + img.shape[-1]
+            ]
             c = F.adaptive_avg_pool2d(c, f.shape[-2:])
             f = torch.cat([f, c], dim=1)
         return self.head(f)

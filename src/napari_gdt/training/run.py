@@ -40,7 +40,9 @@ def gene_panel(canvases: list[ExpressionCanvas], genes_arg=None) -> list[str]:
         for c in canvases:
             missing = [g for g in genes if g not in set(c.genes)]
             if missing:
-                raise GDTError(f"{c.meta.get('path', 'canvas')}: lacks {len(missing)} gene(s) of --genes: {', '.join(missing[:10])}")
+                raise GDTError(
+                    f"{c.meta.get('path', 'canvas')}: lacks {len(missing)} gene(s) of --genes: {', '.join(missing[:10])}"
+                )
         return genes
     shared = set(canvases[0].genes)
     for c in canvases[1:]:
@@ -52,7 +54,10 @@ def gene_panel(canvases: list[ExpressionCanvas], genes_arg=None) -> list[str]:
 
 
 def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None, names=None):
-    """Open the canvases, pair them with their images (one per canvas, in order) on the model grid; ``val_region`` is held out of the first."""
+    """Open the canvases, pair them with their images (one per canvas, in order) on the model grid.
+
+    ``val_region`` is held out of the first section.
+    """
     if len(images) != len(canvases_paths):
         raise GDTError(f"give one --image per --expression (got {len(images)} images and {len(canvases_paths)} canvases)")
     canvases = [_open_canvas(c) for c in canvases_paths]
@@ -61,7 +66,9 @@ def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None
     for i, (img_path, c) in enumerate(zip(images, canvases)):
         img = read_image(img_path)
         exclude = [val_region] if (val_region is not None and i == 0) else []
-        sections.append(PairedSection.from_canvas(c, img, genes, px_per_bin, name=names[i] if names else str(img_path), exclude=exclude))
+        sections.append(
+            PairedSection.from_canvas(c, img, genes, px_per_bin, name=names[i] if names else str(img_path), exclude=exclude)
+        )
     return sections, canvases, genes
 
 
@@ -94,11 +101,25 @@ def _versions() -> dict:
     return {"napari_gdt": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um_per_px, kind, channels, tile_px, name, validation=None, data=None, val_images=None):
+def write_bundle(
+    trainer: Trainer,
+    out,
+    canvases,
+    images,
+    cfg_json,
+    commands,
+    um_per_px,
+    kind,
+    channels,
+    tile_px,
+    name,
+    validation=None,
+    data=None,
+    val_images=None,
+):
     """Save the trainer's generator as a model bundle whose card records data, commands, time and validation."""
-    from ..models.bundle import save_bundle
-
     from ..data import describe
+    from ..models.bundle import save_bundle
 
     def _sources(c):
         files = c.meta.get("files") or ([c.meta["source"]] if c.meta.get("source") else [])
@@ -110,7 +131,12 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
         or {
             "images": [describe(p) for p in images],
             "canvases": [
-                {"path": str(c.meta.get("path", "")), "bin_um": float(c.bin_um), "mode": c.meta.get("mode"), "sources": _sources(c)}
+                {
+                    "path": str(c.meta.get("path", "")),
+                    "bin_um": float(c.bin_um),
+                    "mode": c.meta.get("mode"),
+                    "sources": _sources(c),
+                }
                 | ({"bin_px": float(c.meta["bin_px"])} if c.meta.get("bin_px") else {})  # spot canvases: image px per bin
                 for c in canvases
             ],
@@ -133,7 +159,9 @@ def write_bundle(trainer: Trainer, out, canvases, images, cfg_json, commands, um
     # path of the machine that trained it (commands and init_from included); long floats rounded.
     from ..models.card import clean_card
 
-    shareable = clean_card({"provenance": prov, "validation": validation or ({"held_out_patches": trainer.history[-1]} if trainer.history else {})})
+    shareable = clean_card(
+        {"provenance": prov, "validation": validation or ({"held_out_patches": trainer.history[-1]} if trainer.history else {})}
+    )
     return save_bundle(
         out,
         trainer.G_ema,
@@ -211,10 +239,18 @@ def train_from_args(args, argv=None) -> int:
         s0 = sections[0]
         y0, y1, x0, x1 = val_region
         if not (0 <= y0 < y1 <= s0.image.shape[0] and 0 <= x0 < x1 <= s0.image.shape[1]):
-            raise GDTError(f"--val-region {args.val_region} lies outside the first section (0:{s0.image.shape[0]},0:{s0.image.shape[1]} output px)")
+            raise GDTError(
+                f"--val-region {args.val_region} lies outside the first section (0:{s0.image.shape[0]},0:{s0.image.shape[1]} "
+                "output px)"
+            )
         b = (y0 // ppb, -(-y1 // ppb), x0 // ppb, -(-x1 // ppb))
         val_sections.append(
-            PairedSection(name=f"{s0.name}[{args.val_region}]", counts=s0.counts[:, b[0] : b[1], b[2] : b[3]].copy(), image=s0.image[b[0] * ppb : b[1] * ppb, b[2] * ppb : b[3] * ppb].copy(), px_per_bin=ppb)
+            PairedSection(
+                name=f"{s0.name}[{args.val_region}]",
+                counts=s0.counts[:, b[0] : b[1], b[2] : b[3]].copy(),
+                image=s0.image[b[0] * ppb : b[1] * ppb, b[2] * ppb : b[3] * ppb].copy(),
+                px_per_bin=ppb,
+            )
         )
     cfg = TrainConfig(
         steps=int(args.steps),
@@ -241,7 +277,26 @@ def train_from_args(args, argv=None) -> int:
     )
     if prior is not None:  # keep the run's loss settings; only the length/time may change
         pc = prior["cfg"]
-        for k in ("batch_size", "patch_bins", "lr_g", "lr_d", "lambda_rec", "lambda_adv", "rec_pool", "ema", "seed", "d_cond", "beta1", "clip_grad", "train_only_new_genes", "d_scales", "r1_gamma", "r1_every", "depth_aug", "depth_min"):
+        for k in (
+            "batch_size",
+            "patch_bins",
+            "lr_g",
+            "lr_d",
+            "lambda_rec",
+            "lambda_adv",
+            "rec_pool",
+            "ema",
+            "seed",
+            "d_cond",
+            "beta1",
+            "clip_grad",
+            "train_only_new_genes",
+            "d_scales",
+            "r1_gamma",
+            "r1_every",
+            "depth_aug",
+            "depth_min",
+        ):
             if k in pc:
                 setattr(cfg, k, pc[k])
         # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
@@ -250,7 +305,9 @@ def train_from_args(args, argv=None) -> int:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
-    trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto"))
+    trainer = Trainer(
+        sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto")
+    )
     trainer.out_bundle = out  # --keep-every copies it next to the checkpoints
     commands = []
     if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
@@ -266,13 +323,21 @@ def train_from_args(args, argv=None) -> int:
         info = trainer.init_from(args.init_from)
         if cfg.train_only_new_genes and not info["new"]:
             raise GDTError("--train-only-new-genes: the panel has no gene that the starting model lacks")
-        print(f"starting from {args.init_from}: {info['shared']} genes shared, {len(info['new'])} new ({', '.join(info['new'][:12])}{'…' if len(info['new']) > 12 else ''}), {len(info['dropped'])} dropped", file=sys.stderr)
+        print(
+            f"starting from {args.init_from}: {info['shared']} genes shared, {len(info['new'])} new "
+            f"({', '.join(info['new'][:12])}{'…' if len(info['new']) > 12 else ''}), {len(info['dropped'])} dropped",
+            file=sys.stderr,
+        )
     cmd = "napari-gdt " + shlex.join((argv or [])[1:]) if argv else "napari-gdt train"
     commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": trainer.step})
     (ckpt_dir / "commands.json").write_text(json.dumps(commands, indent=1))
     out_ch = sections[0].image.shape[-1]
     kind = "he" if out_ch == 3 else "fluorescence"
-    channels = args.channels.split(",") if args.channels else (["R", "G", "B"] if out_ch == 3 else (["DAPI"] if out_ch == 1 else [f"ch{i}" for i in range(out_ch)]))
+    channels = (
+        args.channels.split(",")
+        if args.channels
+        else (["R", "G", "B"] if out_ch == 3 else (["DAPI"] if out_ch == 1 else [f"ch{i}" for i in range(out_ch)]))
+    )
     um_per_px = float(canvases[0].bin_um) / ppb
     name = args.name or out.stem
     import dataclasses
@@ -280,15 +345,65 @@ def train_from_args(args, argv=None) -> int:
     cfg_json = json.dumps(dataclasses.asdict(cfg))
 
     def snapshot(tr):
-        write_bundle(tr, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, val_images=args.val_image)
+        write_bundle(
+            tr,
+            out,
+            canvases,
+            args.image,
+            cfg_json,
+            commands,
+            um_per_px,
+            kind,
+            channels,
+            args.tile_px,
+            name,
+            val_images=args.val_image,
+        )
 
-    print(f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device} (amp {trainer.amp})", file=sys.stderr)
+    print(
+        f"training {name}: {len(genes)} genes, {len(sections)} section(s), {out_ch} channel(s), {um_per_px:.3f} "
+        f"µm/px, px_per_bin {ppb}, from step {trainer.step} to {cfg.steps} on {device} (amp {trainer.amp})",
+        file=sys.stderr,
+    )
     trainer.run(on_checkpoint=snapshot)
     validation = {"held_out_patches": trainer.history[-1]} if trainer.history else {}
     if not args.no_eval and trainer.step >= cfg.steps:
-        validation.update(_final_eval(out, args, val_region, canvases, sections, trainer, canvases_paths=args.expression, channels=channels, um_per_px=um_per_px, kind=kind, cfg_json=cfg_json, commands=commands, name=name))
-    write_bundle(trainer, out, canvases, args.image, cfg_json, commands, um_per_px, kind, channels, args.tile_px, name, validation=validation, val_images=args.val_image)
-    print(f"wrote {out} after step {trainer.step} ({trainer.elapsed_s / 60:.1f} min of training; this call {(time.time() - t0) / 60:.1f} min); checkpoint {ckpt_dir / 'last.pt'}")
+        validation.update(
+            _final_eval(
+                out,
+                args,
+                val_region,
+                canvases,
+                sections,
+                trainer,
+                canvases_paths=args.expression,
+                channels=channels,
+                um_per_px=um_per_px,
+                kind=kind,
+                cfg_json=cfg_json,
+                commands=commands,
+                name=name,
+            )
+        )
+    write_bundle(
+        trainer,
+        out,
+        canvases,
+        args.image,
+        cfg_json,
+        commands,
+        um_per_px,
+        kind,
+        channels,
+        args.tile_px,
+        name,
+        validation=validation,
+        val_images=args.val_image,
+    )
+    print(
+        f"wrote {out} after step {trainer.step} ({trainer.elapsed_s / 60:.1f} min of training; this call "
+        f"{(time.time() - t0) / 60:.1f} min); checkpoint {ckpt_dir / 'last.pt'}"
+    )
     return 0
 
 
@@ -301,12 +416,26 @@ def _final_eval(out, args, val_region, canvases, sections, trainer, **kw) -> dic
     from ..models.bundle import load_bundle
     from ..rendering.tiles import Region
 
-    write_bundle(trainer, out, canvases, args.image, kw["cfg_json"], kw["commands"], kw["um_per_px"], kw["kind"], kw["channels"], args.tile_px, kw["name"])
+    write_bundle(
+        trainer,
+        out,
+        canvases,
+        args.image,
+        kw["cfg_json"],
+        kw["commands"],
+        kw["um_per_px"],
+        kw["kind"],
+        kw["channels"],
+        args.tile_px,
+        kw["name"],
+    )
     bundle = load_bundle(out, device=trainer.device)
     res = {}
     for vi, ve in zip(args.val_image or [], args.val_expression or []):
         res[f"{Path(vi).parent.name}/{Path(vi).name}"] = evaluate(bundle, _open_canvas(ve), read_image(vi))
     if val_region is not None:
         y0, y1, x0, x1 = val_region
-        res[f"{Path(args.image[0]).name}[{args.val_region}]"] = evaluate(bundle, canvases[0], read_image(args.image[0]), region=Region(y0, y1, x0, x1))
+        res[f"{Path(args.image[0]).name}[{args.val_region}]"] = evaluate(
+            bundle, canvases[0], read_image(args.image[0]), region=Region(y0, y1, x0, x1)
+        )
     return {"morphometrics": res}
