@@ -4,8 +4,10 @@
 
 Runs steps 2-4 of docs/tutorials/her2st-what-if.md (convert, recipe, render before and after) in
 ``--work`` and writes ``tutorial-her2st-render.png``: generated.png and edited.png side by side,
-256 px each; and steps 1-2 of merfish-dapi.md, writing ``tutorial-merfish-render.png`` (the
-generated DAPI crop at 256 px). Only generated pixels: no real image is copied into the docs.
+256 px each; ``tutorial-her2st-transfer.png``: generated.png, the step-9 transfer (tumour
+profile into the stroma rectangle) and their difference (x4), 256 px each; and steps 1-2 of
+merfish-dapi.md, writing ``tutorial-merfish-render.png`` (the generated DAPI crop at 256 px). Only
+generated pixels: no real image is copied into the docs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ RECIPE = {
     "version": 1,
     "regions": {"stroma": {"rect": [1700, 640, 2000, 1100]}},
     "edits": [{"op": "scale", "region": "stroma", "genes": ["ERBB2", "GRB7", "KRT19", "EPCAM"], "factor": 3.0}],
+}
+TRANSFER = {
+    "version": 1,
+    "regions": {"tumour": {"rect": [1904, 224, 2224, 544]}, "stroma": {"rect": [1700, 640, 2000, 1100]}},
+    "edits": [{"op": "transfer", "from": "tumour", "to": "stroma", "genes": "all", "strength": 1.0}],
 }
 
 
@@ -58,8 +65,11 @@ def main(argv=None) -> int:
             == 0
         )
     recipe.write_text(json.dumps(RECIPE))
+    transfer = work / "tumour-to-stroma.json"
+    transfer.write_text(json.dumps(TRANSFER))
     region = "1600:2112,640:1152"
-    for name, extra in (("generated", []), ("edited", ["--edits", str(recipe)])):
+    renders = (("generated", []), ("edited", ["--edits", str(recipe)]), ("transferred", ["--edits", str(transfer)]))
+    for name, extra in renders:
         assert (
             cli(
                 [
@@ -86,6 +96,11 @@ def main(argv=None) -> int:
     gap = np.full((256, 8, 3), 255, np.uint8)
     out = Path(a.out) / "tutorial-her2st-render.png"
     imsave(out, np.concatenate([thumb(work / "generated.png"), gap, thumb(work / "edited.png")], axis=1), check_contrast=False)
+    print(f"wrote {out}")
+    g, t = thumb(work / "generated.png"), thumb(work / "transferred.png")
+    diff = np.clip(np.abs(g.astype(int) - t.astype(int)).mean(axis=-1) * 4, 0, 255).astype(np.uint8)
+    out = Path(a.out) / "tutorial-her2st-transfer.png"
+    imsave(out, np.concatenate([g, gap, t, gap, np.repeat(diff[..., None], 3, axis=-1)], axis=1), check_contrast=False)
     print(f"wrote {out}")
 
     m = Path(os.environ["NAPARI_GDT_DATA"]) / "merfish_mouse_brain"
