@@ -176,7 +176,21 @@ def write_bundle(
 
 
 def train_from_args(args, argv=None) -> int:
-    """Run ``napari-gdt train`` for parsed arguments (new run or ``--resume``); returns the exit code."""
+    """Run ``napari-gdt train`` for parsed arguments (new run or ``--resume``); returns the exit code.
+
+    ``--threads`` applies to this run only: the process's torch thread count is restored afterwards
+    (in-process callers render with it, and the CPU forward's last bit can depend on it).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _train_from_args(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_from_args(args, argv=None) -> int:
     import torch
 
     from ..models.device import get_device

@@ -11,6 +11,8 @@ Thin: the state is the Session's; every computation is in :mod:`napari_gdt.rende
 
 from __future__ import annotations
 
+import contextlib
+
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -110,18 +112,22 @@ class GeneratorWidget(QWidget):
 
         ev = self.session.events
         self._links = [(ev.bundle, self._on_bundle), (ev.seed, self._on_seed)]
+        if self.binding is not None:  # the layer binding outlives this panel: unlinked when it goes
+            self._links += [(self.binding.refreshed, self._update_stats), (self.binding.progress, self._on_progress)]
         for sig, slot in self._links:
             sig.connect(slot)
-        if self.binding is not None:
-            self.binding.refreshed.connect(self._update_stats)
-            self.binding.progress.connect(lambda done, queued: self._update_stats(queued))
         if self.session.bundle is not None:
             self._on_bundle(self.session.bundle)
         self.destroyed.connect(lambda *_: self._unlink())
 
     def _unlink(self) -> None:
         for sig, slot in self._links:
-            sig.disconnect(slot)
+            with contextlib.suppress(TypeError, RuntimeError):  # already disconnected, or its object is gone
+                sig.disconnect(slot)
+        self._links = []
+
+    def _on_progress(self, done: int, queued: int) -> None:
+        self._update_stats(queued)
 
     # -------------------------------------------------------------- the Session's state, read through
     @property
@@ -244,6 +250,8 @@ class GeneratorWidget(QWidget):
         return ok
 
     def _update_stats(self, queued: int | None = None):
+        if not self._links:  # unlinked: the panel is being destroyed
+            return
         st = self.session.stats()
         q = st["queued"] if queued is None else queued
         self.stats_label.setText(
