@@ -18,9 +18,9 @@ echo "linting: ruff check + ruff format --check"
 WORKERS="${NAPARI_GDT_TEST_WORKERS:-2}"
 N=$(.venv/bin/python -m pytest -q -p no:cacheprovider --collect-only "$@" 2>/dev/null | grep -Eo '^[0-9]+ tests? collected' | grep -Eo '^[0-9]+' || echo "?")
 t0=$SECONDS
-# Measured on the project machine (README, Quick start): 6 min 41 s on 2 workers, about 18 min serially.
+# Measured on the project machine (README, Quick start): 2 min 38 s on 2 workers when idle, 7-10 min when shared, about 18 min serially.
 if [ "$WORKERS" -gt 1 ]; then
-  echo "running $N tests on $WORKERS workers, in about 7 minutes…"
+  echo "running $N tests on $WORKERS workers, in about 3-7 minutes…"
   .venv/bin/python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadfile "$@"
 else
   echo "running $N tests serially, in about 18 minutes…"
