@@ -13,6 +13,6 @@ PY="${PYTHON:-python3}"
 if [ -z "${NAPARI_GDT_DATA:-}" ] && [ -d ../shared/data ]; then export NAPARI_GDT_DATA="$(cd ../shared/data && pwd)"; fi
 export MPLBACKEND=Agg
 if [ "$#" -eq 0 ]; then
-  set -- tests/test_spatialdata.py tests/test_visium_hd.py tests/test_napari_spatialdata.py tests/test_docs.py -k "not tutorial_commands_run or spatialdata"
+  set -- tests/expression/test_spatialdata.py tests/expression/test_visium_hd.py tests/widgets/test_napari_spatialdata.py tests/test_docs.py -k "not tutorial_commands_run or spatialdata"
 fi
 .venv-sdata/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -14,7 +14,7 @@ from napari_gdt.models.bundle import BUNDLED_MODELS, load_bundle
 from napari_gdt.models.card import clean_card, clean_path, file_digest, read_card, rewrite_card
 
 ABS = re.compile(r"""(?:^|[\s='"(\[])(?:/|~/|[A-Za-z]:[\\/])[\w.~-]""")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _env():

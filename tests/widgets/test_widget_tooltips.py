@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-MANIFEST = Path(__file__).resolve().parents[1] / "src" / "napari_gdt" / "napari.yaml"
+MANIFEST = Path(__file__).resolve().parents[2] / "src" / "napari_gdt" / "napari.yaml"
 
 
 def dock_widgets() -> list[tuple[str, str]]:

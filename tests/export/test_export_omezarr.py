@@ -15,7 +15,7 @@ from napari_gdt.export import omezarr_render as oz
 from napari_gdt.export.workers import bundle_for
 from napari_gdt.models.bundle import save_bundle
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 REGION = "32:672,0:512"  # not tile-aligned in y on purpose: 640 x 512 px
 
 

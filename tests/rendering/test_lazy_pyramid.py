@@ -176,7 +176,7 @@ VIEW_SCRIPT = textwrap.dedent(
 def test_computed_once_across_processes(tmp_path):
     script = tmp_path / "view.py"
     script.write_text(VIEW_SCRIPT)
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     import os
 
     env = {**os.environ, **env}

@@ -9,7 +9,8 @@ from napari_gdt.cli import main
 from napari_gdt.expression.readers import detect_format
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("spatialdata") is not None, reason="spatialdata is installed (tests/test_spatialdata.py covers it)"
+    importlib.util.find_spec("spatialdata") is not None,
+    reason="spatialdata is installed (tests/expression/test_spatialdata.py covers it)",
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-WIDGETS = Path(__file__).resolve().parents[1] / "src" / "napari_gdt" / "widgets"
+WIDGETS = Path(__file__).resolve().parents[2] / "src" / "napari_gdt" / "widgets"
 PANELS = {"generator", "editing", "expression", "compare"}  # the dock widgets (one module each)
 FILES = sorted(p for p in WIDGETS.glob("*.py") if p.name != "__init__.py")
 
