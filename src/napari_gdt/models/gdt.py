@@ -23,7 +23,7 @@ from torch import nn
 from .base import TiledGenerator
 from .noise import batched_noise
 
-__all__ = ["GDTGenerator", "ModConv"]
+__all__ = ["GDTGenerator", "ModConv", "ModConvStack"]
 
 
 class ModConv(nn.Module):
@@ -51,7 +51,26 @@ class ModConv(nn.Module):
         return out.reshape(b, -1, out.shape[-2], out.shape[-1]) + self.bias[None, :, None, None]
 
 
-class GDTGenerator(TiledGenerator):
+class ModConvStack:
+    """What the gdt architectures share: a stack of modulated convolutions with per-layer noise
+    strengths, recorded in ``self._plan``, and the style mapping of a global latent.
+
+    Subclasses create ``self.convs`` (ModuleList), ``self.noise_strength`` (ParameterList), ``self._plan``
+    (list) and ``self.mapping_net`` before calling :meth:`_add_conv`.
+    """
+
+    def _add_conv(self, cin: int, cout: int, w_dim: int) -> None:
+        self._plan.append(("conv", len(self.convs)))
+        self.convs.append(ModConv(cin, cout, w_dim))
+        self.noise_strength.append(nn.Parameter(torch.zeros(1, cout, 1, 1)))
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """Style vectors ``(S, latent_dim)`` from latents ``z`` (pixel-normalised, then the mapping MLP)."""
+        z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        return self.mapping_net(z)
+
+
+class GDTGenerator(ModConvStack, TiledGenerator):
     """Padding-free conditional generator with coordinate-hashed noise.
 
     Parameters
@@ -121,17 +140,8 @@ class GDTGenerator(TiledGenerator):
                 ch = sc
         self.to_img = nn.Conv2d(ch, out_channels, 1)
 
-    def _add_conv(self, cin: int, cout: int, w_dim: int) -> None:
-        self._plan.append(("conv", len(self.convs)))
-        self.convs.append(ModConv(cin, cout, w_dim))
-        self.noise_strength.append(nn.Parameter(torch.zeros(1, cout, 1, 1)))
-
     def spatial_ops(self) -> list[tuple[str, int]]:
         return [("conv", 3) if kind == "conv" else ("up", 2) for kind, _ in self._plan]
-
-    def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
-        return self.mapping_net(z)
 
     def normalise(self, counts: torch.Tensor) -> torch.Tensor:
         x = torch.log1p(counts.clamp_min(0)) if self.log1p else counts

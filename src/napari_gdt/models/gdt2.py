@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import TiledGenerator
-from .gdt import ModConv
+from .gdt import ModConvStack
 from .noise import batched_noise
 
 __all__ = ["GDT2Generator", "composition", "composition_scale", "depth_features", "smooth_up2"]
@@ -108,7 +108,7 @@ def composition_scale(counts_list, cp: float = 1e4) -> np.ndarray:
     return np.where(q > 0, q, 1.0).astype(np.float32)
 
 
-class GDT2Generator(TiledGenerator):
+class GDT2Generator(ModConvStack, TiledGenerator):
     """Padding-free conditional generator, version 2 (see the module docstring).
 
     Parameters
@@ -190,11 +190,6 @@ class GDT2Generator(TiledGenerator):
                 ch = sc
         self.to_img = nn.Conv2d(ch, out_channels, 1)
 
-    def _add_conv(self, cin: int, cout: int, w_dim: int) -> None:
-        self._plan.append(("conv", len(self.convs)))
-        self.convs.append(ModConv(cin, cout, w_dim))
-        self.noise_strength.append(nn.Parameter(torch.zeros(1, cout, 1, 1)))
-
     @property
     def normalisation(self) -> dict:
         """How the counts are read (recorded in the bundle card)."""
@@ -216,10 +211,6 @@ class GDT2Generator(TiledGenerator):
             else:  # smooth up: nearest x2 then a valid 3-tap blur
                 ops += [("up", 2), ("conv", 3)]
         return ops
-
-    def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
-        return self.mapping_net(z)
 
     def normalise(self, counts: torch.Tensor) -> torch.Tensor:
         """Composition scaled per gene, window-aligned ``(B, G, h, w)`` (what the discriminator sees)."""
