@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_gdt.models.gdt2 import GDT2Generator, composition, depth_features, smooth_up2
+from napari_gdt.models.gdt2 import GDT2Generator, coarse_noise, composition, depth_features, smooth_up2
 from napari_gdt.rendering.tiles import Region, TileRenderer
 from napari_gdt.synthetic import SYNTHETIC_GENES, synthetic_canvas
 
@@ -104,6 +104,47 @@ def test_tiles_match_exactly_in_any_order(tiny_bundle, canvas):
     # the seed moves the structure latents: a different picture
     other = TileRenderer(tiny_bundle, canvas, seed=4, tile_px=64, device="cpu").render_region(region)
     assert np.abs(other - a).mean() > 1e-3
+
+
+def test_coarse_structure_noise_is_window_free_smooth_and_unit_variance():
+    o = torch.tensor([[-7, 3], [100, -50]])
+    a = coarse_noise(5, 1000, o, 40, 30, 4)
+    # any window of the same absolute positions gives the same values (random access)
+    b = coarse_noise(5, 1000, o + torch.tensor([[5, 2]]), 30, 20, 4)
+    assert torch.equal(a[:, :, 5:35, 2:22], b)
+    big = coarse_noise(5, 1000, torch.tensor([[0, 0]]), 400, 400, 4)[0, 0]
+    # unit variance at every phase of the node lattice (no contrast at the node spacing)
+    for ph in range(4):
+        assert abs(float(big[ph::4].std()) - 1.0) < 0.05
+    # correlated over about a node spacing, unlike per-bin noise
+    fine = coarse_noise(5, 1000, torch.tensor([[0, 0]]), 400, 400, 1)[0, 0]
+
+    def lag1(x):
+        return float(torch.corrcoef(torch.stack([x[:, :-1].reshape(-1), x[:, 1:].reshape(-1)]))[0, 1])
+
+    assert lag1(big) > 0.6 and abs(lag1(fine)) < 0.05
+    # stride 1 is the plain per-bin noise
+    from napari_gdt.models.noise import batched_noise
+
+    assert torch.equal(coarse_noise(5, 1000, o, 9, 9, 1), batched_noise(5, 1000, o, 9, 9))
+
+
+def test_struct_strides_config_round_trip_and_exact_tiles(tmp_path, canvas):
+    from napari_gdt.models.bundle import load_bundle, save_bundle
+
+    m = _tiny_model(struct_strides=[1, 3])
+    assert m.config["struct_strides"] == [1, 3]
+    assert "struct_strides" not in _tiny_model().config  # older configs stay as they were
+    with pytest.raises(ValueError, match="struct_strides"):
+        _tiny_model(struct_strides=[1])
+    p = tmp_path / "m.safetensors"
+    save_bundle(p, m, SYNTHETIC_GENES, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, name="tiny-v2-strides")
+    b2 = load_bundle(p)
+    assert b2.model.struct_strides == [1, 3]
+    region = Region(0, 192, 0, 192)
+    a = TileRenderer(b2, canvas, seed=3, tile_px=64, device="cpu").render_region(region)
+    c = TileRenderer(b2, canvas, seed=3, tile_px=192, device="cpu").render_region(region)
+    assert a.std() > 0.01 and np.abs(a - c).max() <= 1e-5
 
 
 def test_smooth_upsampling_is_bilinear_and_window_free():

@@ -39,9 +39,9 @@ from torch import nn
 
 from .base import TiledGenerator
 from .gdt import ModConvStack
-from .noise import batched_noise
+from .noise import batched_noise, noise_at
 
-__all__ = ["GDT2Generator", "composition", "composition_scale", "depth_features", "smooth_up2"]
+__all__ = ["GDT2Generator", "coarse_noise", "composition", "composition_scale", "depth_features", "smooth_up2"]
 
 _STRUCT_LAYER = 1000  # noise layer ids of the structure channels (distinct from the conv layers')
 _MIN_TOTAL = 1e-6  # a bin with less than this many counts in total is "not measured"
@@ -89,6 +89,41 @@ def smooth_up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)[..., 1:-1, 1:-1]
 
 
+def coarse_noise(seed: int, layer: int, origins_yx: torch.Tensor, h: int, w: int, stride: int, device=None) -> torch.Tensor:
+    """A smooth random field ``(B, 1, h, w)`` at bin positions, with structure every ``stride`` bins.
+
+    Standard-normal values are hashed at the nodes of a coarse lattice (one node every ``stride``
+    bins, from absolute coordinates, so any window gives the same values) and interpolated with
+    smoothstep weights. The weighted sum is divided by the root of the summed squared weights, so
+    the field has unit variance at every position: no periodic contrast at the node spacing.
+    ``stride`` 1 is the plain per-bin noise.
+    """
+    if stride <= 1:
+        return batched_noise(seed, layer, origins_yx, h, w, device)
+    o = origins_yx.to(device=device, dtype=torch.int64)
+    s2 = 2 * int(stride)
+
+    def axis(o1, n):  # node index and weight of the lower node along one axis, (B, n)
+        num = 2 * (o1[:, None] + torch.arange(n, dtype=torch.int64, device=device)[None, :]) + 1 - stride
+        i0 = torch.div(num, s2, rounding_mode="floor")
+        t = (num - i0 * s2).to(torch.float32) / s2
+        t = t * t * (3.0 - 2.0 * t)
+        return i0, t
+
+    iy, ty = axis(o[:, 0], h)
+    ix, tx = axis(o[:, 1], w)
+    iy, ty = iy[:, :, None], ty[:, :, None]
+    ix, tx = ix[:, None, :], tx[:, None, :]
+    out = torch.zeros(o.shape[0], h, w, dtype=torch.float32, device=device)
+    norm = torch.zeros_like(out)
+    for dy, wy in ((0, 1.0 - ty), (1, ty)):
+        for dx, wx in ((0, 1.0 - tx), (1, tx)):
+            wgt = wy * wx
+            out = out + wgt * noise_at(seed, layer, iy + dy, ix + dx)
+            norm = norm + wgt * wgt
+    return (out / torch.sqrt(norm))[:, None]
+
+
 def composition_scale(counts_list, cp: float = 1e4) -> np.ndarray:
     """Per-gene normaliser of the composition: its 99th percentile over measured bins (numpy)."""
     vals = []
@@ -129,6 +164,9 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         Valid 3x3 convolutions per stage (same length as ``stage_channels``).
     cp : float
         Composition scale (counts per ``cp`` counts of the panel).
+    struct_strides : list of int, optional
+        Node spacing (bins) of each structure channel: 1 is per-bin noise, larger values give
+        smooth fields with structure at that scale (nests, fibre bundles). Default: all 1.
     """
 
     arch = "gdt-v2"
@@ -145,8 +183,12 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         stage_convs: list[int] | tuple[int, ...] = (1, 1, 1, 2),
         latent_dim: int = 32,
         cp: float = 1e4,
+        struct_strides: list[int] | tuple[int, ...] | None = None,
     ):
         super().__init__()
+        strides = [1] * int(n_struct) if struct_strides is None else [int(v) for v in struct_strides]
+        if len(strides) != int(n_struct) or any(v < 1 for v in strides):
+            raise ValueError("struct_strides needs one entry >= 1 per structure channel")
         if depth_window < 1 or depth_window % 2 != 1:
             raise ValueError("depth_window must be odd and >= 1")
         if len(stage_convs) != len(stage_channels):
@@ -163,6 +205,9 @@ class GDT2Generator(ModConvStack, TiledGenerator):
             "latent_dim": int(latent_dim),
             "cp": float(cp),
         }
+        if any(v != 1 for v in strides):  # recorded only when used: older bundles stay byte-identical
+            self.config["struct_strides"] = strides
+        self.struct_strides = strides
         self.n_genes = int(n_genes)
         self.out_channels = int(out_channels)
         self.latent_dim = int(latent_dim)
@@ -199,6 +244,7 @@ class GDT2Generator(ModConvStack, TiledGenerator):
             "coverage": "panel total > 0",
             "relative_depth_window_bins": self.depth_window,
             "structure_channels": self.n_struct,
+            "structure_strides_bins": list(self.struct_strides),
         }
 
     def spatial_ops(self) -> list[tuple[str, int]]:
@@ -230,7 +276,7 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         org = origins.to(torch.int64).cpu().clone() + r
         parts = [crop(comp), crop(cov), crop(rel)]
         for i in range(self.n_struct):
-            parts.append(batched_noise(seed, _STRUCT_LAYER + i, org, h, w, counts.device))
+            parts.append(coarse_noise(seed, _STRUCT_LAYER + i, org, h, w, self.struct_strides[i], counts.device))
         return torch.cat(parts, dim=1), org
 
     def synthesis(self, counts, origins, w, seed):
