@@ -321,6 +321,30 @@ def test_train_gdt_v2_and_resume(tmp_path):
     card = read_card(out)
     assert card["arch"] == "gdt-v2" and card["provenance"]["steps"] == 3
 
+    # a staged recipe: same weights, another input option and coarser losses, then resume
+    from napari_gdt.training.rearch import main as rearch_main
+
+    ck2 = tmp_path / "stage2.ckpt" / "last.pt"
+    st_before = (ck.stat().st_mtime_ns, ck.read_bytes())
+    assert rearch_main([str(ck), str(ck2), "--arch", '{"depth_window": 1, "struct_strides": [1, 2]}', "--cfg", '{"rec_pool": 4}']) == 0
+    assert (ck.stat().st_mtime_ns, ck.read_bytes()) == st_before  # the source stays as it was
+    assert rearch_main([str(ck), str(ck2)]) == 2  # never overwrites
+    bad = tmp_path / "stage3.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(bad), "--arch", '{"emb_ch": 16}']) == 2  # a shape change is refused
+    assert rearch_main([str(ck), str(bad), "--cfg", '{"seed": 4}']) == 2
+    assert not bad.exists()
+    out2 = tmp_path / "m2.safetensors"
+    i = resume.index("--resume")
+    stage2 = resume[: i + 1] + [str(ck2)] + resume[i + 2 :]
+    stage2[stage2.index("--out") + 1] = str(out2)
+    stage2[stage2.index("--steps") + 1] = "4"
+    assert main(stage2) == 0
+    card = read_card(out2)
+    assert card["config"]["depth_window"] == 1 and card["config"]["struct_strides"] == [1, 2]
+    assert card["provenance"]["config"]["rec_pool"] == 4 and card["provenance"]["steps"] == 4
+    cmds = [c["command"] for c in card["provenance"]["commands"]]
+    assert len(cmds) == 4 and "napari_gdt.training.rearch" in cmds[2]
+
 
 def test_init_from_refuses_gdt_v2(tmp_path, capsys):
     from napari_gdt.cli import main
