@@ -99,7 +99,8 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
     if meta.exists():
         commands = json.loads(meta.read_text())
     cmd = "python -m napari_gdt.training.rearch " + " ".join(shlex.quote(a) for a in (argv or [str(src), str(dst)]))
-    commands.append({"command": cmd, "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "from_step": int(st["step"])})
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commands.append({"command": cmd, "started_utc": now, "from_step": int(st["step"])})
     dst.with_name("commands.json").write_text(json.dumps(commands, indent=1))
     return {"arch": new_arch, "cfg": run_cfg, "step": int(st["step"])}
 
