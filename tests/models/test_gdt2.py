@@ -327,7 +327,8 @@ def test_train_gdt_v2_and_resume(tmp_path):
     ck2 = tmp_path / "stage2.ckpt" / "last.pt"
     st_before = (ck.stat().st_mtime_ns, ck.read_bytes())
     new_arch = '{"depth_window": 1, "struct_strides": [1, 2]}'
-    assert rearch_main([str(ck), str(ck2), "--arch", new_arch, "--cfg", '{"rec_pool": 4}']) == 0
+    assert rearch_main([str(ck), str(ck2), "--arch", new_arch, "--cfg", '{"rec_pool": 4, "lr_d": 0.003}']) == 0
+    assert {g["lr"] for g in torch.load(ck2, weights_only=True)["opt_d"]["param_groups"]} == {0.003}
     assert (ck.stat().st_mtime_ns, ck.read_bytes()) == st_before  # the source stays as it was
     assert rearch_main([str(ck), str(ck2)]) == 2  # never overwrites
     bad = tmp_path / "stage3.ckpt" / "last.pt"

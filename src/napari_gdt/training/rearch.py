@@ -89,6 +89,11 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
         raise GDTError(f"--arch changes a weight's shape ({str(e).splitlines()[1].strip()})") from None
     run_cfg = json.loads(st["cfg"])
     run_cfg.update(cfg)
+    # the optimisers' saved state holds their learning rates: a new rate must be written there too
+    for key, opt in (("lr_g", "opt_g"), ("lr_d", "opt_d")):
+        if key in cfg and opt in st:
+            for group in st[opt]["param_groups"]:
+                group["lr"] = float(cfg[key])
     run_cfg["arch"] = {k: v for k, v in new_arch.items() if k not in ("n_genes", "out_channels")}
     st["arch"] = new_arch
     st["cfg"] = json.dumps(run_cfg)
