@@ -111,6 +111,7 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
 
 
 def main(argv=None) -> int:
+    """Command line: ``python -m napari_gdt.training.rearch SRC DST [--arch JSON] [--cfg JSON]``; returns the exit code."""
     ap = argparse.ArgumentParser(prog="python -m napari_gdt.training.rearch", description=__doc__.splitlines()[0])
     ap.add_argument("src", help="the run's checkpoint (last.pt)")
     ap.add_argument("dst", help="the new stage's checkpoint (in a new folder)")
