@@ -5,7 +5,7 @@ region rendered with 128-px tiles, with 512-px tiles and as one tile, whether a
 shuffled tile order gives identical bytes, and, for contrast, the same weights
 run with ordinary zero padding and naive tiling (no halo, tile-local noise).
 
-    python benchmarks/bench_seams.py [--size 1024] [--seed 0] [--device auto|cpu|cuda|mps]
+    python benchmarks/bench_seams.py [--size 1024] [--seed 0] [--device auto|cpu|cuda|mps] [--arch gdt-v2 | --model her2st-he]
 """
 
 from __future__ import annotations
@@ -39,9 +39,17 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     add_device_args(ap, sweep=False)
     ap.add_argument("--arch", default="gdt-v1", choices=["gdt-v1", "gdt-v2"])
+    ap.add_argument("--model", default=None, help="a trained bundle (name or file) instead of an untrained --arch model")
     a = ap.parse_args()
     dev = device_of(a)
-    bundle = untrained_bundle(arch=a.arch)
+    if a.model:
+        from napari_gdt.models.bundle import load_bundle, resolve_model
+
+        bundle = load_bundle(resolve_model(a.model))
+        a.arch = bundle.card.get("arch", "gdt-v1")
+        print(f"model {a.model} ({a.arch})")
+    else:
+        bundle = untrained_bundle(arch=a.arch)
     ppb = bundle.px_per_bin
     n_bins = a.size // ppb + 8
     canvas = synthetic_canvas((n_bins, n_bins), genes=bundle.genes, seed=1)

@@ -51,6 +51,7 @@ def main(argv=None):
         choices=["gdt-v1", "gdt-v2"],
         help="architecture of the untrained model (default size of each)",
     )
+    ap.add_argument("--model", default=None, help="a trained bundle (name or file) instead of an untrained --arch model")
     a = ap.parse_args(argv)
     if a.full:
         a.region_px, a.repeats = 2048, 5
@@ -61,10 +62,16 @@ def main(argv=None):
     from napari_gdt.synthetic import synthetic_canvas, untrained_bundle
 
     cfg = dict(stage_channels=(32, 24, 16, 16), emb_ch=32) if a.small_model else {}
-    bundle = untrained_bundle(out_channels=3, seed=0, arch=a.arch, **(cfg if a.arch == "gdt-v1" else {}))
+    if a.model:
+        from napari_gdt.models.bundle import load_bundle, resolve_model
+
+        bundle = load_bundle(resolve_model(a.model))
+        print(f"model {a.model} ({bundle.card.get('arch', 'gdt-v1')}, {len(bundle.genes)} genes)")
+    else:
+        bundle = untrained_bundle(out_channels=3, seed=0, arch=a.arch, **(cfg if a.arch == "gdt-v1" else {}))
     ppb = bundle.px_per_bin
     nb = a.region_px // ppb + 16  # margin so every tile has an interior window of the same shape
-    canvas = synthetic_canvas((nb, nb), seed=0)
+    canvas = synthetic_canvas((nb, nb), genes=bundle.genes if a.model else None, seed=0)
     dev = device_of(a)
     r = TileRenderer(bundle, canvas, seed=1, tile_px=a.tile_px, device=dev, batch_size=a.batch_size)
     o = (8 * ppb // a.tile_px + 1) * a.tile_px
