@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/fig_real_vs_generated.py --model her2st-he \
         --expression runs/data/her2st_C5.ome.zarr --image $NAPARI_GDT_DATA/her2st/C5/he.jpg \
-        --out runs/figs/C5 [--model2 OLD.safetensors] [--seed 0] [--centre Y,X]
+        --out runs/figs/C5 [--model2 OLD.safetensors] [--seed 0] [--centre Y,X] [--within Y0:Y1,X0:X1] [--zooms 1000,250]
 
 Writes ``OUT_whole.png``, ``OUT_1mm.png`` and ``OUT_250um.png`` (real | generated [| model2]).
 The renders show real data: look at them, do not commit them.
@@ -26,7 +26,13 @@ def main(argv=None):
     ap.add_argument("--centre", default=None, help="Y,X output px of the zoom centre (default: the densest tissue bin)")
     ap.add_argument("--whole-max", type=int, default=1400, help="longest edge of the whole-tissue panel (px)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-whole", action="store_true", help="only the two zooms")
+    ap.add_argument("--no-whole", action="store_true", help="only the zooms")
+    ap.add_argument(
+        "--within",
+        default=None,
+        help="Y0:Y1,X0:X1 output px: the 'whole' panel is this region (e.g. a held-out quarter) and the zooms stay inside it",
+    )
+    ap.add_argument("--zooms", default="1000,250", help="edge of each zoom in µm (clipped to the region; default 1000,250)")
     a = ap.parse_args(argv)
 
     import torch
@@ -48,7 +54,12 @@ def main(argv=None):
     Hb, Wb = canvas.shape[1:]
     real_full = resample_to_model_grid(read_image(a.image), canvas.affine, ppb, (Hb * ppb, Wb * ppb))
     rend = [TileRenderer(b, canvas, seed=a.seed, device="cpu", batch_size=4) for b in bundles]
-    whole = rend[0].check_region(tissue_region(canvas, ppb, rend[0].shape_px))
+    if a.within:
+        from napari_gdt.rendering.tiles import parse_region
+
+        whole = rend[0].check_region(parse_region(a.within))
+    else:
+        whole = rend[0].check_region(tissue_region(canvas, ppb, rend[0].shape_px))
     if a.centre:
         cy, cx = (int(v) for v in a.centre.split(","))
     else:
@@ -82,11 +93,14 @@ def main(argv=None):
 
     if not a.no_whole:
         panel(whole, "whole", a.whole_max)
-    for name, size_um in (("1mm", 1000.0), ("250um", 250.0)):
-        h = int(round(size_um / um))
-        y0 = int(np.clip(cy - h // 2, 0, Hb * ppb - h))
-        x0 = int(np.clip(cx - h // 2, 0, Wb * ppb - h))
-        panel(Region(y0, y0 + h, x0, x0 + h), name)
+    box = whole if a.within else Region(0, Hb * ppb, 0, Wb * ppb)
+    for size_um in (float(v) for v in a.zooms.split(",")):
+        name = "1mm" if size_um == 1000 else f"{size_um:g}um"
+        h = min(int(round(size_um / um)), box.y1 - box.y0)
+        w = min(int(round(size_um / um)), box.x1 - box.x0)
+        y0 = int(np.clip(cy - h // 2, box.y0, box.y1 - h))
+        x0 = int(np.clip(cx - w // 2, box.x0, box.x1 - w))
+        panel(Region(y0, y0 + h, x0, x0 + w), name)
 
 
 if __name__ == "__main__":
