@@ -55,7 +55,6 @@ REQUIRED = ("arch", "config", "genes", "px_per_bin", "um_per_px", "output", "til
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUNDLED_MODELS = {
     "her2st-he": "her2st-he.safetensors",
-    "her2st-he-v2": "her2st-he-v2.safetensors",
     "merfish-dapi": "merfish-dapi.safetensors",
 }
 

@@ -62,12 +62,16 @@ def _provenance_lines(prov: dict):
             if rest:
                 yield "data (other)", _short(rest)
         elif k == "commands" and isinstance(v, list):
+            stages = sum("training.rearch" in str(c.get("command", "")) for c in v if isinstance(c, dict))
+            runs = len(v) - stages
             yield (
                 k,
                 (
                     "1 training run (its command is below)"
                     if len(v) == 1
-                    else f"{len(v)} training runs (resumed {len(v) - 1} time(s)); the command below is the last"
+                    else f"{runs} training runs (resumed {runs - 1} time(s))"
+                    + (f", {stages} change(s) of settings between stages (training.rearch)" if stages else "")
+                    + "; the command below is the last"
                 ),
             )
         elif k == "history" and isinstance(v, list):
