@@ -108,6 +108,22 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     return np.where(q > 0, q, 1.0).astype(np.float32)
 
 
+def read_checkpoint(path, required=()) -> dict:
+    """Load a training checkpoint (``last.pt``) on the CPU; one clear error line when it is missing,
+    foreign or damaged, or lacks one of the ``required`` fields."""
+    p = Path(path)
+    if not p.exists():
+        raise GDTError(f"{p}: no such checkpoint")
+    try:
+        st = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
+        raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+    for k in required:
+        if k not in st:
+            raise GDTError(f"{p}: checkpoint lacks field {k!r}")
+    return st
+
+
 class Trainer:
     """Train a generator (``cfg.model``: ``gdt-v1`` or ``gdt-v2``) on paired sections.
 
@@ -218,15 +234,7 @@ class Trainer:
 
     def load_checkpoint(self, path) -> None:
         p = Path(path)
-        if not p.exists():
-            raise GDTError(f"{p}: no such checkpoint")
-        try:
-            st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
-            raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
-        for k in ("step", "G", "G_ema", "D", "opt_g", "opt_d", "genes"):
-            if k not in st:
-                raise GDTError(f"{p}: checkpoint lacks field {k!r}")
+        st = read_checkpoint(p, ("step", "G", "G_ema", "D", "opt_g", "opt_d", "genes"))
         if list(st["genes"]) != self.genes:
             raise GDTError(
                 f"{p}: checkpoint gene panel ({len(st['genes'])} genes) differs from this run's ({len(self.genes)} genes)"
@@ -363,12 +371,7 @@ class Trainer:
     def peek(path) -> dict:
         """Read a checkpoint's genes, arch and cfg without building a trainer."""
         p = Path(path)
-        if not p.exists():
-            raise GDTError(f"{p}: no such checkpoint")
-        try:
-            st = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
-            raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+        st = read_checkpoint(p)
         if "genes" not in st or "arch" not in st:
             raise GDTError(f"{p}: checkpoint lacks field 'genes' or 'arch'")
         return {

@@ -57,21 +57,14 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
     import torch
 
     from ..models.registry import ARCHITECTURES, _load_builtin
+    from .loop import read_checkpoint
 
     src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise GDTError(f"{src}: no such checkpoint")
     if dst.exists():
         raise GDTError(f"{dst}: exists; refusing to overwrite (choose a new checkpoint folder)")
     if dst.resolve().parent == src.resolve().parent:
         raise GDTError(f"{dst}: write the new stage into its own checkpoint folder (not {src.parent})")
-    try:
-        st = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign file: one line names it
-        raise GDTError(f"{src}: not a napari-gdt training checkpoint ({e})") from None
-    for k in ("arch", "cfg", "G", "G_ema", "genes", "step"):
-        if k not in st:
-            raise GDTError(f"{src}: checkpoint lacks field {k!r}")
+    st = read_checkpoint(src, ("arch", "cfg", "G", "G_ema", "genes", "step"))
     arch, cfg = dict(arch or {}), dict(cfg or {})
     bad = sorted(set(cfg) - set(CFG_KEYS))
     if bad:
