@@ -247,6 +247,65 @@ def test_train_with_haematoxylin_loss(pair, tmp_path):
     assert any(x.get("hem", 0) > 0 for x in lines)
 
 
+def test_nuclear_fraction_loss_matches_where_and_how_much():
+    from skimage.color import rgb2hed
+
+    from napari_gdt.training.losses import nuclear_fraction_loss, soft_nuclear_mask
+
+    rng = np.random.default_rng(1)
+    # "tissue": pink background with dark purple blobs whose density varies over the batch
+    x = np.empty((4, 3, 64, 64), np.float32)
+    x[:] = np.array([0.9, 0.6, 0.8], np.float32)[None, :, None, None]
+    for i, frac in enumerate([0.02, 0.1, 0.25, 0.4]):
+        m = rng.random((64, 64)) < frac
+        x[i][:, m] = np.array([0.3, 0.2, 0.5], np.float32)[:, None]
+    real = torch.from_numpy(x)
+    hem = rgb2hed(np.moveaxis(x[0], 0, -1))[..., 0]
+    thr = float((hem.min() + hem.max()) / 2)
+    # sharp mask: the fraction of pixels above the threshold, as the segmenter counts them
+    m = soft_nuclear_mask(real, thr, thr / 1000).numpy()[:, 0]
+    ref = np.stack([rgb2hed(np.moveaxis(x[i], 0, -1))[..., 0] > thr for i in range(4)])
+    assert abs(m.mean() - ref.mean()) < 1e-3
+    l1, var = nuclear_fraction_loss(real, real, thr, thr / 10, pools=(16, 32), lambda_var=1.0)
+    assert float(l1) == 0.0 and float(var) == 0.0
+    # the conditional mean: right on average, no contrast between dense and sparse patches
+    flat = real.mean(dim=0, keepdim=True).expand_as(real).clone().requires_grad_(True)
+    l1f, varf = nuclear_fraction_loss(flat, real, thr, thr / 10, pools=(16, 32), lambda_var=1.0)
+    assert float(l1f.detach()) > 0.05 and float(varf.detach()) > 0.05
+    l1v, _ = nuclear_fraction_loss(flat, real, thr, thr / 10, pools=(16, 32), lambda_var=0.0)
+    assert float(l1v.detach()) == pytest.approx(float(l1f.detach()))
+    # pools wider than the patch are skipped
+    l1s, vars_ = nuclear_fraction_loss(real, flat.detach(), thr, thr / 10, pools=(128,), lambda_var=1.0)
+    assert float(l1s) == 0.0 and float(vars_) == 0.0
+
+
+def test_train_with_nuclear_fraction_loss_resumes_with_its_threshold(pair, tmp_path):
+    from skimage.color import rgb2hed
+    from skimage.filters import threshold_otsu
+    from skimage.io import imread
+
+    from napari_gdt.training.rearch import main as rearch_main
+
+    out = tmp_path / "n.safetensors"
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-nuc", "5", "--lambda-nuc-var", "2") == 0
+    ck = tmp_path / "n.ckpt" / "last.pt"
+    cfg = json.loads(torch.load(ck, weights_only=True)["cfg"])
+    img = imread(pair / "img.png").astype(np.float32) / 255
+    hem = rgb2hed(img)[..., 0][img.mean(-1) < 0.82]
+    assert cfg["lambda_nuc"] == 5 and cfg["lambda_nuc_var"] == 2
+    assert cfg["nuc_thr"] == pytest.approx(float(threshold_otsu(hem)), rel=0.05)  # the segmenter's threshold, from the data
+    assert cfg["nuc_tau"] == pytest.approx(0.1 * cfg["nuc_thr"])
+    # a later stage: pools that fit these tiny patches; the threshold stays the run's
+    ck2 = tmp_path / "n2.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck2), "--cfg", '{"nuc_pools": [4, 8]}']) == 0
+    out2 = tmp_path / "n2.safetensors"
+    assert _train(pair, out2, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(ck2)) == 0
+    cfg2 = json.loads(torch.load(ck2, weights_only=True)["cfg"])
+    assert cfg2["nuc_pools"] == [4, 8] and cfg2["nuc_thr"] == cfg["nuc_thr"] and cfg2["lambda_nuc"] == 5
+    lines = [json.loads(x) for x in (tmp_path / "n2.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("nuc", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
+
+
 def test_gene_panel_accepts_long_lists_files_and_commas(tmp_path):
     """Resuming passes the checkpoint's whole panel (hundreds of genes); that is not a file name."""
     from types import SimpleNamespace

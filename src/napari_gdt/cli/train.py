@@ -102,6 +102,18 @@ def register(sub):
         "--lambda-hem", type=float, default=0.0, help="H&E: weight of an L1 on pooled haematoxylin density (default 0 = off)"
     )
     p.add_argument("--hem-pool", type=int, default=16, help="pooling (output px) of the haematoxylin loss (default 16)")
+    p.add_argument(
+        "--lambda-nuc",
+        type=float,
+        default=0.0,
+        help="H&E: weight of an L1 on the local nuclear area fraction (soft nuclear mask pooled at 32, 64 px; 0 = off)",
+    )
+    p.add_argument(
+        "--lambda-nuc-var",
+        type=float,
+        default=0.0,
+        help="H&E: weight of matching the spread of that local fraction over the batch (density contrast; default 0)",
+    )
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

@@ -32,6 +32,7 @@ from .losses import (
     d_hinge_loss,
     g_hinge_loss,
     haematoxylin_loss,
+    nuclear_fraction_loss,
     r1_penalty,
     reconstruction_loss,
     thin_counts,
@@ -86,6 +87,12 @@ class TrainConfig:
     r1_every: int = 4
     depth_aug: float = 0.0  # probability of thinning a training window's counts (depth augmentation)
     depth_min: float = 0.05  # smallest thinning factor (log-uniform in [depth_min, 1])
+    # H&E only: L1 of the pooled soft nuclear mask (local nuclear area fraction) + its contrast
+    lambda_nuc: float = 0.0
+    lambda_nuc_var: float = 0.0  # weight of |SD(fake) - SD(real)| of the pooled fractions over the batch
+    nuc_pools: list = field(default_factory=lambda: [32, 64])
+    nuc_thr: float = 0.0  # haematoxylin threshold of the soft mask (0: the segmenter's, measured on the training images)
+    nuc_tau: float = 0.0  # softness of the mask (0: a tenth of the threshold)
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -106,6 +113,26 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     mx = x.max(axis=1)
     q = np.where(q > 0, q, mx)
     return np.where(q > 0, q, 1.0).astype(np.float32)
+
+
+def nuclear_threshold(sections, max_px: float = 4e6) -> float:
+    """The nuclear segmenter's haematoxylin threshold (Otsu over tissue), averaged over training images."""
+    from ..analysis import morphometrics as mm
+
+    thr = []
+    for s in sections:
+        img = s.image
+        stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
+        a = img[::stride, ::stride]
+        ch = mm.haematoxylin(a)
+        sel = a.mean(axis=-1) < mm.DEFAULTS["background_grey"]  # tissue, as the segmenter's mask (without its hole filling)
+        v = ch[sel] if sel.any() else ch.ravel()
+        t = mm._auto_threshold(v, "otsu")
+        if np.isfinite(t):
+            thr.append(t)
+    if not thr:
+        raise GDTError("--lambda-nuc: no training image has tissue to set the nuclear threshold from")
+    return float(np.mean(thr))
 
 
 def read_checkpoint(path, required=()) -> dict:
@@ -189,6 +216,10 @@ class Trainer:
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
+        if cfg.lambda_nuc > 0 and out_ch == 3 and cfg.nuc_thr <= 0:
+            cfg.nuc_thr = nuclear_threshold(sections)
+        if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
+            cfg.nuc_tau = 0.1 * cfg.nuc_thr
         self.geo = self.G.geometry
         self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
         self.val_sampler = (
@@ -424,6 +455,10 @@ class Trainer:
         if cfg.lambda_hem > 0 and fake.shape[1] == 3:
             hem = haematoxylin_loss(fake, real, cfg.hem_pool)
             g_loss = g_loss + cfg.lambda_hem * hem
+        nuc = nvar = torch.zeros(())
+        if cfg.lambda_nuc > 0 and fake.shape[1] == 3:
+            nuc, nvar = nuclear_fraction_loss(fake, real, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.lambda_nuc_var)
+            g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if self._new_cols is not None:  # fine-tune of the new genes only: every other generator weight stays
@@ -441,7 +476,10 @@ class Trainer:
                 pe.lerp_(p, 1.0 - cfg.ema)
             for be, b in zip(self.G_ema.buffers(), G.buffers()):
                 be.copy_(b)
-        return {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item(), "hem": float(hem.detach())}
+        out = {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item(), "hem": float(hem.detach())}
+        if cfg.lambda_nuc > 0:
+            out.update(nuc=float(nuc.detach()), nuc_var=float(nvar.detach()))
+        return out
 
     @torch.no_grad()
     def validate(self, n_batches: int = 4) -> dict:
@@ -480,7 +518,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, _term)
         t_start = time.time()
         base_elapsed = self.elapsed_s
-        acc = {"d": 0.0, "adv": 0.0, "rec": 0.0, "hem": 0.0}
+        acc: dict = {}
         n_acc = 0
         self.G.train()
         step0, t_tp = self.step, time.perf_counter()
@@ -490,8 +528,8 @@ class Trainer:
                     losses = self.train_step()
                 self.step += 1
                 self.elapsed_s = base_elapsed + (time.time() - t_start)
-                for k in acc:
-                    acc[k] += losses[k]
+                for k, v in losses.items():
+                    acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:

@@ -276,6 +276,8 @@ def _train_from_args(args, argv=None) -> int:
         rec_pool=int(args.rec_pool),
         lambda_hem=float(getattr(args, "lambda_hem", 0.0)),
         hem_pool=int(getattr(args, "hem_pool", 16)),
+        lambda_nuc=float(getattr(args, "lambda_nuc", 0.0) or 0.0),
+        lambda_nuc_var=float(getattr(args, "lambda_nuc_var", 0.0) or 0.0),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
         beta1=float(getattr(args, "beta1", 0.0)),
@@ -314,7 +316,16 @@ def _train_from_args(args, argv=None) -> int:
             if k in pc:
                 setattr(cfg, k, pc[k])
         # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
-        for k, default in (("lambda_hem", 0.0), ("hem_pool", 16), ("keep_every", 0)):
+        for k, default in (
+            ("lambda_hem", 0.0),
+            ("hem_pool", 16),
+            ("keep_every", 0),
+            ("lambda_nuc", 0.0),
+            ("lambda_nuc_var", 0.0),
+            ("nuc_pools", [32, 64]),
+            ("nuc_thr", 0.0),
+            ("nuc_tau", 0.0),
+        ):
             if k in pc and getattr(cfg, k) == default:
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
