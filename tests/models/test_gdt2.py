@@ -147,6 +147,35 @@ def test_struct_strides_config_round_trip_and_exact_tiles(tmp_path, canvas):
     assert a.std() > 0.01 and np.abs(a - c).max() <= 1e-5
 
 
+def test_abs_depth_channel_reads_depth_round_trips_and_tiles_exactly(tmp_path, canvas):
+    from napari_gdt.models.bundle import load_bundle, save_bundle
+
+    m = _tiny_model(abs_depth=True)
+    assert m.config["abs_depth"] is True and "abs_depth" not in _tiny_model().config  # older configs unchanged
+    assert "depth_scale" not in _tiny_model().state_dict()
+    counts = np.asarray(canvas.data, np.float32)
+    m.fit_input_scale([counts])
+    tot = counts.sum(axis=0)
+    assert float(m.depth_scale) == pytest.approx(np.percentile(np.log1p(tot[tot > 0]), 99), rel=1e-5)
+    with torch.no_grad():
+        m.embed.weight[:, m.n_genes + 2] *= 20  # make the depth channel's effect plain
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.gamma(2.0, 3.0, size=(1, m.n_genes, 14, 14)).astype(np.float32))
+    o = torch.tensor([[0, 5]])
+    a = m(x, o, m.styles(1), 7)
+    b = m(x / 15, o, m.styles(1), 7)
+    assert float((a - b).abs().mean().detach()) > 1e-3  # absolute depth changes the picture (by design)
+    p = tmp_path / "d.safetensors"
+    save_bundle(p, m, SYNTHETIC_GENES, um_per_px=1.0, output={"kind": "he", "channels": ["R", "G", "B"]}, name="tiny-v2-depth")
+    b2 = load_bundle(p)
+    assert b2.model.abs_depth and float(b2.model.depth_scale) == pytest.approx(float(m.depth_scale))
+    assert b2.card["normalisation"]["absolute_depth"].startswith("log1p")
+    region = Region(0, 192, 0, 192)
+    t1 = TileRenderer(b2, canvas, seed=3, tile_px=64, device="cpu").render_region(region)
+    t2 = TileRenderer(b2, canvas, seed=3, tile_px=192, device="cpu").render_region(region)
+    assert t1.std() > 0.01 and np.abs(t1 - t2).max() <= 1e-5
+
+
 def test_smooth_upsampling_is_bilinear_and_window_free():
     x = torch.randn(1, 2, 9, 11)
     y = smooth_up2(x)
@@ -346,6 +375,31 @@ def test_train_gdt_v2_and_resume(tmp_path):
     assert card["provenance"]["config"]["rec_pool"] == 4 and card["provenance"]["steps"] == 4
     cmds = [c["command"] for c in card["provenance"]["commands"]]
     assert len(cmds) == 4 and "napari_gdt.training.rearch" in cmds[2]
+
+    # turning on the absolute-depth input: a zero column, so the stage starts as the old model
+    from napari_gdt.models.bundle import load_bundle
+    from napari_gdt.models.gdt2 import GDT2Generator
+
+    ck3 = tmp_path / "stage3d.ckpt" / "last.pt"
+    assert rearch_main([str(ck2), str(ck3), "--arch", '{"abs_depth": true}']) == 2  # needs the canvases
+    assert not ck3.exists()
+    assert rearch_main([str(ck2), str(ck3), "--arch", '{"abs_depth": true}', "--expression", str(tmp_path / "c.ome.zarr")]) == 0
+    s2, s3 = torch.load(ck2, weights_only=True), torch.load(ck3, weights_only=True)
+    g_old = GDT2Generator(**s2["arch"])
+    g_old.load_state_dict(s2["G_ema"])
+    g_new = GDT2Generator(**s3["arch"])
+    g_new.load_state_dict(s3["G_ema"])
+    assert g_new.abs_depth and float(g_new.depth_scale) > 0
+    x = torch.from_numpy(np.asarray(load_bundle(out2).model.gene_scale)[None, :, None, None].repeat(20, 2).repeat(20, 3) * 3.0)
+    o = torch.tensor([[1, 2]])
+    with torch.no_grad():
+        assert torch.equal(g_old(x, o, g_old.styles(0), 5), g_new(x, o, g_new.styles(0), 5))
+    stage3 = list(stage2)
+    stage3[stage3.index("--resume") + 1] = str(ck3)
+    stage3[stage3.index("--out") + 1] = str(tmp_path / "m3.safetensors")
+    stage3[stage3.index("--steps") + 1] = "6"
+    assert main(stage3) == 0
+    assert read_card(tmp_path / "m3.safetensors")["config"]["abs_depth"] is True
 
 
 def test_init_from_refuses_gdt_v2(tmp_path, capsys):

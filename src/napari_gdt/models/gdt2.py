@@ -167,6 +167,12 @@ class GDT2Generator(ModConvStack, TiledGenerator):
     struct_strides : list of int, optional
         Node spacing (bins) of each structure channel: 1 is per-bin noise, larger values give
         smooth fields with structure at that scale (nests, fibre bundles). Default: all 1.
+    abs_depth : bool
+        Add a channel of absolute depth, ``log1p(panel total) / depth_scale`` (fitted on the
+        training canvases). For assays whose detection efficiency is the same on every section
+        (MERFISH), transcript density marks cell density; the model then reads depth as
+        cellularity again, so leave it off where sections are sequenced to different depths
+        (spot data). Default off.
     """
 
     arch = "gdt-v2"
@@ -184,6 +190,7 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         latent_dim: int = 32,
         cp: float = 1e4,
         struct_strides: list[int] | tuple[int, ...] | None = None,
+        abs_depth: bool = False,
     ):
         super().__init__()
         strides = [1] * int(n_struct) if struct_strides is None else [int(v) for v in struct_strides]
@@ -207,6 +214,9 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         }
         if any(v != 1 for v in strides):  # recorded only when used: older bundles stay byte-identical
             self.config["struct_strides"] = strides
+        self.abs_depth = bool(abs_depth)
+        if self.abs_depth:  # likewise
+            self.config["abs_depth"] = True
         self.struct_strides = strides
         self.n_genes = int(n_genes)
         self.out_channels = int(out_channels)
@@ -216,10 +226,12 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         self.cp = float(cp)
         self.log1p = True  # for PreviewMap: log1p-like features
         self.register_buffer("gene_scale", torch.ones(self.n_genes))
+        if self.abs_depth:
+            self.register_buffer("depth_scale", torch.ones(()))
         self.mapping_net = nn.Sequential(
             nn.Linear(latent_dim, latent_dim), nn.LeakyReLU(0.2), nn.Linear(latent_dim, latent_dim), nn.LeakyReLU(0.2)
         )
-        self.embed = nn.Conv2d(self.n_genes + 2 + self.n_struct, emb_ch, 1)
+        self.embed = nn.Conv2d(self.n_genes + 2 + int(self.abs_depth) + self.n_struct, emb_ch, 1)
         self.convs = nn.ModuleList()
         self.noise_strength = nn.ParameterList()
         self._plan: list[tuple[str, int]] = []
@@ -245,6 +257,7 @@ class GDT2Generator(ModConvStack, TiledGenerator):
             "relative_depth_window_bins": self.depth_window,
             "structure_channels": self.n_struct,
             "structure_strides_bins": list(self.struct_strides),
+            **({"absolute_depth": "log1p(panel total) / depth_scale"} if self.abs_depth else {}),
         }
 
     def spatial_ops(self) -> list[tuple[str, int]]:
@@ -275,6 +288,8 @@ class GDT2Generator(ModConvStack, TiledGenerator):
 
         org = origins.to(torch.int64).cpu().clone() + r
         parts = [crop(comp), crop(cov), crop(rel)]
+        if self.abs_depth:
+            parts.append(crop(torch.log1p(counts.clamp_min(0).sum(dim=1, keepdim=True)) / self.depth_scale))
         for i in range(self.n_struct):
             parts.append(coarse_noise(seed, _STRUCT_LAYER + i, org, h, w, self.struct_strides[i], counts.device))
         return torch.cat(parts, dim=1), org
@@ -301,6 +316,11 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         s = composition_scale(counts_list, self.cp)
         if s is not None:
             self.gene_scale.copy_(torch.from_numpy(s))
+        if self.abs_depth:
+            tot = np.concatenate([np.asarray(c, np.float32).sum(axis=0).ravel() for c in counts_list])
+            tot = tot[tot > _MIN_TOTAL]
+            if tot.size:
+                self.depth_scale.fill_(max(float(np.percentile(np.log1p(tot), 99)), 1e-3))
 
     def n_params(self) -> int:
         return int(sum(math.prod(p.shape) for p in self.parameters()))

@@ -8,7 +8,9 @@ and the optimiser state, and changes only options that leave every tensor's shap
 
 then ``napari-gdt train ... --resume runs/b/her2st-he.ckpt/last.pt``. The change is checked by
 building the generator with the new options and loading the checkpoint's weights into it (a change
-that needs other shapes is refused with the first mismatch), and it is appended to the run's
+that needs other shapes is refused with the first mismatch; the one exception is turning on
+``gdt-v2``'s ``abs_depth``, whose new input starts at zero weight, with ``--expression`` canvases to
+fit its depth scale), and it is appended to the run's
 ``commands.json`` (copied next to the new checkpoint), so the bundle's card lists every stage.
 The source checkpoint is never modified; an existing output is never overwritten.
 """
@@ -57,8 +59,48 @@ def _json_arg(text: str, what: str) -> dict:
     return v
 
 
-def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: list[str] | None = None) -> dict:
-    """Write checkpoint ``dst``: ``src`` with ``arch`` / ``cfg`` entries replaced. Returns the new arch and cfg."""
+def _add_abs_depth(st: dict, g, expression) -> None:
+    """Turn on ``gdt-v2``'s absolute-depth input in checkpoint ``st`` (in place): the new input
+    column of the embedding starts at zero in both generators and in Adam's moments (the stage
+    starts as the old model, blind to depth), and ``depth_scale`` is fitted on ``expression``."""
+    import numpy as np
+    import torch
+
+    from ..expression.canvas import ExpressionCanvas
+
+    if not expression:
+        raise GDTError("--arch turns abs_depth on: give the training canvases with --expression (to fit its depth scale)")
+    col = g.n_genes + 2  # composition, coverage, relative depth, then the new channel
+    counts = []
+    for path in expression:
+        try:
+            c = ExpressionCanvas.from_ome_zarr(path)
+        except Exception as e:  # noqa: BLE001 - one line names the canvas
+            raise GDTError(f"{path}: cannot read the expression canvas ({e})") from None
+        counts.append(np.asarray(c.data, np.float32))
+    g.fit_input_scale(counts)
+    names = [n for n, _ in g.named_parameters()]
+    idx = names.index("embed.weight")
+
+    def widen(w):
+        return torch.cat([w[:, :col], torch.zeros_like(w[:, :1]), w[:, col:]], dim=1)
+
+    for key in ("G", "G_ema"):
+        st[key]["embed.weight"] = widen(st[key]["embed.weight"])
+        st[key]["depth_scale"] = g.depth_scale.detach().clone()
+    state = st.get("opt_g", {}).get("state", {})
+    if idx in state:
+        for m in ("exp_avg", "exp_avg_sq"):
+            if m in state[idx]:
+                state[idx][m] = widen(state[idx][m])
+
+
+def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: list[str] | None = None, expression=None) -> dict:
+    """Write checkpoint ``dst``: ``src`` with ``arch`` / ``cfg`` entries replaced. Returns the new arch and cfg.
+
+    Weight shapes must stay, except that ``gdt-v2``'s ``abs_depth`` may be turned on (its new input
+    starts at zero weight; ``expression``: the training canvases, to fit its depth scale).
+    """
     import torch
 
     from ..models.registry import ARCHITECTURES, _load_builtin
@@ -81,6 +123,10 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
         g = ARCHITECTURES[model](**new_arch)
     except (TypeError, ValueError) as e:
         raise GDTError(f"--arch does not fit {model}: {e}") from None
+    if new_arch.get("abs_depth") and not st["arch"].get("abs_depth"):
+        _add_abs_depth(st, g, expression)
+    elif expression:
+        raise GDTError("--expression is only needed when --arch turns abs_depth on (to fit its depth scale)")
     try:
         g.load_state_dict(st["G"])
     except RuntimeError as e:
@@ -114,11 +160,14 @@ def main(argv=None) -> int:
     ap.add_argument("src", help="the run's checkpoint (last.pt)")
     ap.add_argument("dst", help="the new stage's checkpoint (in a new folder)")
     ap.add_argument("--arch", default="{}", help="JSON: architecture options to replace (same weight shapes)")
+    ap.add_argument(
+        "--expression", action="append", default=[], help="training canvas (repeat); only when --arch turns abs_depth on"
+    )
     ap.add_argument("--cfg", default="{}", help=f"JSON: training settings to replace ({', '.join(CFG_KEYS)})")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     try:
-        r = rearch(a.src, a.dst, _json_arg(a.arch, "--arch"), _json_arg(a.cfg, "--cfg"), argv=argv)
+        r = rearch(a.src, a.dst, _json_arg(a.arch, "--arch"), _json_arg(a.cfg, "--cfg"), argv=argv, expression=a.expression)
     except GDTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
