@@ -287,7 +287,24 @@ def test_train_with_nuclear_fraction_loss_resumes_with_its_threshold(pair, tmp_p
     from napari_gdt.training.rearch import main as rearch_main
 
     out = tmp_path / "n.safetensors"
-    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-nuc", "5", "--lambda-nuc-var", "2") == 0
+    assert (
+        _train(
+            pair,
+            out,
+            "--steps",
+            "2",
+            "--ckpt-every",
+            "2",
+            "--no-eval",
+            "--lambda-nuc",
+            "5",
+            "--lambda-nuc-var",
+            "2",
+            "--lambda-orient",
+            "3",
+        )
+        == 0
+    )
     ck = tmp_path / "n.ckpt" / "last.pt"
     cfg = json.loads(torch.load(ck, weights_only=True)["cfg"])
     img = imread(pair / "img.png").astype(np.float32) / 255
@@ -303,7 +320,32 @@ def test_train_with_nuclear_fraction_loss_resumes_with_its_threshold(pair, tmp_p
     cfg2 = json.loads(torch.load(ck2, weights_only=True)["cfg"])
     assert cfg2["nuc_pools"] == [4, 8] and cfg2["nuc_thr"] == cfg["nuc_thr"] and cfg2["lambda_nuc"] == 5
     lines = [json.loads(x) for x in (tmp_path / "n2.ckpt" / "log.jsonl").read_text().splitlines()]
-    assert any(x.get("nuc", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
+    assert any(x.get("nuc", 0) > 0 and x.get("orient", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
+    assert cfg2["lambda_orient"] == 3
+
+
+def test_orientation_statistics_tell_fibres_from_speckle_in_any_direction():
+    from napari_gdt.training.losses import orientation_loss, structure_tensor_stats
+
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float32)
+    rng = np.random.default_rng(0)
+
+    def rgb(lum):
+        return torch.from_numpy(np.repeat(lum[None, None], 3, axis=1).astype(np.float32))
+
+    fibres = rgb(0.5 + 0.3 * np.sin(2 * np.pi * (0.8 * xx + 0.6 * yy) / 7.0))
+    fibres_t = rgb(0.5 + 0.3 * np.sin(2 * np.pi * (-0.6 * xx + 0.8 * yy) / 7.0))  # the same fibres, turned 90°
+    speckle = rgb(0.5 + 0.3 * np.clip(rng.normal(0, 1, (96, 96)), -1, 1))
+    _, c_f = structure_tensor_stats(fibres, 3.0)
+    _, c_s = structure_tensor_stats(speckle, 3.0)
+    assert float(c_f[..., 20:-20, 20:-20].mean()) > 0.9 and float(c_s.mean()) < 0.4
+    # rotation-invariant: fibres in another direction cost (almost) nothing, speckle does
+    assert float(orientation_loss(fibres_t, fibres, (3.0,), 32)) < 0.02
+    assert float(orientation_loss(speckle, fibres, (3.0,), 32)) > 0.3
+    assert float(orientation_loss(fibres, fibres, (3.0,), 32)) == 0.0
+    x = speckle.clone().requires_grad_(True)
+    orientation_loss(x, fibres, (3.0,), 32).backward()
+    assert float(x.grad.abs().sum()) > 0
 
 
 def test_gene_panel_accepts_long_lists_files_and_commas(tmp_path):

@@ -114,6 +114,12 @@ def register(sub):
         default=0.0,
         help="H&E: weight of matching the spread of that local fraction over the batch (density contrast; default 0)",
     )
+    p.add_argument(
+        "--lambda-orient",
+        type=float,
+        default=0.0,
+        help="weight of an L1 on pooled structure-tensor coherence and edge energy (fibres, any direction; 0 = off)",
+    )
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

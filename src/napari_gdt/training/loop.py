@@ -33,6 +33,7 @@ from .losses import (
     g_hinge_loss,
     haematoxylin_loss,
     nuclear_fraction_loss,
+    orientation_loss,
     r1_penalty,
     reconstruction_loss,
     thin_counts,
@@ -93,6 +94,10 @@ class TrainConfig:
     nuc_pools: list = field(default_factory=lambda: [32, 64])
     nuc_thr: float = 0.0  # haematoxylin threshold of the soft mask (0: the segmenter's, measured on the training images)
     nuc_tau: float = 0.0  # softness of the mask (0: a tenth of the threshold)
+    # texture: L1 of pooled structure-tensor coherence and edge energy (fibres, in any direction)
+    lambda_orient: float = 0.0
+    orient_sigmas: list = field(default_factory=lambda: [2.0, 6.0])
+    orient_pool: int = 64
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -459,6 +464,10 @@ class Trainer:
         if cfg.lambda_nuc > 0 and fake.shape[1] == 3:
             nuc, nvar = nuclear_fraction_loss(fake, real, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.lambda_nuc_var)
             g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
+        orient = torch.zeros(())
+        if cfg.lambda_orient > 0:
+            orient = orientation_loss(fake, real, cfg.orient_sigmas, cfg.orient_pool)
+            g_loss = g_loss + cfg.lambda_orient * orient
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if self._new_cols is not None:  # fine-tune of the new genes only: every other generator weight stays
@@ -479,6 +488,8 @@ class Trainer:
         out = {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item(), "hem": float(hem.detach())}
         if cfg.lambda_nuc > 0:
             out.update(nuc=float(nuc.detach()), nuc_var=float(nvar.detach()))
+        if cfg.lambda_orient > 0:
+            out["orient"] = float(orient.detach())
         return out
 
     @torch.no_grad()

@@ -24,6 +24,8 @@ __all__ = [
     "haematoxylin_loss",
     "haematoxylin_od",
     "nuclear_fraction_loss",
+    "orientation_loss",
+    "structure_tensor_stats",
     "soft_nuclear_mask",
     "r1_penalty",
     "reconstruction_loss",
@@ -200,3 +202,58 @@ def nuclear_fraction_loss(
         if lambda_var > 0 and pf.numel() > 1:
             var = var + (pf.std() - pr.std()).abs()
     return l1, var * lambda_var
+
+
+def _gauss1d(sigma: float, device, dtype) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-r, r + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` with replicated borders (a loss, not the generator)."""
+    k = _gauss1d(sigma, x.device, x.dtype)
+    r = (k.numel() - 1) // 2
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def structure_tensor_stats(img: torch.Tensor, sigma: float, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edge energy and orientation coherence ``(B, 1, H, W)`` of the luminance at integration scale ``sigma`` px.
+
+    The structure tensor ``J`` (products of central-difference gradients, Gaussian-averaged over
+    ``sigma``) gives the energy ``tr J`` (how much edge there is) and the coherence
+    ``sqrt((Jxx - Jyy)^2 + 4 Jxy^2) / tr J`` in [0, 1]: near 1 where the edges share one direction
+    (fibres, streaming stroma), near 0 where they point every way (speckle, round nuclei). Both are
+    invariant to rotation, so a loss on them asks for fibres without asking for their direction.
+    """
+    if img.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
+        y = (img * w).sum(dim=1, keepdim=True)
+    else:
+        y = img[:, :1]
+    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    gx = (yp[..., 1:-1, 2:] - yp[..., 1:-1, :-2]) * 0.5
+    gy = (yp[..., 2:, 1:-1] - yp[..., :-2, 1:-1]) * 0.5
+    j = _smooth(torch.cat([gx * gx, gy * gy, gx * gy], dim=1), sigma)
+    jxx, jyy, jxy = j[:, :1], j[:, 1:2], j[:, 2:]
+    tr = jxx + jyy
+    coh = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2 + eps * eps) / (tr + eps)
+    return tr, coh
+
+
+def orientation_loss(fake: torch.Tensor, real: torch.Tensor, sigmas=(2.0, 6.0), pool: int = 64) -> torch.Tensor:
+    """L1 between ``pool``-px averages of the structure-tensor coherence and log edge energy
+    (:func:`structure_tensor_stats`) at each integration scale: where the real tissue is fibrous
+    (coherent edges over ``sigma``), so must the generated one be, in any direction."""
+    p = min(pool, *fake.shape[-2:])
+    out = fake.new_zeros(())
+    for s in sigmas:
+        ef, cf = structure_tensor_stats(fake, s)
+        er, cr = structure_tensor_stats(real, s)
+        out = out + F.l1_loss(F.avg_pool2d(cf, p), F.avg_pool2d(cr, p))
+        out = out + 0.1 * F.l1_loss(F.avg_pool2d(torch.log(ef + 1e-4), p), F.avg_pool2d(torch.log(er + 1e-4), p))
+    return out

@@ -278,6 +278,7 @@ def _train_from_args(args, argv=None) -> int:
         hem_pool=int(getattr(args, "hem_pool", 16)),
         lambda_nuc=float(getattr(args, "lambda_nuc", 0.0) or 0.0),
         lambda_nuc_var=float(getattr(args, "lambda_nuc_var", 0.0) or 0.0),
+        lambda_orient=float(getattr(args, "lambda_orient", 0.0) or 0.0),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
         beta1=float(getattr(args, "beta1", 0.0)),
@@ -325,6 +326,9 @@ def _train_from_args(args, argv=None) -> int:
             ("nuc_pools", [32, 64]),
             ("nuc_thr", 0.0),
             ("nuc_tau", 0.0),
+            ("lambda_orient", 0.0),
+            ("orient_sigmas", [2.0, 6.0]),
+            ("orient_pool", 64),
         ):
             if k in pc and getattr(cfg, k) == default:
                 setattr(cfg, k, pc[k])
