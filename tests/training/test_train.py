@@ -274,6 +274,24 @@ def test_nuclear_fraction_loss_matches_where_and_how_much():
     assert float(l1f.detach()) > 0.05 and float(varf.detach()) > 0.05
     l1v, _ = nuclear_fraction_loss(flat, real, thr, thr / 10, pools=(16, 32), lambda_var=0.0)
     assert float(l1v.detach()) == pytest.approx(float(l1f.detach()))
+
+    # the same area fraction in fewer, larger nuclei: the area term cannot see it, the boundary term can
+    def blobs(r, n_side):
+        yy, xx = np.mgrid[0:64, 0:64]
+        step = 64 // n_side
+        cy, cx = (yy % step) - step // 2, (xx % step) - step // 2
+        on = cy**2 + cx**2 <= r * r
+        x = np.empty((1, 3, 64, 64), np.float32)
+        x[:] = np.array([0.9, 0.6, 0.8], np.float32)[None, :, None, None]
+        x[0][:, on] = np.array([0.3, 0.2, 0.5], np.float32)[:, None]
+        return torch.from_numpy(x), on.mean()
+
+    small, a_small = blobs(3, 8)  # 64 nuclei of radius 3
+    large, a_large = blobs(6, 4)  # 16 nuclei of radius 6: about the same area
+    assert abs(a_small - a_large) < 0.03
+    l_area, _ = nuclear_fraction_loss(large, small, thr, thr / 10, pools=(64,))
+    l_both, _ = nuclear_fraction_loss(large, small, thr, thr / 10, pools=(64,), perimeter=1.0)
+    assert float(l_area) < 0.03 and float(l_both) > float(l_area) + 0.03
     # pools wider than the patch are skipped
     l1s, vars_ = nuclear_fraction_loss(real, flat.detach(), thr, thr / 10, pools=(128,), lambda_var=1.0)
     assert float(l1s) == 0.0 and float(vars_) == 0.0

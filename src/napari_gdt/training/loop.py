@@ -94,6 +94,7 @@ class TrainConfig:
     nuc_pools: list = field(default_factory=lambda: [32, 64])
     nuc_thr: float = 0.0  # haematoxylin threshold of the soft mask (0: the segmenter's, measured on the training images)
     nuc_tau: float = 0.0  # softness of the mask (0: a tenth of the threshold)
+    nuc_perim: float = 0.0  # weight of the pooled boundary density (nuclear count and size, not only area)
     # texture: L1 of pooled structure-tensor coherence and edge energy (fibres, in any direction)
     lambda_orient: float = 0.0
     orient_sigmas: list = field(default_factory=lambda: [2.0, 6.0])
@@ -462,7 +463,9 @@ class Trainer:
             g_loss = g_loss + cfg.lambda_hem * hem
         nuc = nvar = torch.zeros(())
         if cfg.lambda_nuc > 0 and fake.shape[1] == 3:
-            nuc, nvar = nuclear_fraction_loss(fake, real, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.lambda_nuc_var)
+            nuc, nvar = nuclear_fraction_loss(
+                fake, real, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.lambda_nuc_var, cfg.nuc_perim
+            )
             g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
         orient = torch.zeros(())
         if cfg.lambda_orient > 0:

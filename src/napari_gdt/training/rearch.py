@@ -42,6 +42,7 @@ CFG_KEYS = (
     "nuc_pools",
     "nuc_thr",
     "nuc_tau",
+    "nuc_perim",
     "lambda_orient",
     "orient_sigmas",
     "orient_pool",

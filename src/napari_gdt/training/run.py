@@ -326,6 +326,7 @@ def _train_from_args(args, argv=None) -> int:
             ("nuc_pools", [32, 64]),
             ("nuc_thr", 0.0),
             ("nuc_tau", 0.0),
+            ("nuc_perim", 0.0),
             ("lambda_orient", 0.0),
             ("orient_sigmas", [2.0, 6.0]),
             ("orient_pool", 64),
