@@ -307,6 +307,9 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     assert {"delta", "seed_sd", "effect_size"} <= set(e["metrics"]["edit_region.mean_luminance"])
     assert {"render", "tissue_iou", "density_cv", "lattice", "nucleus_distributions", "depth_normalised"} <= set(res["timings_s"])
     assert set(res["depth_normalised"]) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
+    ctx = res["fidelity_details"]["spatial_rho_context"]
+    assert set(ctx) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
+    assert set(ctx["tile_spearman_area_fraction"]) == {"seed_mean", "between_seeds"}
     assert len(read_card(m)["baselines"]["fitted_on"]) == 2
     # the card's record is used next time, and says so
     assert (
@@ -414,3 +417,25 @@ def test_depth_normalise_equalises_bin_totals():
     # the composition of each bin is kept
     a, b = np.asarray(c.data[:, 5, 5]), np.asarray(d.data[:, 5, 5])
     assert np.allclose(a / a.sum(), b / b.sum(), atol=1e-6)
+
+
+def test_spatial_rho_context_separates_signal_from_render_noise():
+    import pandas as pd
+
+    from napari_gdt.analysis.quality import spatial_rho_context
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(300)
+    real = pd.DataFrame({"density_per_mm2": truth, "area_fraction": truth})
+    # each seed: the same expected picture plus as much render noise again
+    seeds = [pd.DataFrame({"density_per_mm2": truth + rng.normal(0, 0.3, 300), "area_fraction": truth + rng.normal(0, 0.3, 300)})
+             for _ in range(8)]  # fmt: skip
+    ctx = spatial_rho_context(seeds, real)["tile_spearman_area_fraction"]
+    one = spatial_rho_context(seeds[:2], real)["tile_spearman_area_fraction"]
+    from scipy.stats import spearmanr
+
+    per_render = spearmanr(seeds[0]["area_fraction"], truth).statistic
+    assert per_render < 0.8 < ctx["seed_mean"]  # averaging renders removes their noise
+    assert 0.3 < ctx["between_seeds"] < per_render  # two noisy renders agree less than each with the truth
+    assert one["seed_mean"] < ctx["seed_mean"]
+    assert spatial_rho_context(seeds[:1], real) is None

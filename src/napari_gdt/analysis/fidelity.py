@@ -726,6 +726,7 @@ def evaluate_model(
         source = "none: no record in the card and no training pairs given"
     # ---- seeds
     per_seed, per_seed_unedited, pix = [], [], {"edit": [], "seed": []}
+    unit_tables: list = []  # generated per-unit tables, one per seed (of the scored run)
     prev_u = None
     emask = None
     if edited is not None:
@@ -752,7 +753,7 @@ def evaluate_model(
                 g = g[..., 0]
             imgs[name] = g
             with _timed(T, "generated_morphometrics"):
-                out, gstats = quality.score_generated(prep, g)
+                out, gstats = quality.score_generated(prep, g, unit_tables if name == runs[-1][0] else None)
             out["generated"] = gstats
             out.update(fidelity_report(real, g, kind, um, ppb, tile, real=R, timings=T))
             if emask is not None:
@@ -897,6 +898,9 @@ def evaluate_model(
             "mean_abs_dpixel_255_between_seeds": _mean_sd(pix["seed"])[0],
             "metrics": eff,
         }
+    ctx = quality.spatial_rho_context(unit_tables, prep["real_units"])
+    if ctx is not None:
+        res["fidelity_details"] = {**res["fidelity_details"], "spatial_rho_context": ctx}
     res["seeds"] = seeds_l
     res["seed"] = seeds_l[0]
     res["seed_sd"] = sd

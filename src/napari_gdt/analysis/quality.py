@@ -100,6 +100,29 @@ def _ratio(a, b):
     return float(a) / float(b)
 
 
+def spatial_rho_context(unit_tables: list, real_units) -> dict | None:
+    """How much of ``tile_spearman_*`` is the generator's own randomness (two or more seeds).
+
+    Per target (``tile_spearman_nuclei``, ``tile_spearman_area_fraction``): ``seed_mean`` is the
+    Spearman ρ of the per-unit values averaged over seeds against the real ones (the model's
+    expected picture, closer to what a regression baseline predicts), and ``between_seeds`` the
+    mean pairwise ρ between two seeds' renders (their reliability: how far one render can follow
+    anything). Context only: the acceptance figure stays the per-render ρ.
+    """
+    if len(unit_tables) < 2:
+        return None
+    out = {}
+    for col, key in (("density_per_mm2", "tile_spearman_nuclei"), ("area_fraction", "tile_spearman_area_fraction")):
+        vals = np.stack([np.asarray(t[col], float) for t in unit_tables])
+        pairs = [_spearman(vals[i], vals[j]) for i in range(len(vals)) for j in range(i + 1, len(vals))]
+        pairs = [p for p in pairs if p is not None]
+        out[key] = {
+            "seed_mean": _spearman(vals.mean(axis=0), np.asarray(real_units[col], float)),
+            "between_seeds": float(np.mean(pairs)) if pairs else None,
+        }
+    return out
+
+
 def _spearman(a, b):
     from scipy.stats import spearmanr
 
@@ -119,11 +142,13 @@ def _units(img, kind, um, units, tile_px, mask):
     return mm.tile_stats(img, kind, um, tile_px=tile_px, tissue_mask=mask)
 
 
-def _compare(real_stats, real_units, img, kind, um, mask, units, tile_px) -> tuple[dict, dict]:
+def _compare(real_stats, real_units, img, kind, um, mask, units, tile_px, units_out=None) -> tuple[dict, dict]:
     from . import morphometrics as mm
 
     g = mm.measure_nuclei(img, kind, um, mask=mask).as_dict()
     gu = _units(img, kind, um, units, tile_px, mask)
+    if units_out is not None:
+        units_out.append(gu)
     out = {
         "nuclei_density_ratio": _ratio(g["density_per_mm2"], real_stats["density_per_mm2"]),
         "nuclear_area_ratio": _ratio(g["mean_area_um2"], real_stats["mean_area_um2"]),
@@ -188,14 +213,24 @@ def prepare_real(bundle, canvas: ExpressionCanvas, image: np.ndarray, region, ti
     }
 
 
-def score_generated(prep: dict, gen: np.ndarray) -> tuple[dict, dict]:
-    """The :data:`KEYS` of a generated image against :func:`prepare_real`'s real side, and its global stats."""
+def score_generated(prep: dict, gen: np.ndarray, units_out: list | None = None) -> tuple[dict, dict]:
+    """The :data:`KEYS` of a generated image against :func:`prepare_real`'s real side, and its global stats.
+
+    ``units_out``, a list, receives the generated per-unit table (spot footprints or tiles)."""
     if prep["kind"] == "dapi" and gen.ndim == 3:
         gen = gen[..., 0]
     if gen.shape[:2] != prep["real"].shape[:2]:
         raise GDTError(f"generated image {gen.shape[:2]} and real image {prep['real'].shape[:2]} differ in shape")
     return _compare(
-        prep["real_stats"], prep["real_units"], gen, prep["kind"], prep["um"], prep["mask"], prep["units"], prep["tile_px"]
+        prep["real_stats"],
+        prep["real_units"],
+        gen,
+        prep["kind"],
+        prep["um"],
+        prep["mask"],
+        prep["units"],
+        prep["tile_px"],
+        units_out,
     )
 
 
