@@ -313,6 +313,8 @@ def test_train_gdt_v2_and_resume(tmp_path):
         "1",
         "--d-scales",
         "2",
+        "--d-ch",
+        "8",
         "--r1-gamma",
         "0.1",
         "--depth-aug",
@@ -324,7 +326,9 @@ def test_train_gdt_v2_and_resume(tmp_path):
     assert main(args + ["--steps", "2", "--ckpt-every", "2"]) == 0
     card = read_card(out)
     assert card["arch"] == "gdt-v2" and card["provenance"]["config"]["model"] == "gdt-v2"
-    assert card["provenance"]["config"]["d_scales"] == 2
+    assert card["provenance"]["config"]["d_scales"] == 2 and card["provenance"]["config"]["d_ch"] == 8
+    d_first = torch.load(tmp_path / "m.ckpt" / "last.pt", weights_only=True)["D"]["ds.0.body.0.weight_orig"]
+    assert d_first.shape[0] == 8  # a narrow discriminator; the resume below (no --d-ch) must keep it
     assert (tmp_path / "m.ckpt" / "step2.safetensors").exists()
     ck = tmp_path / "m.ckpt" / "last.pt"
     assert torch.load(ck, weights_only=True)["model_arch"] == "gdt-v2"

@@ -57,6 +57,7 @@ def register(sub):
         help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own)",
     )
     p.add_argument("--d-scales", type=int, default=1, help="discriminators at 1, 1/2, ... resolution (default 1)")
+    p.add_argument("--d-ch", type=int, default=32, help="discriminator width: channels of its first layer (default 32)")
     p.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on real images (default 0 = off)")
     p.add_argument(
         "--depth-aug",

@@ -84,6 +84,7 @@ class TrainConfig:
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
     model: str = "gdt-v1"  # architecture name in the registry (--arch)
     d_scales: int = 1  # discriminators at full, 1/2, ... resolution
+    d_ch: int = 32  # channels of each discriminator's first layer (x2, x4 deeper); wider on a GPU
     r1_gamma: float = 0.0  # R1 penalty on real images (0 = off), applied lazily every r1_every steps
     r1_every: int = 4
     depth_aug: float = 0.0  # probability of thinning a training window's counts (depth augmentation)
@@ -216,9 +217,9 @@ class Trainer:
             p.requires_grad_(False)
         n_cond = len(self.genes) if cfg.d_cond else 0
         self.D = (
-            MultiScaleDiscriminator(out_ch, n_genes=n_cond, scales=cfg.d_scales)
+            MultiScaleDiscriminator(out_ch, n_genes=n_cond, scales=cfg.d_scales, ch=cfg.d_ch)
             if cfg.d_scales > 1
-            else PatchDiscriminator(out_ch, n_genes=n_cond)
+            else PatchDiscriminator(out_ch, n_genes=n_cond, ch=cfg.d_ch)
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
