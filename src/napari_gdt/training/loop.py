@@ -40,7 +40,7 @@ from .losses import (
 )
 from .sampling import PairedSection, PatchSampler
 
-__all__ = ["DEFAULT_ARCH", "DEFAULT_ARCHS", "TrainConfig", "Trainer", "compute_gene_scale"]
+__all__ = ["DEFAULT_ARCH", "DEFAULT_ARCHS", "EXTRA_LOSS_KEYS", "TrainConfig", "Trainer", "compute_gene_scale"]
 
 DEFAULT_ARCH = dict(emb_ch=64, n_bin_convs=1, stage_channels=[64, 32, 24, 16], convs_per_stage=1, latent_dim=32, log1p=True)
 # default config per architecture (--arch); gdt-v2: see napari_gdt.models.gdt2
@@ -101,6 +101,23 @@ class TrainConfig:
     orient_sigmas: list = field(default_factory=lambda: [2.0, 6.0])
     orient_pool: int = 64
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
+
+
+#: the optional H&E / texture loss settings: a resumed run keeps the checkpoint's unless the command
+#: line sets them, and a ``rearch`` stage may change them
+EXTRA_LOSS_KEYS = (
+    "lambda_hem",
+    "hem_pool",
+    "lambda_nuc",
+    "lambda_nuc_var",
+    "nuc_pools",
+    "nuc_thr",
+    "nuc_tau",
+    "nuc_perim",
+    "lambda_orient",
+    "orient_sigmas",
+    "orient_pool",
+)
 
 
 def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.ndarray:
@@ -320,12 +337,7 @@ class Trainer:
         p = Path(path)
         d_state = None
         if p.suffix == ".pt":
-            if not p.exists():
-                raise GDTError(f"{p}: no such checkpoint")
-            try:
-                st = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - torch.load raises many types on a foreign or damaged file: one line names it
-                raise GDTError(f"{p}: not a napari-gdt training checkpoint ({e})") from None
+            st = read_checkpoint(p)
             if not all(k in st for k in ("genes", "arch", "G")):
                 raise GDTError(f"{p}: checkpoint lacks field 'genes', 'arch' or 'G'")
             old_genes, arch, g_state, ema_state = list(st["genes"]), dict(st["arch"]), st["G"], st.get("G_ema", st["G"])

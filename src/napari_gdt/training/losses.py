@@ -225,10 +225,14 @@ def mask_boundary(m: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     ``P^2 / (4 pi A)``: matching both pins down how many nuclei and how large, not only how much
     of the window is nuclear.
     """
-    mp = F.pad(m, (1, 1, 1, 1), mode="replicate")
-    dx = (mp[..., 1:-1, 2:] - mp[..., 1:-1, :-2]) * 0.5
-    dy = (mp[..., 2:, 1:-1] - mp[..., :-2, 1:-1]) * 0.5
+    dx, dy = _gradients(m)
     return torch.sqrt(dx * dx + dy * dy + eps * eps)
+
+
+def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences along x and y of ``(B, C, H, W)``, borders replicated (same size)."""
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return (xp[..., 1:-1, 2:] - xp[..., 1:-1, :-2]) * 0.5, (xp[..., 2:, 1:-1] - xp[..., :-2, 1:-1]) * 0.5
 
 
 def _gauss1d(sigma: float, device, dtype) -> torch.Tensor:
@@ -262,9 +266,7 @@ def structure_tensor_stats(img: torch.Tensor, sigma: float, eps: float = 1e-4) -
         y = (img * w).sum(dim=1, keepdim=True)
     else:
         y = img[:, :1]
-    yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    gx = (yp[..., 1:-1, 2:] - yp[..., 1:-1, :-2]) * 0.5
-    gy = (yp[..., 2:, 1:-1] - yp[..., :-2, 1:-1]) * 0.5
+    gx, gy = _gradients(y)
     j = _smooth(torch.cat([gx * gx, gy * gy, gx * gy], dim=1), sigma)
     jxx, jyy, jxy = j[:, :1], j[:, 1:2], j[:, 2:]
     tr = jxx + jyy

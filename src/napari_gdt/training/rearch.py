@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import GDTError
+from .loop import EXTRA_LOSS_KEYS
 
 #: loss and sampling settings a stage may change (the rest stay the run's)
 CFG_KEYS = (
@@ -35,17 +36,7 @@ CFG_KEYS = (
     "lambda_rec",
     "lambda_adv",
     "rec_pool",
-    "lambda_hem",
-    "hem_pool",
-    "lambda_nuc",
-    "lambda_nuc_var",
-    "nuc_pools",
-    "nuc_thr",
-    "nuc_tau",
-    "nuc_perim",
-    "lambda_orient",
-    "orient_sigmas",
-    "orient_pool",
+    *EXTRA_LOSS_KEYS,
     "r1_gamma",
     "depth_aug",
     "depth_min",

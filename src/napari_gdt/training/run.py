@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 from ..pixels import read_image
-from .loop import DEFAULT_ARCHS, TrainConfig, Trainer
+from .loop import DEFAULT_ARCHS, EXTRA_LOSS_KEYS, TrainConfig, Trainer
 from .sampling import PairedSection
 
 __all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
@@ -319,21 +319,9 @@ def _train_from_args(args, argv=None) -> int:
             if k in pc:
                 setattr(cfg, k, pc[k])
         # options added on a resume (e.g. --lambda-hem 20) stay; left at their defaults, the checkpoint's win
-        for k, default in (
-            ("lambda_hem", 0.0),
-            ("hem_pool", 16),
-            ("keep_every", 0),
-            ("lambda_nuc", 0.0),
-            ("lambda_nuc_var", 0.0),
-            ("nuc_pools", [32, 64]),
-            ("nuc_thr", 0.0),
-            ("nuc_tau", 0.0),
-            ("nuc_perim", 0.0),
-            ("lambda_orient", 0.0),
-            ("orient_sigmas", [2.0, 6.0]),
-            ("orient_pool", 64),
-        ):
-            if k in pc and getattr(cfg, k) == default:
+        defaults = TrainConfig()
+        for k in ("keep_every", *EXTRA_LOSS_KEYS):
+            if k in pc and getattr(cfg, k) == getattr(defaults, k):
                 setattr(cfg, k, pc[k])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
