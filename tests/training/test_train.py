@@ -342,6 +342,73 @@ def test_train_with_nuclear_fraction_loss_resumes_with_its_threshold(pair, tmp_p
     assert cfg2["lambda_orient"] == 3
 
 
+def _dapi_field(n=160, seed=0):
+    """A 'DAPI' field: bright Gaussian nuclei on a dim background that rises left to right."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    img = 0.25 * xx / n
+    for cy, cx in rng.uniform(0, n, (int(n * n / 900), 2)):
+        img = img + 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2))
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def test_dapi_nuclear_mask_is_the_segmenters_test():
+    """One-channel images: the soft mask thresholds the channel the DAPI segmenter thresholds
+    (smoothed, minus its grey-opening background), so a sharp mask counts the same pixels."""
+    from napari_gdt.analysis import morphometrics as mm
+    from napari_gdt.training.losses import dapi_nuclear_channel, nuclear_fraction_loss, soft_nuclear_mask
+
+    img = _dapi_field()
+    um, bg_um = 0.5, 12.0
+    ref = mm._subtract_background(mm.nuclear_channel(img, "dapi", um, 0.5), bg_um / um)
+    x = torch.from_numpy(img)[None, None]
+    ch = dapi_nuclear_channel(x, 0.5 / um, bg_um / um)[0, 0].numpy()
+    inner = (slice(30, -30), slice(30, -30))  # borders differ (replicated vs reflected)
+    assert np.abs(ch - ref)[inner].max() < 1e-3
+    # without the background subtraction the rising background would be counted as nuclear
+    raw = dapi_nuclear_channel(x, 0.5 / um, 0.0)[0, 0].numpy()
+    thr = float(mm._auto_threshold(ref.ravel(), "otsu"))
+    assert (raw > thr)[:, -40:].mean() > (ref > thr)[:, -40:].mean() + 0.1
+    m = soft_nuclear_mask(x, thr, thr / 1000, 0.5 / um, bg_um / um)[0, 0].numpy()
+    assert abs(m[inner].mean() - (ref > thr)[inner].mean()) < 2e-3
+    # the loss is defined, zero on itself and differentiable for one-channel images
+    fake = torch.from_numpy(_dapi_field(seed=1))[None, None].requires_grad_(True)
+    l1, _ = nuclear_fraction_loss(fake, x, thr, thr / 10, pools=(32,), perimeter=1.0, sigma_px=1.0, background_px=24)
+    assert float(l1.detach()) > 0.0
+    l1.backward()
+    assert float(fake.grad.abs().sum()) > 0
+    l0, _ = nuclear_fraction_loss(x, x, thr, thr / 10, pools=(32,), perimeter=1.0, sigma_px=1.0, background_px=24)
+    assert float(l0) == 0.0
+
+
+def test_train_dapi_with_nuclear_fraction_loss(pair, tmp_path):
+    """A one-channel (DAPI) run with --lambda-nuc: the threshold is the segmenter's Otsu of the DAPI channel."""
+    from skimage.io import imsave
+
+    from napari_gdt.analysis import morphometrics as mm
+    from napari_gdt.models.bundle import load_bundle
+    from napari_gdt.training.rearch import main as rearch_main
+
+    d = tmp_path / "dapi"
+    d.mkdir()
+    img = _dapi_field(192, seed=2)
+    imsave(d / "img.png", (img * 255).astype(np.uint8), check_contrast=False)
+    (d / "c.ome.zarr").symlink_to(pair / "c.ome.zarr")
+    out = tmp_path / "d.safetensors"
+    assert _train(d, out, "--steps", "2", "--ckpt-every", "2", "--no-eval") == 0
+    ck, ck2 = tmp_path / "d.ckpt" / "last.pt", tmp_path / "d2.ckpt" / "last.pt"
+    cfg_json = '{"lambda_nuc": 5, "nuc_pools": [8], "nuc_perim": 1.0, "nuc_sigma_px": 1.0, "nuc_bg_px": 6}'
+    assert rearch_main([str(ck), str(ck2), "--cfg", cfg_json]) == 0
+    assert _train(d, tmp_path / "d2.safetensors", "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(ck2)) == 0
+    cfg = json.loads(torch.load(ck2, weights_only=True)["cfg"])
+    assert load_bundle(tmp_path / "d2.safetensors").out_channels == 1
+    a = (img * 255).astype(np.uint8).astype(np.float32) / 255  # the model grid is the image's (bins of 8 px)
+    ref = mm._subtract_background(mm.nuclear_channel(a, "dapi", 1.0, 1.0), 6.0)
+    assert cfg["nuc_thr"] == pytest.approx(max(float(mm._auto_threshold(ref.ravel(), "otsu")), 0.05), rel=0.1)
+    lines = [json.loads(x) for x in (tmp_path / "d2.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("nuc", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
+
+
 def test_orientation_statistics_tell_fibres_from_speckle_in_any_direction():
     from napari_gdt.training.losses import orientation_loss, structure_tensor_stats
 

@@ -30,6 +30,7 @@ from .losses import (
     MultiScaleDiscriminator,
     PatchDiscriminator,
     d_hinge_loss,
+    dapi_nuclear_channel,
     g_hinge_loss,
     haematoxylin_loss,
     nuclear_fraction_loss,
@@ -96,6 +97,8 @@ class TrainConfig:
     nuc_thr: float = 0.0  # haematoxylin threshold of the soft mask (0: the segmenter's, measured on the training images)
     nuc_tau: float = 0.0  # softness of the mask (0: a tenth of the threshold)
     nuc_perim: float = 0.0  # weight of the pooled boundary density (nuclear count and size, not only area)
+    nuc_sigma_px: float = 0.0  # DAPI: Gaussian smoothing of the channel, output px (the segmenter's sigma_um / um_per_px)
+    nuc_bg_px: float = 0.0  # DAPI: background radius, output px (the segmenter's 12 um / um_per_px); 0: none
     # texture: L1 of pooled structure-tensor coherence and edge energy (fibres, in any direction)
     lambda_orient: float = 0.0
     orient_sigmas: list = field(default_factory=lambda: [2.0, 6.0])
@@ -114,6 +117,8 @@ EXTRA_LOSS_KEYS = (
     "nuc_thr",
     "nuc_tau",
     "nuc_perim",
+    "nuc_sigma_px",
+    "nuc_bg_px",
     "lambda_orient",
     "orient_sigmas",
     "orient_pool",
@@ -139,19 +144,31 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     return np.where(q > 0, q, 1.0).astype(np.float32)
 
 
-def nuclear_threshold(sections, max_px: float = 4e6) -> float:
-    """The nuclear segmenter's haematoxylin threshold (Otsu over tissue), averaged over training images."""
+def nuclear_threshold(sections, max_px: float = 4e6, sigma_px: float = 0.0, background_px: float = 0.0) -> float:
+    """The nuclear segmenter's threshold, averaged over the training images: Otsu of the haematoxylin
+    density over tissue (H&E), or of the DAPI channel of :func:`~napari_gdt.training.losses.dapi_nuclear_channel`
+    over every pixel, with the segmenter's floor (one-channel images)."""
     from ..analysis import morphometrics as mm
 
     thr = []
     for s in sections:
         img = s.image
-        stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
-        a = img[::stride, ::stride]
-        ch = mm.haematoxylin(a)
-        sel = a.mean(axis=-1) < mm.DEFAULTS["background_grey"]  # tissue, as the segmenter's mask (without its hole filling)
-        v = ch[sel] if sel.any() else ch.ravel()
-        t = mm._auto_threshold(v, "otsu")
+        if img.ndim == 3 and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim == 2:  # DAPI: at full resolution (the background radius is in pixels)
+            ch = dapi_nuclear_channel(
+                torch.from_numpy(np.ascontiguousarray(img, np.float32))[None, None], sigma_px, background_px
+            )
+            ch = ch[0, 0].numpy()
+            stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
+            t = max(mm._auto_threshold(ch[::stride, ::stride].ravel(), "otsu"), 0.05)
+        else:
+            stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
+            a = img[::stride, ::stride]
+            ch = mm.haematoxylin(a)
+            sel = a.mean(axis=-1) < mm.DEFAULTS["background_grey"]  # tissue, as the segmenter's mask (without its hole filling)
+            v = ch[sel] if sel.any() else ch.ravel()
+            t = mm._auto_threshold(v, "otsu")
         if np.isfinite(t):
             thr.append(t)
     if not thr:
@@ -240,8 +257,8 @@ class Trainer:
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
-        if cfg.lambda_nuc > 0 and out_ch == 3 and cfg.nuc_thr <= 0:
-            cfg.nuc_thr = nuclear_threshold(sections)
+        if cfg.lambda_nuc > 0 and cfg.nuc_thr <= 0:
+            cfg.nuc_thr = nuclear_threshold(sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px)
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
         self.geo = self.G.geometry
@@ -475,9 +492,17 @@ class Trainer:
             hem = haematoxylin_loss(fake, real, cfg.hem_pool)
             g_loss = g_loss + cfg.lambda_hem * hem
         nuc = nvar = torch.zeros(())
-        if cfg.lambda_nuc > 0 and fake.shape[1] == 3:
+        if cfg.lambda_nuc > 0:
             nuc, nvar = nuclear_fraction_loss(
-                fake, real, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.lambda_nuc_var, cfg.nuc_perim
+                fake,
+                real,
+                cfg.nuc_thr,
+                cfg.nuc_tau,
+                cfg.nuc_pools,
+                cfg.lambda_nuc_var,
+                cfg.nuc_perim,
+                cfg.nuc_sigma_px,
+                cfg.nuc_bg_px,
             )
             g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
         orient = torch.zeros(())

@@ -169,14 +169,50 @@ def haematoxylin_loss(fake: torch.Tensor, real: torch.Tensor, pool: int = 16) ->
     return F.l1_loss(F.avg_pool2d(haematoxylin_od(fake), pool), F.avg_pool2d(haematoxylin_od(real), pool))
 
 
-def soft_nuclear_mask(img: torch.Tensor, threshold: float, tau: float) -> torch.Tensor:
-    """Soft nuclear mask ``(B, 1, H, W)`` of RGB H&E images: ``sigmoid((haematoxylin - threshold) / tau)``.
+def dapi_nuclear_channel(img: torch.Tensor, sigma_px: float = 0.0, background_px: float = 0.0) -> torch.Tensor:
+    """The DAPI nuclear channel ``(B, 1, H, W)`` as the segmenter of
+    :mod:`napari_gdt.analysis.morphometrics` computes it: the intensity, Gaussian-smoothed
+    (``sigma_px``), minus its smooth background (a grey opening of side ``2r + 1``,
+    ``r = background_px``, then a box of the same side), clipped at 0. Separable min/max pools,
+    replicated borders; differentiable almost everywhere."""
+    x = img[:, :1]
+    if sigma_px > 0.3:
+        x = _smooth(x, float(sigma_px))
+    if background_px > 0:
+        size = 2 * max(1, round(float(background_px))) + 1
+        size = min(size, max(3, (min(x.shape[-2:]) // 2) * 2 - 1))
+        bg = _box(_sep_max(-_sep_max(-x, size), size), size)
+        x = (x - bg).clamp_min(0.0)
+    return x
 
-    The segmenter of :mod:`napari_gdt.analysis.morphometrics` calls a pixel nuclear where its
-    haematoxylin density is above a threshold (Otsu over the tissue); this is the same test made
-    differentiable, so its pooled mean is the local nuclear area fraction that ``evaluate`` measures.
+
+def _sep_max(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Maximum over a ``size`` x ``size`` square (separable, replicated borders, same size)."""
+    r = size // 2
+    x = F.max_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
+    return F.max_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
+
+
+def _box(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over a ``size`` x ``size`` square (separable, replicated borders, same size)."""
+    r = size // 2
+    x = F.avg_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
+    return F.avg_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
+
+
+def soft_nuclear_mask(
+    img: torch.Tensor, threshold: float, tau: float, sigma_px: float = 0.0, background_px: float = 0.0
+) -> torch.Tensor:
+    """Soft nuclear mask ``(B, 1, H, W)``: ``sigmoid((channel - threshold) / tau)``.
+
+    The channel is the one the segmenter of :mod:`napari_gdt.analysis.morphometrics` thresholds:
+    the haematoxylin density of RGB H&E images (``sigma_px`` and ``background_px`` unused), or for
+    one-channel (DAPI) images :func:`dapi_nuclear_channel`. The segmenter calls a pixel nuclear
+    where that channel is above a threshold (Otsu); this is the same test made differentiable, so
+    its pooled mean is the local nuclear area fraction that ``evaluate`` measures.
     """
-    return torch.sigmoid((haematoxylin_od(img) - float(threshold)) / float(tau))
+    ch = haematoxylin_od(img) if img.shape[1] == 3 else dapi_nuclear_channel(img, sigma_px, background_px)
+    return torch.sigmoid((ch - float(threshold)) / float(tau))
 
 
 def nuclear_fraction_loss(
@@ -187,6 +223,8 @@ def nuclear_fraction_loss(
     pools=(32, 64),
     lambda_var: float = 0.0,
     perimeter: float = 0.0,
+    sigma_px: float = 0.0,
+    background_px: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local nuclear area fraction, matched where it is and in how much it varies.
 
@@ -198,9 +236,11 @@ def nuclear_fraction_loss(
     asks for the real contrast). Pools larger than the patch are skipped. ``perimeter`` > 0 adds,
     with that weight, the L1 between pooled boundary densities (:func:`mask_boundary`): the area
     fraction alone can be met with fewer, larger nuclei; with the boundary it cannot.
+    ``sigma_px`` / ``background_px``: the DAPI channel's smoothing and background radius
+    (:func:`soft_nuclear_mask`).
     """
-    mf = soft_nuclear_mask(fake, threshold, tau)
-    mr = soft_nuclear_mask(real, threshold, tau)
+    mf = soft_nuclear_mask(fake, threshold, tau, sigma_px, background_px)
+    mr = soft_nuclear_mask(real, threshold, tau, sigma_px, background_px)
     if perimeter > 0:
         bf, br = mask_boundary(mf), mask_boundary(mr)
     l1 = fake.new_zeros(())
