@@ -409,6 +409,43 @@ def test_train_dapi_with_nuclear_fraction_loss(pair, tmp_path):
     assert any(x.get("nuc", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
 
 
+def test_intensity_distribution_loss_sees_brightness_not_placement():
+    from napari_gdt.training.losses import intensity_distribution_loss
+
+    img = torch.from_numpy(_dapi_field(96))[None, None]
+    # the same pixels in other places: the same histogram, no loss at the pixel pool
+    perm = img.flatten(2)[..., torch.randperm(96 * 96, generator=torch.Generator().manual_seed(0))].view_as(img)
+    assert float(intensity_distribution_loss(perm, img, pools=(1,))) == 0.0
+    # ... but the 8-px means differ (a clump is not a scatter)
+    assert float(intensity_distribution_loss(perm, img, pools=(8,))) > 0.01
+    # nuclei 30 % brighter: W1 = the mean shift of the sorted values
+    bright = img * 1.3
+    w = float(intensity_distribution_loss(bright, img, pools=(1,)))
+    assert w == pytest.approx(float((0.3 * img).mean()), rel=1e-5)
+    x = bright.clone().requires_grad_(True)
+    intensity_distribution_loss(x, img).backward()
+    assert float(x.grad.abs().sum()) > 0
+    # per window and per channel: two RGB windows swapped in the batch are two wrong histograms
+    rgb = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rgb[1] *= 0.5
+    assert float(intensity_distribution_loss(rgb.flip(0), rgb, pools=(1,))) > 0.1
+
+
+def test_train_with_intensity_distribution_loss(pair, tmp_path):
+    out = tmp_path / "w.safetensors"
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-dist", "4") == 0
+    cfg = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg["lambda_dist"] == 4 and cfg["dist_pools"] == [1, 8]
+    lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("dist", 0) > 0 for x in lines if "step" in x)
+    # resumed without the option: the checkpoint's weight stays
+    assert (
+        _train(pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt")) == 0
+    )
+    cfg2 = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg2["lambda_dist"] == 4
+
+
 def test_orientation_statistics_tell_fibres_from_speckle_in_any_direction():
     from napari_gdt.training.losses import orientation_loss, structure_tensor_stats
 

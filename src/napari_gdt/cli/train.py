@@ -121,6 +121,12 @@ def register(sub):
         default=0.0,
         help="weight of an L1 on pooled structure-tensor coherence and edge energy (fibres, any direction; 0 = off)",
     )
+    p.add_argument(
+        "--lambda-dist",
+        type=float,
+        default=0.0,
+        help="weight of the W1 between each window's generated and real intensity distributions (pixels and 8-px means; 0 = off)",
+    )
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

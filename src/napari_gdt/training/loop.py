@@ -33,6 +33,7 @@ from .losses import (
     dapi_nuclear_channel,
     g_hinge_loss,
     haematoxylin_loss,
+    intensity_distribution_loss,
     nuclear_fraction_loss,
     orientation_loss,
     r1_penalty,
@@ -103,6 +104,9 @@ class TrainConfig:
     lambda_orient: float = 0.0
     orient_sigmas: list = field(default_factory=lambda: [2.0, 6.0])
     orient_pool: int = 64
+    # intensity distribution: W1 between each window's sorted intensities, generated vs real, per pool
+    lambda_dist: float = 0.0
+    dist_pools: list = field(default_factory=lambda: [1, 8])
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -122,6 +126,8 @@ EXTRA_LOSS_KEYS = (
     "lambda_orient",
     "orient_sigmas",
     "orient_pool",
+    "lambda_dist",
+    "dist_pools",
 )
 
 
@@ -509,6 +515,10 @@ class Trainer:
         if cfg.lambda_orient > 0:
             orient = orientation_loss(fake, real, cfg.orient_sigmas, cfg.orient_pool)
             g_loss = g_loss + cfg.lambda_orient * orient
+        dist = torch.zeros(())
+        if cfg.lambda_dist > 0:
+            dist = intensity_distribution_loss(fake, real, cfg.dist_pools)
+            g_loss = g_loss + cfg.lambda_dist * dist
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if self._new_cols is not None:  # fine-tune of the new genes only: every other generator weight stays
@@ -531,6 +541,8 @@ class Trainer:
             out.update(nuc=float(nuc.detach()), nuc_var=float(nvar.detach()))
         if cfg.lambda_orient > 0:
             out["orient"] = float(orient.detach())
+        if cfg.lambda_dist > 0:
+            out["dist"] = float(dist.detach())
         return out
 
     @torch.no_grad()
