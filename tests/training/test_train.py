@@ -409,6 +409,22 @@ def test_train_dapi_with_nuclear_fraction_loss(pair, tmp_path):
     assert any(x.get("nuc", 0) > 0 for x in lines if "step" in x and x["step"] > 2)
 
 
+def test_nuclear_threshold_names_a_section_with_other_channels():
+    from types import SimpleNamespace
+
+    from napari_gdt.errors import GDTError
+    from napari_gdt.training.loop import nuclear_threshold
+
+    two = SimpleNamespace(name="C9", image=np.zeros((16, 16, 2), np.float32))
+    with pytest.raises(GDTError, match="section 'C9' has 2 channels"):
+        nuclear_threshold([two])
+    # one channel, as (H, W, 1): the DAPI path; an empty field has nothing to set it from
+    with pytest.raises(GDTError, match="no training image has tissue"):
+        nuclear_threshold([SimpleNamespace(name="d", image=np.zeros((16, 16, 1), np.float32))])
+    dim = SimpleNamespace(name="d", image=0.1 * _dapi_field(96)[..., None])  # faint nuclei: the segmenter's floor
+    assert nuclear_threshold([dim], sigma_px=1.0, background_px=12) == 0.05
+
+
 def test_intensity_distribution_loss_sees_brightness_not_placement():
     from napari_gdt.training.losses import intensity_distribution_loss
 

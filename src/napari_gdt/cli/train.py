@@ -107,13 +107,13 @@ def register(sub):
         "--lambda-nuc",
         type=float,
         default=0.0,
-        help="H&E: weight of an L1 on the local nuclear area fraction (soft nuclear mask pooled at 32, 64 px; 0 = off)",
+        help="weight of an L1 on the local nuclear area fraction (H&E or DAPI; soft nuclear mask pooled at 32, 64 px; 0 = off)",
     )
     p.add_argument(
         "--lambda-nuc-var",
         type=float,
         default=0.0,
-        help="H&E: weight of matching the spread of that local fraction over the batch (density contrast; default 0)",
+        help="weight of matching the spread of that local fraction over the batch (density contrast; default 0)",
     )
     p.add_argument(
         "--lambda-orient",

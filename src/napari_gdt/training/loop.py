@@ -161,15 +161,16 @@ def nuclear_threshold(sections, max_px: float = 4e6, sigma_px: float = 0.0, back
         img = s.image
         if img.ndim == 3 and img.shape[-1] == 1:
             img = img[..., 0]
-        if img.ndim == 2:  # DAPI: at full resolution (the background radius is in pixels)
-            ch = dapi_nuclear_channel(
-                torch.from_numpy(np.ascontiguousarray(img, np.float32))[None, None], sigma_px, background_px
+        if img.ndim == 3 and img.shape[-1] != 3:
+            raise GDTError(
+                f"--lambda-nuc: section {s.name!r} has {img.shape[-1]} channels (nuclear mask: RGB H&E or 1 DAPI channel)"
             )
-            ch = ch[0, 0].numpy()
-            stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
+        stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
+        if img.ndim == 2:  # DAPI: the channel at full resolution (the background radius is in pixels), then subsampled
+            x = torch.from_numpy(np.ascontiguousarray(img, np.float32))[None, None]
+            ch = dapi_nuclear_channel(x, sigma_px, background_px)[0, 0].numpy()
             t = max(mm._auto_threshold(ch[::stride, ::stride].ravel(), "otsu"), 0.05)
         else:
-            stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
             a = img[::stride, ::stride]
             ch = mm.haematoxylin(a)
             sel = a.mean(axis=-1) < mm.DEFAULTS["background_grey"]  # tissue, as the segmenter's mask (without its hole filling)
