@@ -181,23 +181,16 @@ def dapi_nuclear_channel(img: torch.Tensor, sigma_px: float = 0.0, background_px
     if background_px > 0:
         size = 2 * max(1, round(float(background_px))) + 1
         size = min(size, max(3, (min(x.shape[-2:]) // 2) * 2 - 1))
-        bg = _box(_sep_max(-_sep_max(-x, size), size), size)
+        bg = _square(_square(-_square(-x, size), size), size, F.avg_pool2d)  # opening, then a box
         x = (x - bg).clamp_min(0.0)
     return x
 
 
-def _sep_max(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Maximum over a ``size`` x ``size`` square (separable, replicated borders, same size)."""
+def _square(x: torch.Tensor, size: int, pool=F.max_pool2d) -> torch.Tensor:
+    """``pool`` (max or mean) over a ``size`` x ``size`` square: separable, replicated borders, same size."""
     r = size // 2
-    x = F.max_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
-    return F.max_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
-
-
-def _box(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over a ``size`` x ``size`` square (separable, replicated borders, same size)."""
-    r = size // 2
-    x = F.avg_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
-    return F.avg_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
+    x = pool(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, size), stride=1)
+    return pool(F.pad(x, (0, 0, r, r), mode="replicate"), (size, 1), stride=1)
 
 
 def soft_nuclear_mask(
