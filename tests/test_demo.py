@@ -40,8 +40,19 @@ def _he_tissue_blocks(img: np.ndarray, block: int = 32, texture: float = 10.0) -
     return float((stained & (bl(hf) > texture)).mean())
 
 
+def _texture_rows(img: np.ndarray, block: int = 32) -> list[int]:
+    """Median fine texture of each row of ``block``-px squares (a diagnostic for failure messages)."""
+    from scipy import ndimage as ndi
+
+    g = img[..., :3].astype(float).mean(-1)
+    hf = np.abs(g - ndi.gaussian_filter(g, 1.5))
+    H = g.shape[0] // block * block
+    return [round(float(np.median(hf[y : y + block]))) for y in range(0, H, block)]
+
+
 SHOT = re.compile(
     r"wrote (\S+) \((\d+)x(\d+) px, ([0-9.e-]+) µm per screen px\): (\d+)% of the frame is generated tissue; (\d+) of (\d+) tiles"
+    r".*; pyramid level (\d+) shown \(finest useful (\d+)\)"
 )
 
 
@@ -72,11 +83,12 @@ def test_demo_screenshots_show_generated_tissue(dataset, model, data_dir, tmp_pa
         assert img.shape == (720, 960, 3)  # the asked size, whatever the docks take on screen
         assert int(m.group(5)) >= 70, m.group(0)  # generated tissue, computed tiles (not the preview)
         assert m.group(6) == m.group(7), m.group(0)  # every tile in view generated
+        assert m.group(8) == m.group(9), m.group(0)  # the level the zoom asks for, not a coarser one
         g = img.astype(float).mean(-1)
         assert (g == 0).mean() < 0.05  # hardly any pixel outside the canvas (napari's black)
         if dataset == "her2st":  # stained tissue; the overview also with fine texture in every block (no preview)
             frac = _he_tissue_blocks(img, texture=10.0 if path == str(a) else 0.0)
-            assert frac >= 0.7, (path, frac)
+            assert frac >= 0.7, (m.group(0), frac, _texture_rows(img))
     # the detail shot has texture at the scale of nuclei, well above what the per-bin preview would give
     upp = float(shots[str(b)].group(4))
     g = imread(b)[..., :3].astype(float).mean(-1)

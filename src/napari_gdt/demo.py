@@ -307,11 +307,56 @@ def _tissue_fraction(w, frame, gen) -> float:
     return float((inside & real & m[by, bx]).mean())
 
 
+def _finest_useful_level(zoom: float, n_levels: int) -> int:
+    """The coarsest pyramid level that still has at least one pixel per screen pixel at ``zoom``
+    (screen px per level-0 px): the level napari should show."""
+    import math
+
+    k = math.floor(math.log2(1.0 / zoom) + 1e-6) if zoom > 0 else 0
+    return int(min(max(k, 0), n_levels - 1))
+
+
+def _stable_shot(viewer, gen, um_per_px, deadline, tries: int = 8):
+    """Screenshot once what is on screen has settled: the generated layer shows the pyramid level
+    its zoom asks for (not a coarser one left from an earlier draw) and two shots in a row agree.
+
+    A loaded machine can paint the frame before the layer has been re-sliced at the new zoom, or
+    with the last tiles; each try re-slices the layers, repaints and settles. Returns
+    ``(image, info, shown level, wanted level)`` (the last shot if it never settled by ``deadline``).
+    """
+    import time
+
+    from .export.screenshot import screenshot_view
+
+    cam = _camera(viewer)
+    native = viewer.window._qt_viewer.canvas.native
+    from .session import GENERATED
+
+    layer = gen.binding.layer(GENERATED) if gen.binding is not None else None
+    pyr = gen.pyramid
+    want = _finest_useful_level(float(cam.zoom), pyr.n_levels if pyr is not None else 1)
+    prev = None
+    img = info = None
+    level = -1
+    for i in range(tries):
+        gen.wait(0.05)  # re-slice the layers with the last tiles
+        native.update()  # a paint: napari picks the level and corners for this zoom on draw
+        _settle(0.3 if i == 0 else 0.5)
+        level = int(getattr(layer, "data_level", want)) if layer is not None else want
+        img, info = screenshot_view(viewer, None, um_per_px=um_per_px)
+        if level <= want and prev is not None and np.array_equal(img, prev):
+            break
+        prev = img
+        if time.monotonic() > deadline:
+            break
+    return img, info, level, want
+
+
 def _shoot(viewer, w, path, box, size, timeout, um_per_px) -> str:
     """Show ``box`` in the ``size`` (h, w) canvas, wait for its tiles, save the screenshot; return a report line."""
     import time
 
-    from .export.screenshot import screenshot_view
+    from .export.screenshot import save_image
 
     h, wd = size
     cam = _camera(viewer)
@@ -328,14 +373,14 @@ def _shoot(viewer, w, path, box, size, timeout, um_per_px) -> str:
     while missing and time.monotonic() - t0 < timeout:
         gen.wait(0.5)
         missing, total = _view_complete(gen, frame)
-    gen.wait(0.05)  # refresh the layer with the last tiles
-    _settle(0.5)
-    img, info = screenshot_view(viewer, path, um_per_px=um_per_px)
+    img, info, level, want = _stable_shot(viewer, gen, um_per_px, t0 + timeout)
+    save_image(path, img)
     took = time.monotonic() - t0
     tissue = _tissue_fraction(w, frame, gen)
     line = (
         f"wrote {path} ({img.shape[1]}x{img.shape[0]} px, {info.um_per_screen_px:.2g} µm per screen px): "
         f"{tissue:.0%} of the frame is generated tissue; {total - missing} of {total} tiles in view generated in {took:.0f} s"
+        f"; pyramid level {level} shown (finest useful {want})"
     )
     if missing:
         import sys
