@@ -462,6 +462,52 @@ def test_train_with_intensity_distribution_loss(pair, tmp_path):
     assert cfg2["lambda_dist"] == 4
 
 
+def test_seed_consistency_loss_compares_cellularity_not_shapes():
+    from napari_gdt.training.losses import seed_consistency_loss
+
+    def field(seed, keep=lambda y, x: True):
+        """One DAPI nucleus per 16-px cell, jittered by ``seed``: as cellular everywhere, other places."""
+        rng = np.random.default_rng(seed)
+        yy, xx = np.mgrid[0:128, 0:128].astype(np.float32)
+        img = np.zeros((128, 128), np.float32)
+        for y in range(8, 128, 16):
+            for x in range(8, 128, 16):
+                cy, cx = y + rng.uniform(-4, 4), x + rng.uniform(-4, 4)
+                if keep(y, x):
+                    img += 0.8 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2))
+        return torch.from_numpy(np.clip(img, 0, 1))[None, None]
+
+    args = (0.3, 0.03, (64,), 1.0, 12.0)  # DAPI: threshold, softness, pools, smoothing, background
+    img = field(0)
+    same = float(seed_consistency_loss(field(1), img, *args))  # another seed: other places, same cellularity
+    sparse = field(1, keep=lambda y, x: x < 64 or (x + y) % 32 == 0)  # half the nuclei of the right half gone
+    diff = float(seed_consistency_loss(sparse, img, *args))
+    assert diff > 0.02 and same < 0.2 * diff, (same, diff)
+    # pools larger than the patch are skipped
+    assert float(seed_consistency_loss(sparse, img, 0.3, 0.03, (256,), 1.0, 12.0)) == 0.0
+    # both renders get the gradient
+    a, b = sparse.clone().requires_grad_(True), img.clone().requires_grad_(True)
+    seed_consistency_loss(a, b, *args).backward()
+    assert float(a.grad.abs().sum()) > 0 and float(b.grad.abs().sum()) > 0
+
+
+def test_train_with_seed_consistency_loss(pair, tmp_path):
+    out = tmp_path / "w.safetensors"
+    args = ("--steps", "2", "--ckpt-every", "2", "--no-eval", "--patch-bins", "12", "--lambda-seed", "5")
+    assert _train(pair, out, *args) == 0
+    cfg = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg["lambda_seed"] == 5 and cfg["seed_pools"] == [64, 128]
+    assert cfg["nuc_thr"] > 0  # the nuclear mask's threshold, measured on the training images
+    lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
+    vals = [x["seed"] for x in lines if "step" in x and "seed" in x]
+    assert vals and all(np.isfinite(v) for v in vals) and any(v > 0 for v in vals)
+    # resumed without the option: the checkpoint's weight stays
+    res = ("--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt"))
+    assert _train(pair, out, *res) == 0
+    cfg2 = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg2["lambda_seed"] == 5
+
+
 def test_orientation_statistics_tell_fibres_from_speckle_in_any_direction():
     from napari_gdt.training.losses import orientation_loss, structure_tensor_stats
 

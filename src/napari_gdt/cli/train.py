@@ -127,6 +127,13 @@ def register(sub):
         default=0.0,
         help="weight of the W1 between each window's generated and real intensity distributions (pixels and 8-px means; 0 = off)",
     )
+    p.add_argument(
+        "--lambda-seed",
+        type=float,
+        default=0.0,
+        help="weight of the L1 between two seeds' local nuclear area fractions (64 and 128 px): cellularity "
+        "follows the expression, not the seed (H&E or DAPI; 0 = off; costs a second generator pass)",
+    )
     p.add_argument("--rec-pool", type=int, default=8, help="pooling (output px) of the reconstruction loss (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

@@ -38,6 +38,7 @@ from .losses import (
     orientation_loss,
     r1_penalty,
     reconstruction_loss,
+    seed_consistency_loss,
     thin_counts,
 )
 from .sampling import PairedSection, PatchSampler
@@ -107,6 +108,9 @@ class TrainConfig:
     # intensity distribution: W1 between each window's sorted intensities, generated vs real, per pool
     lambda_dist: float = 0.0
     dist_pools: list = field(default_factory=lambda: [1, 8])
+    # seed consistency: L1 between two seeds' pooled nuclear fractions (cellularity follows expression)
+    lambda_seed: float = 0.0
+    seed_pools: list = field(default_factory=lambda: [64, 128])
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -128,6 +132,8 @@ EXTRA_LOSS_KEYS = (
     "orient_pool",
     "lambda_dist",
     "dist_pools",
+    "lambda_seed",
+    "seed_pools",
 )
 
 
@@ -264,7 +270,7 @@ class Trainer:
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
-        if cfg.lambda_nuc > 0 and cfg.nuc_thr <= 0:
+        if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0) and cfg.nuc_thr <= 0:
             cfg.nuc_thr = nuclear_threshold(sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px)
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
@@ -520,6 +526,12 @@ class Trainer:
         if cfg.lambda_dist > 0:
             dist = intensity_distribution_loss(fake, real, cfg.dist_pools)
             g_loss = g_loss + cfg.lambda_dist * dist
+        cons = torch.zeros(())
+        if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
+            seed_b = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            fake_b = G(counts, origins, self._styles(G, counts.shape[0]), seed_b)
+            cons = seed_consistency_loss(fake, fake_b, cfg.nuc_thr, cfg.nuc_tau, cfg.seed_pools, cfg.nuc_sigma_px, cfg.nuc_bg_px)
+            g_loss = g_loss + cfg.lambda_seed * cons
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         if self._new_cols is not None:  # fine-tune of the new genes only: every other generator weight stays
@@ -544,6 +556,8 @@ class Trainer:
             out["orient"] = float(orient.detach())
         if cfg.lambda_dist > 0:
             out["dist"] = float(dist.detach())
+        if cfg.lambda_seed > 0:
+            out["seed"] = float(cons.detach())
         return out
 
     @torch.no_grad()

@@ -280,6 +280,7 @@ def _train_from_args(args, argv=None) -> int:
         lambda_nuc_var=float(getattr(args, "lambda_nuc_var", 0.0) or 0.0),
         lambda_orient=float(getattr(args, "lambda_orient", 0.0) or 0.0),
         lambda_dist=float(getattr(args, "lambda_dist", 0.0) or 0.0),
+        lambda_seed=float(getattr(args, "lambda_seed", 0.0) or 0.0),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
         beta1=float(getattr(args, "beta1", 0.0)),
