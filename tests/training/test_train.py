@@ -477,17 +477,18 @@ def test_seed_consistency_loss_compares_cellularity_not_shapes():
                     img += 0.8 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2))
         return torch.from_numpy(np.clip(img, 0, 1))[None, None]
 
-    args = (0.3, 0.03, (64,), 1.0, 12.0)  # DAPI: threshold, softness, pools, smoothing, background
+    args = (0.3, 0.03, (64,))  # threshold, softness, pools
+    kw = dict(sigma_px=1.0, background_px=12.0)  # DAPI: smoothing, background
     img = field(0)
-    same = float(seed_consistency_loss(field(1), img, *args))  # another seed: other places, same cellularity
+    same = float(seed_consistency_loss(field(1), img, *args, **kw))  # another seed: other places, same cellularity
     sparse = field(1, keep=lambda y, x: x < 64 or (x + y) % 32 == 0)  # half the nuclei of the right half gone
-    diff = float(seed_consistency_loss(sparse, img, *args))
+    diff = float(seed_consistency_loss(sparse, img, *args, **kw))
     assert diff > 0.02 and same < 0.2 * diff, (same, diff)
     # pools larger than the patch are skipped
-    assert float(seed_consistency_loss(sparse, img, 0.3, 0.03, (256,), 1.0, 12.0)) == 0.0
+    assert float(seed_consistency_loss(sparse, img, 0.3, 0.03, (256,), **kw)) == 0.0
     # both renders get the gradient
     a, b = sparse.clone().requires_grad_(True), img.clone().requires_grad_(True)
-    seed_consistency_loss(a, b, *args).backward()
+    seed_consistency_loss(a, b, *args, **kw).backward()
     assert float(a.grad.abs().sum()) > 0 and float(b.grad.abs().sum()) > 0
 
 

@@ -530,7 +530,9 @@ class Trainer:
         if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
             seed_b = int(torch.randint(0, 2**31 - 1, (1,)).item())
             fake_b = G(counts, origins, self._styles(G, counts.shape[0]), seed_b)
-            cons = seed_consistency_loss(fake, fake_b, cfg.nuc_thr, cfg.nuc_tau, cfg.seed_pools, cfg.nuc_sigma_px, cfg.nuc_bg_px)
+            cons = seed_consistency_loss(
+                fake, fake_b, cfg.nuc_thr, cfg.nuc_tau, cfg.seed_pools, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px
+            )
             g_loss = g_loss + cfg.lambda_seed * cons
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

@@ -251,31 +251,19 @@ def nuclear_fraction_loss(
 
 
 def seed_consistency_loss(
-    fake_a: torch.Tensor,
-    fake_b: torch.Tensor,
-    threshold: float,
-    tau: float,
-    pools=(64, 128),
-    sigma_px: float = 0.0,
-    background_px: float = 0.0,
+    fake_a: torch.Tensor, fake_b: torch.Tensor, threshold: float, tau: float, pools=(64, 128), **mask
 ) -> torch.Tensor:
     """L1 between the pooled local nuclear area fractions of two renders of the same expression
-    with different noise and latents (two seeds).
+    with different noise and latents (two seeds); ``mask``: ``sigma_px``, ``background_px`` (DAPI).
 
     A render is a sample: how much of a spot is nuclear should follow the expression, not the
     seed, while the shapes inside may differ. Seeds that disagree at spot scale cap how well any
     one render can follow the real tissue (the agreement between two seeds bounds it), so this
-    asks the latent noise to vary texture, not cellularity. Pools (output px) larger than the
-    patch are skipped; both renders get the gradient.
+    asks the latent noise to vary texture, not cellularity. It is :func:`nuclear_fraction_loss`'s
+    L1 with the second render in place of the real image: pools larger than the patch are skipped,
+    and both renders get the gradient.
     """
-    ma = soft_nuclear_mask(fake_a, threshold, tau, sigma_px, background_px)
-    mb = soft_nuclear_mask(fake_b, threshold, tau, sigma_px, background_px)
-    out = fake_a.new_zeros(())
-    for p in pools:
-        if p > min(ma.shape[-2:]):
-            continue
-        out = out + F.l1_loss(F.avg_pool2d(ma, p), F.avg_pool2d(mb, p))
-    return out
+    return nuclear_fraction_loss(fake_a, fake_b, threshold, tau, pools, **mask)[0]
 
 
 def mask_boundary(m: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
