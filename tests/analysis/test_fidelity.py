@@ -64,6 +64,29 @@ def test_streaks_raise_streak_excess():
     assert s1["vertical"] == pytest.approx(s0["vertical"], rel=0.05)  # (this scan has faint vertical streaks of its own)
 
 
+def test_a_diagonal_weave_raises_periodicity_excess_and_plain_tissue_does_not():
+    """A weave at about 60 px (±45°, as a generator can paint at its structure-latent stride)
+    is a sharp spectral peak; the same tissue turned by 90° is not; a period below the band is ignored."""
+    real = _real_crop()
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
+
+    def ex(img):
+        return fidelity.periodicity_excess(img, None, patch_px=256)
+
+    base = ex(real)
+    assert base["n_patches"] == 4 and 24 <= base["period_px"] <= 256
+    turned = ex(np.ascontiguousarray(np.rot90(real)))["excess"]
+    assert 0.67 < turned / base["excess"] < 1.5
+    weave = real * (1 - 0.06 * (np.cos(2 * np.pi * (xx + yy) / 85.0) + np.cos(2 * np.pi * (xx - yy) / 85.0)))[..., None]
+    w = ex(weave)
+    assert w["excess"] > 1.5 * base["excess"], (w, base)
+    assert 50 <= w["period_px"] <= 70  # 85 px along an axis is 60 px across the stripes
+    fine = real * (1 - 0.03 * np.cos(2 * np.pi * xx / 8.0))[..., None]  # 8 px: the lattice metric's job, not this one
+    assert ex(fine)["excess"] < 1.2 * base["excess"]
+    small = fidelity.periodicity_excess(real[:200, :200], None, patch_px=256)
+    assert small["excess"] is None and small["n_patches"] == 0
+
+
 # ------------------------------------------------------------------------------ architecture
 
 
@@ -154,6 +177,7 @@ def test_fidelity_report_keys_and_identity():
     assert rep["tissue_iou"] == pytest.approx(1.0)
     for k in ("density_cv_ratio_50um", "lattice_ratio", "streak_ratio"):
         assert rep[k] == pytest.approx(1.0), k
+    assert rep["periodicity_ratio"] is None  # no 512 px tissue patch in a 320 px image
     for f in fidelity.NUCLEUS_FEATURES:
         assert rep[f"w1_iqr_{f}"] == pytest.approx(0.0, abs=1e-9)
     assert rep["lattice_ratio_tile"] is None  # no 512 px tissue patch in a 320 px image

@@ -21,6 +21,9 @@ Metrics (all lengths in µm; see docs/evaluation.md):
   tissue, generated over real (1 = no more lattice than the real tissue has).
 - ``streak_ratio``: excess power on the horizontal and vertical frequency axes (straight horizontal
   or vertical streaks) over the neighbouring lines, generated over real.
+- ``periodicity_ratio``: the strongest spectral peaks at periods of 24-256 px in any direction (a
+  regular weave, a grid of blobs at a latent stride) over the local spectral background, generated
+  over real. Tissue has no such peaks; ``lattice_ratio`` only looks at the bin and tile periods.
 
 :func:`fidelity_report` computes them all for one pair of images; :func:`evaluate_model` renders a
 model over a canvas for several seeds (optionally with edits) and reports the old morphometric keys
@@ -48,6 +51,7 @@ __all__ = [
     "lattice_excess",
     "luminance",
     "nucleus_table",
+    "periodicity_excess",
     "segment_tissue",
     "tissue_iou",
     "w1_iqr",
@@ -61,7 +65,7 @@ FIDELITY_KEYS = (
     ("tissue_iou",)
     + tuple(f"density_cv_ratio_{w}um" for w in WINDOWS_UM)
     + tuple(f"w1_iqr_{f}" for f in NUCLEUS_FEATURES)
-    + ("lattice_ratio", "lattice_ratio_tile", "streak_ratio")
+    + ("lattice_ratio", "lattice_ratio_tile", "streak_ratio", "periodicity_ratio")
 )
 
 
@@ -348,6 +352,43 @@ def lattice_excess(img, mask, period_px: int, patch_px: int | None = None, n_har
     return {"excess": _peak_excess(P, peaks, exclude), "n_patches": k, "patch_px": n}
 
 
+def periodicity_excess(
+    img, mask, patch_px: int = 512, min_period: float = 24.0, max_period: float = 256.0, top: int = 8, min_tissue: float = 0.9
+) -> dict:
+    """Strength of the strongest spectral peaks at periods ``min_period``-``max_period`` px, any direction.
+
+    From the same patch spectra as :func:`lattice_excess` (``patch_px`` patches with at least
+    ``min_tissue`` of ``mask``): each frequency's power over the median power of all frequencies
+    at the same radius (the same period, every direction), and ``excess`` the mean of the ``top``
+    largest of these ratios in the band (radii of at least 3 frequency steps). A regular pattern
+    (a weave, stripes, blobs on a grid) puts a few sharp peaks on its ring; tissue spreads its
+    power over the directions. Returns ``{"excess", "period_px" (of the largest peak), "n_patches",
+    "patch_px"}``.
+    """
+    n = int(patch_px)
+    lum = luminance(img)
+    m = np.ones(lum.shape, bool) if mask is None else np.asarray(mask, bool)
+    P, k = _patch_spectrum(lum, m, n, min_tissue)
+    if P is None:
+        return {"excess": None, "period_px": None, "n_patches": 0, "patch_px": n}
+    Ps = np.fft.fftshift(P)
+    fy, fx = np.mgrid[:n, :n] - n // 2
+    r = np.hypot(fy, fx)
+    ring = np.rint(r).astype(int)
+    band = (r >= max(n / max_period, 3.0)) & (r <= n / min_period)
+    med = np.zeros(ring.max() + 1)
+    for q in np.unique(ring[band]):
+        med[q] = np.median(Ps[ring == q])
+    vals = Ps[band] / np.maximum(med[ring[band]], 1e-30)
+    i = int(np.argmax(vals))
+    return {
+        "excess": float(np.sort(vals)[-int(top) :].mean()),
+        "period_px": float(n / r[band][i]),
+        "n_patches": k,
+        "patch_px": n,
+    }
+
+
 def streak_excess(img, mask, patch_px: int = 256, min_tissue: float = 0.9) -> dict:
     """Excess power on the frequency axes (straight horizontal or vertical streaks).
 
@@ -515,7 +556,20 @@ def fidelity_report(
         }
         out["lattice_ratio"] = _ratio(lat["bin"]["generated"], lat["bin"]["real"])
         out["lattice_ratio_tile"] = _ratio(lat["tile"]["generated"], lat["tile"]["real"])
+        key = ("periodicity", both.tobytes().__hash__())
+        rp = R["lattice"].get(key) or periodicity_excess(R["image"], both)
+        R["lattice"][key] = rp
+        gp = periodicity_excess(gen, both)
+        lat["periodicity"] = {
+            "real": rp["excess"],
+            "generated": gp["excess"],
+            "period_px_real": rp["period_px"],
+            "period_px_generated": gp["period_px"],
+            "n_patches": rp["n_patches"],
+            "patch_px": rp["patch_px"],
+        }
         out["streak_ratio"] = _ratio(lat["streak"]["generated"], lat["streak"]["real"])
+        out["periodicity_ratio"] = _ratio(lat["periodicity"]["generated"], lat["periodicity"]["real"])
         det["lattice"] = lat
     out["fidelity_details"] = det
     return out
