@@ -544,30 +544,18 @@ def fidelity_report(
                 "n_patches": rl["n_patches"],
                 "patch_px": rl["patch_px"],
             }
-        key = ("streak", both.tobytes().__hash__())
-        rs = R["lattice"].get(key) or streak_excess(R["image"], both)
-        R["lattice"][key] = rs
-        gs = streak_excess(gen, both)
-        lat["streak"] = {
-            "real": rs["excess"],
-            "generated": gs["excess"],
-            "n_patches": rs["n_patches"],
-            "patch_px": rs["patch_px"],
-        }
+
+        def real_and_generated(name, measure):  # the real side once per mask (reused over seeds)
+            key = (name, both.tobytes().__hash__())
+            r = R["lattice"][key] = R["lattice"].get(key) or measure(R["image"], both)
+            g = measure(gen, both)
+            return {"real": r["excess"], "generated": g["excess"], "n_patches": r["n_patches"], "patch_px": r["patch_px"]}, r, g
+
+        lat["streak"], _, _ = real_and_generated("streak", streak_excess)
+        lat["periodicity"], rp, gp = real_and_generated("periodicity", periodicity_excess)
+        lat["periodicity"].update(period_px_real=rp["period_px"], period_px_generated=gp["period_px"])
         out["lattice_ratio"] = _ratio(lat["bin"]["generated"], lat["bin"]["real"])
         out["lattice_ratio_tile"] = _ratio(lat["tile"]["generated"], lat["tile"]["real"])
-        key = ("periodicity", both.tobytes().__hash__())
-        rp = R["lattice"].get(key) or periodicity_excess(R["image"], both)
-        R["lattice"][key] = rp
-        gp = periodicity_excess(gen, both)
-        lat["periodicity"] = {
-            "real": rp["excess"],
-            "generated": gp["excess"],
-            "period_px_real": rp["period_px"],
-            "period_px_generated": gp["period_px"],
-            "n_patches": rp["n_patches"],
-            "patch_px": rp["patch_px"],
-        }
         out["streak_ratio"] = _ratio(lat["streak"]["generated"], lat["streak"]["real"])
         out["periodicity_ratio"] = _ratio(lat["periodicity"]["generated"], lat["periodicity"]["real"])
         det["lattice"] = lat
