@@ -173,6 +173,15 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         (MERFISH), transcript density marks cell density; the model then reads depth as
         cellularity again, so leave it off where sections are sequenced to different depths
         (spot data). Default off.
+    prior : int
+        Channels of **composition prior** (0: none, 1: local nuclear area fraction): a fixed
+        linear read-out of the scaled composition, ``(composition . prior_w + prior_b) x
+        coverage``, fitted in closed form (ridge, penalty chosen leaving one training section
+        out) to the real local nuclear area fraction around each bin and standardised
+        (:func:`napari_gdt.training.prior.fit_prior`). It hands the generator the regression's
+        expected cellularity, which generalises across sections better than what the
+        convolutions learn from the adversarial signal. A 1 x 1 read-out: tiles and halo are
+        unchanged. Default 0.
     """
 
     arch = "gdt-v2"
@@ -191,6 +200,7 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         cp: float = 1e4,
         struct_strides: list[int] | tuple[int, ...] | None = None,
         abs_depth: bool = False,
+        prior: int = 0,
     ):
         super().__init__()
         strides = [1] * int(n_struct) if struct_strides is None else [int(v) for v in struct_strides]
@@ -217,6 +227,11 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         self.abs_depth = bool(abs_depth)
         if self.abs_depth:  # likewise
             self.config["abs_depth"] = True
+        self.n_prior = int(prior)
+        if self.n_prior not in (0, 1):
+            raise ValueError("prior must be 0 or 1 (one channel: the local nuclear area fraction)")
+        if self.n_prior:  # likewise
+            self.config["prior"] = self.n_prior
         self.struct_strides = strides
         self.n_genes = int(n_genes)
         self.out_channels = int(out_channels)
@@ -228,10 +243,14 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         self.register_buffer("gene_scale", torch.ones(self.n_genes))
         if self.abs_depth:
             self.register_buffer("depth_scale", torch.ones(()))
+        if self.n_prior:
+            self.register_buffer("prior_w", torch.zeros(self.n_prior, self.n_genes))
+            self.register_buffer("prior_b", torch.zeros(self.n_prior))
+            self.register_buffer("prior_fitted", torch.zeros(()))
         self.mapping_net = nn.Sequential(
             nn.Linear(latent_dim, latent_dim), nn.LeakyReLU(0.2), nn.Linear(latent_dim, latent_dim), nn.LeakyReLU(0.2)
         )
-        self.embed = nn.Conv2d(self.n_genes + 2 + int(self.abs_depth) + self.n_struct, emb_ch, 1)
+        self.embed = nn.Conv2d(self.n_genes + 2 + int(self.abs_depth) + self.n_prior + self.n_struct, emb_ch, 1)
         self.convs = nn.ModuleList()
         self.noise_strength = nn.ParameterList()
         self._plan: list[tuple[str, int]] = []
@@ -258,7 +277,18 @@ class GDT2Generator(ModConvStack, TiledGenerator):
             "structure_channels": self.n_struct,
             "structure_strides_bins": list(self.struct_strides),
             **({"absolute_depth": "log1p(panel total) / depth_scale"} if self.abs_depth else {}),
+            **({"prior": "(scaled composition . prior_w + prior_b) x coverage"} if self.n_prior else {}),
         }
+
+    @property
+    def prior_column(self) -> int:
+        """Index of the first prior channel in the embedding's input (composition, coverage,
+        relative depth, [absolute depth], prior, structure)."""
+        return self.n_genes + 2 + int(self.abs_depth)
+
+    def prior_channels(self, comp: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """The prior read-out ``(B, P, h, w)`` of a scaled composition and its coverage."""
+        return (torch.einsum("bghw,pg->bphw", comp, self.prior_w) + self.prior_b.view(1, -1, 1, 1)) * cov
 
     def spatial_ops(self) -> list[tuple[str, int]]:
         ops = []
@@ -290,6 +320,8 @@ class GDT2Generator(ModConvStack, TiledGenerator):
         parts = [crop(comp), crop(cov), crop(rel)]
         if self.abs_depth:
             parts.append(crop(torch.log1p(counts.clamp_min(0).sum(dim=1, keepdim=True)) / self.depth_scale))
+        if self.n_prior:
+            parts.append(crop(self.prior_channels(comp, cov)))
         for i in range(self.n_struct):
             parts.append(coarse_noise(seed, _STRUCT_LAYER + i, org, h, w, self.struct_strides[i], counts.device))
         return torch.cat(parts, dim=1), org

@@ -156,7 +156,9 @@ def compute_gene_scale(sections: list[PairedSection], log1p: bool = True) -> np.
     return np.where(q > 0, q, 1.0).astype(np.float32)
 
 
-def nuclear_threshold(sections, max_px: float = 4e6, sigma_px: float = 0.0, background_px: float = 0.0) -> float:
+def nuclear_threshold(
+    sections, max_px: float = 4e6, sigma_px: float = 0.0, background_px: float = 0.0, what: str = "--lambda-nuc"
+) -> float:
     """The nuclear segmenter's threshold, averaged over the training images: Otsu of the haematoxylin
     density over tissue (H&E), or of the DAPI channel of :func:`~napari_gdt.training.losses.dapi_nuclear_channel`
     over every pixel, with the segmenter's floor (one-channel images)."""
@@ -168,9 +170,7 @@ def nuclear_threshold(sections, max_px: float = 4e6, sigma_px: float = 0.0, back
         if img.ndim == 3 and img.shape[-1] == 1:
             img = img[..., 0]
         if img.ndim == 3 and img.shape[-1] != 3:
-            raise GDTError(
-                f"--lambda-nuc: section {s.name!r} has {img.shape[-1]} channels (nuclear mask: RGB H&E or 1 DAPI channel)"
-            )
+            raise GDTError(f"{what}: section {s.name!r} has {img.shape[-1]} channels (nuclear mask: RGB H&E or 1 DAPI channel)")
         stride = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / max_px)))
         if img.ndim == 2:  # DAPI: the channel at full resolution (the background radius is in pixels), then subsampled
             x = torch.from_numpy(np.ascontiguousarray(img, np.float32))[None, None]
@@ -185,7 +185,7 @@ def nuclear_threshold(sections, max_px: float = 4e6, sigma_px: float = 0.0, back
         if np.isfinite(t):
             thr.append(t)
     if not thr:
-        raise GDTError("--lambda-nuc: no training image has tissue to set the nuclear threshold from")
+        raise GDTError(f"{what}: no training image has tissue to set the nuclear threshold from")
     return float(np.mean(thr))
 
 
@@ -583,11 +583,43 @@ class Trainer:
             with open(self.log_file, "a") as f:
                 f.write(line + "\n")
 
+    def fit_prior_if_needed(self) -> dict | None:
+        """Fit the generator's composition prior (``gdt-v2`` ``prior``) on the training sections if it
+        has one that is not fitted yet (a new run, or a stage that turned it on); both generators get
+        it. Returns the fit's report (see :func:`napari_gdt.training.prior.fit_prior`) or None."""
+        from .prior import fit_prior, needs_prior_fit
+
+        if not needs_prior_fit(self.G):
+            return None
+        cfg = self.cfg
+        thr = (
+            cfg.nuc_thr
+            if cfg.nuc_thr > 0
+            else nuclear_threshold(
+                self.sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px, what="the composition prior"
+            )
+        )
+        tau = cfg.nuc_tau if cfg.nuc_tau > 0 else 0.1 * thr
+        rep = fit_prior(
+            self.G, self.sections, thr, tau, pool=max(cfg.nuc_pools), sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px
+        )
+        for name in ("prior_w", "prior_b", "prior_fitted"):
+            getattr(self.G_ema, name).copy_(getattr(self.G, name))
+        self._log({"step": self.step, "event": "prior fitted", **rep})
+        cv = ", ".join(f"{k} {v:.2f}" for k, v in rep["cv_r"].items())
+        print(
+            f"prior fitted on {sum(rep['n_bins'].values())} bins: r {rep['r_train']:.2f} "
+            f"(each section from the others: {cv or 'n/a'})",
+            file=sys.stderr,
+        )
+        return rep
+
     def run(self, on_checkpoint=None) -> None:
         """Train until ``cfg.steps`` (total, counting resumed steps) or the time limit."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        self.fit_prior_if_needed()
         disable = (not sys.stderr.isatty()) if self.progress is None else (not self.progress)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=disable, file=sys.stderr)
         old = signal.getsignal(signal.SIGTERM)

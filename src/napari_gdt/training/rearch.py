@@ -8,9 +8,10 @@ and the optimiser state, and changes only options that leave every tensor's shap
 
 then ``napari-gdt train ... --resume runs/b/her2st-he.ckpt/last.pt``. The change is checked by
 building the generator with the new options and loading the checkpoint's weights into it (a change
-that needs other shapes is refused with the first mismatch; the one exception is turning on
+that needs other shapes is refused with the first mismatch; the exceptions are turning on
 ``gdt-v2``'s ``abs_depth``, whose new input starts at zero weight, with ``--expression`` canvases to
-fit its depth scale), and it is appended to the run's
+fit its depth scale, and its ``prior`` (``{"prior": 1}``), whose input starts at zero weight and is
+fitted by the training run that resumes the stage), and it is appended to the run's
 ``commands.json`` (copied next to the new checkpoint), so the bundle's card lists every stage.
 The source checkpoint is never modified; an existing output is never overwritten.
 """
@@ -59,7 +60,6 @@ def _add_abs_depth(st: dict, g, expression) -> None:
     column of the embedding starts at zero in both generators and in Adam's moments (the stage
     starts as the old model, blind to depth), and ``depth_scale`` is fitted on ``expression``."""
     import numpy as np
-    import torch
 
     from ..expression.canvas import ExpressionCanvas
 
@@ -74,15 +74,33 @@ def _add_abs_depth(st: dict, g, expression) -> None:
             raise GDTError(f"{path}: cannot read the expression canvas ({e})") from None
         counts.append(np.asarray(c.data, np.float32))
     g.fit_input_scale(counts)
-    names = [n for n, _ in g.named_parameters()]
+    _widen_embed(st, g, col, 1)
+    for key in ("G", "G_ema"):
+        st[key]["depth_scale"] = g.depth_scale.detach().clone()
+
+
+def _add_prior(st: dict, g) -> None:
+    """Turn on ``gdt-v2``'s composition prior in checkpoint ``st`` (in place): its input columns
+    start at zero weight (the stage starts as the old model) and its read-out unfitted; the
+    training run fits it on its sections before the first step."""
+    _widen_embed(st, g, g.prior_column, g.n_prior)
+    for key in ("G", "G_ema"):
+        for name in ("prior_w", "prior_b", "prior_fitted"):
+            st[key][name] = getattr(g, name).detach().clone()
+
+
+def _widen_embed(st: dict, g, col: int, n: int) -> None:
+    """Insert ``n`` zero input columns at ``col`` into the embedding of both generators and of Adam's moments."""
+    import torch
+
+    names = [name for name, _ in g.named_parameters()]
     idx = names.index("embed.weight")
 
     def widen(w):
-        return torch.cat([w[:, :col], torch.zeros_like(w[:, :1]), w[:, col:]], dim=1)
+        return torch.cat([w[:, :col], torch.zeros_like(w[:, :n]), w[:, col:]], dim=1)
 
     for key in ("G", "G_ema"):
         st[key]["embed.weight"] = widen(st[key]["embed.weight"])
-        st[key]["depth_scale"] = g.depth_scale.detach().clone()
     state = st.get("opt_g", {}).get("state", {})
     if idx in state:
         for m in ("exp_avg", "exp_avg_sq"):
@@ -122,6 +140,12 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
         _add_abs_depth(st, g, expression)
     elif expression:
         raise GDTError("--expression is only needed when --arch turns abs_depth on (to fit its depth scale)")
+    if new_arch.get("prior") and not st["arch"].get("prior"):
+        if new_arch["prior"] != 1:
+            raise GDTError("--arch prior: 1 (one channel, the local nuclear area fraction) is the prior there is")
+        _add_prior(st, g)
+    elif st["arch"].get("prior") and not new_arch.get("prior"):
+        raise GDTError("--arch cannot turn the prior off (its input columns hold trained weights)")
     try:
         g.load_state_dict(st["G"])
     except RuntimeError as e:

@@ -1,0 +1,176 @@
+"""gdt-v2's composition prior: its target, its closed-form fit, the stage that turns it on, exact tiles."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_gdt.models.gdt2 import GDT2Generator
+from napari_gdt.training.losses import haematoxylin_od
+from napari_gdt.training.prior import bin_nuclear_fraction, fit_prior, needs_prior_fit
+from napari_gdt.training.sampling import PairedSection
+
+TINY = {
+    "emb_ch": 8,
+    "n_bin_convs": 1,
+    "depth_window": 1,
+    "n_struct": 2,
+    "stage_channels": [8, 6, 6],
+    "stage_convs": [1, 1, 1],
+    "latent_dim": 8,
+}
+PURPLE = np.array([0.35, 0.2, 0.55], np.float32)  # haematoxylin-rich
+WHITE = np.array([0.95, 0.94, 0.96], np.float32)
+PINK = np.array([0.9, 0.6, 0.75], np.float32)  # eosin: tissue, not nuclear
+
+
+def _threshold():
+    od = haematoxylin_od(torch.from_numpy(np.stack([PURPLE, WHITE])[:, :, None, None]))[:, 0, 0, 0]
+    return float(od.mean()), float((od[0] - od[1]).abs()) / 20
+
+
+def test_bin_fraction_is_the_pooled_soft_mask_centred_on_each_bin():
+    thr, tau = _threshold()
+    img = np.broadcast_to(WHITE, (64, 48, 3)).copy()
+    img[:32] = PURPLE  # bins 0-3 of 8 px: nuclear; bins 4-7: not
+    f8 = bin_nuclear_fraction(img, 8, thr, tau, pool=8)
+    assert f8.shape == (8, 6)
+    np.testing.assert_allclose(f8[:4], 1.0, atol=1e-3)
+    np.testing.assert_allclose(f8[4:], 0.0, atol=1e-3)
+    f16 = bin_nuclear_fraction(img, 8, thr, tau, pool=16)  # the window reaches half a bin each side
+    np.testing.assert_allclose(f16[3], 0.75, atol=1e-3)
+    np.testing.assert_allclose(f16[4], 0.25, atol=1e-3)
+    np.testing.assert_allclose(f16[0], 1.0, atol=1e-3)  # cut at the image edge, not diluted by padding
+
+
+def _sections(n=2, size=20, ppb=8, seed=0):
+    """Sections whose nuclear fraction follows gene 0's share of each bin (not its depth)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        share = np.clip(rng.random((size, size)), 0.05, 0.95)
+        share = (share + np.roll(share, 1, 0) + np.roll(share, 1, 1)) / 3  # some spatial smoothness
+        depth = rng.gamma(3.0, 30.0, (size, size))  # depth varies independently of the share
+        counts = np.zeros((5, size, size), np.float32)
+        counts[0] = share * depth
+        counts[1:] = ((1 - share) * depth / 4)[None] * rng.uniform(0.8, 1.2, (4, size, size))
+        counts[:, :2, :] = 0  # an unmeasured strip: not fitted
+        img = np.broadcast_to(WHITE, (size * ppb, size * ppb, 3)).copy()
+        u = rng.random((size * ppb, size * ppb)) < np.kron(share, np.ones((ppb, ppb)))
+        img[u] = PURPLE
+        out.append(PairedSection(name=f"S{k}", counts=counts, image=img, px_per_bin=ppb))
+    return out
+
+
+def test_fit_prior_reads_composition_standardised_and_keeps_out_of_the_validation_box():
+    torch.manual_seed(0)
+    g = GDT2Generator(n_genes=5, prior=1, **TINY)
+    assert g.config["prior"] == 1 and "prior" not in GDT2Generator(n_genes=5, **TINY).config
+    secs = _sections()
+    g.fit_input_scale([s.counts for s in secs])
+    assert needs_prior_fit(g)
+    thr, tau = _threshold()
+    rep = fit_prior(g, secs, thr, tau, pool=8)
+    assert not needs_prior_fit(g) and float(g.prior_fitted) == 1.0
+    assert rep["n_bins"] == {"S0": 18 * 20, "S1": 18 * 20}  # the unmeasured strip is left out
+    assert rep["r_train"] > 0.9 and min(rep["cv_r"].values()) > 0.9  # the share predicts it, in and out of section
+    # the channel is the prediction, standardised over the fitted bins, and zero where nothing is measured
+    ch = [
+        g.prior_channels(
+            g.normalise(torch.from_numpy(s.counts)[None]), torch.from_numpy((s.counts.sum(0) > 0)[None, None].astype(np.float32))
+        )[0, 0].numpy()
+        for s in secs
+    ]
+    v = np.concatenate([c[2:].ravel() for c in ch])
+    assert abs(v.mean()) < 1e-3 and v.std() == pytest.approx(1.0, abs=1e-3)
+    assert np.all(ch[0][:2] == 0)
+    tgt = bin_nuclear_fraction(secs[0].image, 8, thr, tau, pool=8)
+    assert np.corrcoef(ch[0][2:].ravel(), tgt[2:].ravel())[0, 1] > 0.9
+    # a depth factor does not move it (composition only)
+    c2 = g.prior_channels(g.normalise(torch.from_numpy(secs[0].counts * 7)[None]), torch.ones(1, 1, 20, 20))[0, 0].numpy()
+    np.testing.assert_allclose(c2[2:], ch[0][2:], atol=1e-4)
+    # a validation box is never fitted on
+    secs[1].exclude = [(0, 80, 0, 160)]
+    rep2 = fit_prior(g, secs, thr, tau, pool=8)
+    assert rep2["n_bins"]["S1"] == 10 * 20  # rows 0-9 touch the box and rep2["n_bins"]["S0"] == 18 * 20
+
+
+def test_fit_prior_errors():
+    from napari_gdt.errors import GDTError
+
+    secs = _sections(n=1)
+    thr, tau = _threshold()
+    with pytest.raises(GDTError, match="no prior channel"):
+        fit_prior(GDT2Generator(n_genes=5, **TINY), secs, thr, tau)
+    with pytest.raises(GDTError, match="threshold"):
+        fit_prior(GDT2Generator(n_genes=5, prior=1, **TINY), secs, 0.0, tau)
+    secs[0].counts[:] = 0
+    with pytest.raises(GDTError, match="fewer than 10 measured bins"):
+        fit_prior(GDT2Generator(n_genes=5, prior=1, **TINY), secs, thr, tau)
+    with pytest.raises(ValueError, match="prior must be 0 or 1"):
+        GDT2Generator(n_genes=5, prior=2, **TINY)
+    # one section: its halves stand in for sections in the penalty's cross-validation
+    rep = fit_prior(GDT2Generator(n_genes=5, prior=1, **TINY), _sections(n=1), thr, tau, pool=8)
+    assert set(rep["cv_r"]) == {"half 0", "half 1"}
+
+
+def test_stage_turns_prior_on_at_zero_weight_fits_it_and_renders_tiles_exactly(tmp_path):
+    from skimage.io import imsave
+
+    from napari_gdt.cli import main
+    from napari_gdt.models.bundle import load_bundle, read_card
+    from napari_gdt.rendering.tiles import Region, TileRenderer
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.training.rearch import main as rearch_main
+
+    c = synthetic_canvas((20, 20), genes=[f"G{i}" for i in range(5)], seed=4)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(tmp_path / "c.ome.zarr")
+    d = np.asarray(c.data, float)
+    share = d[0] / np.maximum(d.sum(0), 1e-9)
+    rng = np.random.default_rng(1)
+    u = rng.random((160, 160)) < np.kron(share / share.max(), np.ones((8, 8)))
+    img = np.where(u[..., None], PURPLE, PINK) + rng.normal(0, 0.02, (160, 160, 3))
+    img[:, :8] = WHITE
+    imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    arch = json.dumps(TINY)
+    base = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
+    common = ["--patch-bins", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval", "--ckpt-every", "2"]
+    out = tmp_path / "m.safetensors"
+    assert main(base + ["--out", str(out), "--arch-config", arch, "--steps", "2"] + common) == 0
+    ck, ck2 = tmp_path / "m.ckpt" / "last.pt", tmp_path / "p.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck2), "--arch", '{"prior": 2}']) == 2
+    assert rearch_main([str(ck), str(ck2), "--arch", '{"prior": 1}']) == 0
+    s1, s2 = torch.load(ck, weights_only=True), torch.load(ck2, weights_only=True)
+    g1, g2 = GDT2Generator(**s1["arch"]), GDT2Generator(**s2["arch"])
+    g1.load_state_dict(s1["G_ema"])
+    g2.load_state_dict(s2["G_ema"])
+    assert needs_prior_fit(g2)
+    with torch.no_grad():  # a zero column: the stage starts as the old model, whatever the read-out holds
+        g2.prior_w.normal_()
+        x = torch.from_numpy(np.asarray(c.data[:, :14, :14], np.float32))[None]
+        o = torch.tensor([[1, 2]])
+        assert torch.equal(g1(x, o, g1.styles(0), 3), g2(x, o, g2.styles(0), 3))
+    assert rearch_main([str(ck2), str(tmp_path / "q.ckpt" / "last.pt"), "--arch", '{"prior": 0}']) == 2  # never off again
+    out2 = tmp_path / "p.safetensors"
+    assert main(base + ["--out", str(out2), "--resume", str(ck2), "--steps", "4"] + common) == 0
+    st = torch.load(ck2, weights_only=True)
+    assert float(st["G"]["prior_fitted"]) == 1.0 and torch.equal(st["G"]["prior_w"], st["G_ema"]["prior_w"])
+    w_fit = st["G"]["prior_w"].clone()
+    assert float(w_fit[0, 0]) > 0  # gene 0's share is what makes this tissue nuclear
+    log = [json.loads(x) for x in (tmp_path / "p.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert sum(x.get("event") == "prior fitted" for x in log) == 1
+    # resuming a fitted stage keeps its prior (no second fit)
+    assert main(base + ["--out", str(out2), "--resume", str(ck2), "--steps", "6"] + common) == 0
+    log = [json.loads(x) for x in (tmp_path / "p.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert sum(x.get("event") == "prior fitted" for x in log) == 1
+    assert torch.equal(torch.load(ck2, weights_only=True)["G"]["prior_w"], w_fit)
+    card = read_card(out2)
+    assert card["config"]["prior"] == 1 and "prior" in card["normalisation"]
+    b = load_bundle(out2)
+    assert torch.equal(b.model.prior_w, w_fit)
+    region = Region(0, 96, 0, 96)
+    t1 = TileRenderer(b, c, seed=3, tile_px=32, device="cpu").render_region(region)
+    t2 = TileRenderer(b, c, seed=3, tile_px=96, device="cpu").render_region(region)
+    assert t1.std() > 0.005 and np.abs(t1 - t2).max() <= 1e-5
