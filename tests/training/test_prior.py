@@ -166,6 +166,17 @@ def test_stage_turns_prior_on_at_zero_weight_fits_it_and_renders_tiles_exactly(t
     log = [json.loads(x) for x in (tmp_path / "p.ckpt" / "log.jsonl").read_text().splitlines()]
     assert sum(x.get("event") == "prior fitted" for x in log) == 1
     assert torch.equal(torch.load(ck2, weights_only=True)["G"]["prior_w"], w_fit)
+    # prior_boost: the new column starts at that multiple of the embedding's response along the prior's direction
+    ck3 = tmp_path / "b.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck3), "--arch", '{"prior": 1}', "--cfg", '{"prior_boost": 2.0}']) == 0
+    assert main(base + ["--out", str(tmp_path / "b.safetensors"), "--resume", str(ck3), "--steps", "3"] + common) == 0
+    fitted = [json.loads(x) for x in (tmp_path / "b.ckpt" / "log.jsonl").read_text().splitlines()]
+    fitted = [x for x in fitted if x.get("event") == "prior fitted"]
+    assert len(fitted) == 1
+    w = torch.load(ck3, weights_only=True)["G"]["prior_w"][0]
+    resp = s1["G"]["embed.weight"][:, :5, 0, 0] @ (w / w.pow(2).sum())
+    assert fitted[0]["boost_column_norm"] == pytest.approx(2.0 * float(resp.norm()), rel=1e-4)
+    assert "boost_column_norm" not in [x for x in log if x.get("event") == "prior fitted"][0]  # default: zero column
     card = read_card(out2)
     assert card["config"]["prior"] == 1 and "prior" in card["normalisation"]
     b = load_bundle(out2)

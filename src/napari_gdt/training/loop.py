@@ -111,6 +111,9 @@ class TrainConfig:
     # seed consistency: L1 between two seeds' pooled nuclear fractions (cellularity follows expression)
     lambda_seed: float = 0.0
     seed_pools: list = field(default_factory=lambda: [64, 128])
+    # gdt-v2 prior: when the prior is fitted into a zero input column, start that column at this multiple of the
+    # embedding's existing response along the prior's composition direction (0: at zero, the old model exactly)
+    prior_boost: float = 0.0
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -603,6 +606,16 @@ class Trainer:
         rep = fit_prior(
             self.G, self.sections, thr, tau, pool=max(cfg.nuc_pools), sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px
         )
+        col = self.G.prior_column
+        if cfg.prior_boost and not self.G.embed.weight[:, col].any():
+            # the composition direction the prior reads, w / |w|^2 (a unit step of the prior); the embedding's
+            # response to it, times prior_boost, becomes the prior's column: that response grows by that factor
+            w = self.G.prior_w[0]
+            d = w / w.pow(2).sum().clamp_min(1e-12)
+            for g in (self.G, self.G_ema):
+                with torch.no_grad():
+                    g.embed.weight[:, col, 0, 0] = cfg.prior_boost * (g.embed.weight[:, : g.n_genes, 0, 0] @ d)
+            rep["boost_column_norm"] = float(self.G.embed.weight[:, col].norm())
         for name in ("prior_w", "prior_b", "prior_fitted"):
             getattr(self.G_ema, name).copy_(getattr(self.G, name))
         self._log({"step": self.step, "event": "prior fitted", **rep})

@@ -42,6 +42,7 @@ CFG_KEYS = (
     "depth_aug",
     "depth_min",
     "ema",
+    "prior_boost",
 )
 
 

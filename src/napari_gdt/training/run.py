@@ -317,6 +317,7 @@ def _train_from_args(args, argv=None) -> int:
             "r1_every",
             "depth_aug",
             "depth_min",
+            "prior_boost",
         ):
             if k in pc:
                 setattr(cfg, k, pc[k])
