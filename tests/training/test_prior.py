@@ -177,6 +177,11 @@ def test_stage_turns_prior_on_at_zero_weight_fits_it_and_renders_tiles_exactly(t
     resp = s1["G"]["embed.weight"][:, :5, 0, 0] @ (w / w.pow(2).sum())
     assert fitted[0]["boost_column_norm"] == pytest.approx(2.0 * float(resp.norm()), rel=1e-4)
     assert "boost_column_norm" not in [x for x in log if x.get("event") == "prior fitted"][0]  # default: zero column
+    # a new run with the prior from the start fits it before its first step
+    fresh = tmp_path / "f.safetensors"
+    assert main(base + ["--out", str(fresh), "--arch-config", json.dumps({**TINY, "prior": 1}), "--steps", "2"] + common) == 0
+    assert float(torch.load(tmp_path / "f.ckpt" / "last.pt", weights_only=True)["G_ema"]["prior_fitted"]) == 1.0
+    assert read_card(fresh)["config"]["prior"] == 1
     card = read_card(out2)
     assert card["config"]["prior"] == 1 and "prior" in card["normalisation"]
     b = load_bundle(out2)
