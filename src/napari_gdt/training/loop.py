@@ -615,7 +615,7 @@ class Trainer:
             for g in (self.G, self.G_ema):
                 with torch.no_grad():
                     g.embed.weight[:, col, 0, 0] = cfg.prior_boost * (g.embed.weight[:, : g.n_genes, 0, 0] @ d)
-            rep["boost_column_norm"] = float(self.G.embed.weight[:, col].norm())
+            rep["boost_column_norm"] = float(self.G.embed.weight[:, col].detach().norm())
         for name in ("prior_w", "prior_b", "prior_fitted"):
             getattr(self.G_ema, name).copy_(getattr(self.G, name))
         self._log({"step": self.step, "event": "prior fitted", **rep})
