@@ -190,3 +190,103 @@ def test_stage_turns_prior_on_at_zero_weight_fits_it_and_renders_tiles_exactly(t
     t1 = TileRenderer(b, c, seed=3, tile_px=32, device="cpu").render_region(region)
     t2 = TileRenderer(b, c, seed=3, tile_px=96, device="cpu").render_region(region)
     assert t1.std() > 0.005 and np.abs(t1 - t2).max() <= 1e-5
+
+
+def test_prior_fraction_loss_counts_measured_cells_only():
+    from napari_gdt.training.losses import prior_fraction_loss
+
+    thr, tau = _threshold()
+    img = np.broadcast_to(WHITE, (32, 32, 3)).copy()
+    img[:16] = PURPLE
+    fake = torch.from_numpy(img).permute(2, 0, 1)[None].requires_grad_(True)
+    half = torch.zeros(1, 1, 32, 32)
+    half[..., :16, :] = 1.0
+    ones = torch.ones(1, 1, 32, 32)
+    assert float(prior_fraction_loss(fake.detach(), half, ones, thr, tau, pools=(8, 16))) < 2e-3  # the target is met
+    loss = prior_fraction_loss(fake, torch.full((1, 1, 32, 32), 0.25), ones, thr, tau, pools=(8,))
+    assert float(loss) == pytest.approx(0.5, abs=2e-3)  # 0.75 off on the nuclear half, 0.25 on the other
+    loss.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    # unmeasured cells do not count: only the nuclear half is measured, where 0.25 is 0.75 off
+    assert float(prior_fraction_loss(fake, torch.full((1, 1, 32, 32), 0.25), half, thr, tau, pools=(8,))) == pytest.approx(
+        0.75, abs=2e-3
+    )
+    # a cell partly measured is left out; a pool larger than the patch is skipped
+    part = torch.zeros(1, 1, 32, 32)
+    part[..., :12, :] = 1.0
+    assert float(prior_fraction_loss(fake, torch.zeros(1, 1, 32, 32), part, thr, tau, pools=(16,))) == 0.0
+    assert float(prior_fraction_loss(fake, torch.zeros(1, 1, 32, 32), ones, thr, tau, pools=(64,))) == 0.0
+
+
+def test_prior_target_is_the_stretched_prior_on_the_output_pixels():
+    from napari_gdt.training.loop import TrainConfig, Trainer
+    from napari_gdt.training.prior import target_stats
+
+    torch.manual_seed(0)
+    secs = _sections()
+    thr, tau = _threshold()
+    cfg = TrainConfig(
+        arch={**TINY, "prior": 1},
+        model="gdt-v2",
+        lambda_prior=1.0,
+        nuc_pools=[8],
+        nuc_thr=thr,
+        nuc_tau=tau,
+        batch_size=2,
+        patch_bins=12,
+    )
+    tr = Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+    with pytest.raises(Exception, match="not fitted"):
+        tr.prior_target_if_needed()
+    tr.fit_prior_if_needed()
+    rep = tr.prior_target_if_needed()
+    ys = np.concatenate([bin_nuclear_fraction(s.image, 8, thr, tau, pool=8)[2:] for s in secs])  # measured bins
+    assert rep["n_bins"] == ys.size and rep["mean"] == pytest.approx(ys.mean(), rel=1e-5)
+    assert rep["sd"] == pytest.approx(ys.std(), rel=1e-5) and target_stats(secs, thr, tau, pool=8) == rep
+    counts, real, _ = tr._batch(tr.sampler, 2)
+    comp = tr.G.normalise(counts)
+    tgt, meas = tr.prior_target_map(tr.G, counts, comp, real.shape[-2:])
+    assert tgt.shape == meas.shape == (2, 1, *real.shape[-2:])
+    off, ppb = tr.geo.offset, tr.geo.px_per_bin
+    cov = (counts.sum(1, keepdim=True) > 0).float()
+    pri = tr.G.prior_channels(comp, cov)[:, 0]
+    for y, x in [(0, 0), (5, 17), (real.shape[-2] - 1, real.shape[-1] - 1)]:
+        by, bx = (y + off) // ppb, (x + off) // ppb
+        want = float(np.clip(rep["mean"] + rep["sd"] * float(pri[1, by, bx]), 0, 1)) if cov[1, 0, by, bx] else rep["mean"]
+        assert float(tgt[1, 0, y, x]) == pytest.approx(want, abs=1e-5)
+        assert float(meas[1, 0, y, x]) == float(cov[1, 0, by, bx])
+    # a training step computes and reports it
+    out = tr.train_step()
+    assert "prior" in out and out["prior"] >= 0
+
+
+def test_lambda_prior_needs_the_prior_and_is_kept_on_resume(tmp_path, capsys):
+    from skimage.io import imsave
+
+    from napari_gdt.cli import main
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.training.rearch import main as rearch_main
+
+    c = synthetic_canvas((16, 16), genes=[f"G{i}" for i in range(5)], seed=4)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(tmp_path / "c.ome.zarr")
+    rng = np.random.default_rng(1)
+    img = np.where((rng.random((128, 128)) < 0.3)[..., None], PURPLE, PINK)
+    imsave(tmp_path / "img.png", (img * 255).astype(np.uint8), check_contrast=False)
+    base = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
+    common = ["--patch-bins", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval", "--ckpt-every", "2"]
+    out = tmp_path / "m.safetensors"
+    args = ["--out", str(out), "--steps", "2", "--lambda-prior", "5"] + common
+    assert main(base + ["--arch-config", json.dumps(TINY)] + args) == 2
+    assert "--lambda-prior needs a generator with the composition prior" in capsys.readouterr().err
+    assert main(base + ["--arch-config", json.dumps({**TINY, "prior": 1})] + args) == 0
+    ck = tmp_path / "m.ckpt" / "last.pt"
+    log = [json.loads(x) for x in (tmp_path / "m.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in log if "event" in x][:2] == ["prior fitted", "prior target"]
+    assert any("prior" in x and "event" not in x for x in log)
+    # resumed without the flag, the checkpoint's weight stays; a stage may change it
+    assert main(base + ["--out", str(out), "--resume", str(ck), "--steps", "4"] + common) == 0
+    assert json.loads(torch.load(ck, weights_only=False)["cfg"])["lambda_prior"] == 5.0
+    ck2 = tmp_path / "s.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck2), "--cfg", '{"lambda_prior": 0.5}']) == 0
+    assert json.loads(torch.load(ck2, weights_only=False)["cfg"])["lambda_prior"] == 0.5

@@ -116,6 +116,13 @@ def register(sub):
         help="weight of matching the spread of that local fraction over the batch (density contrast; default 0)",
     )
     p.add_argument(
+        "--lambda-prior",
+        type=float,
+        default=0.0,
+        help="gdt-v2 with prior 1: weight of an L1 between the local nuclear area fraction and the composition "
+        "prior's map, stretched to the real fraction's mean and SD (0 = off)",
+    )
+    p.add_argument(
         "--lambda-orient",
         type=float,
         default=0.0,

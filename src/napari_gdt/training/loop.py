@@ -36,6 +36,7 @@ from .losses import (
     intensity_distribution_loss,
     nuclear_fraction_loss,
     orientation_loss,
+    prior_fraction_loss,
     r1_penalty,
     reconstruction_loss,
     seed_consistency_loss,
@@ -114,6 +115,9 @@ class TrainConfig:
     # gdt-v2 prior: when the prior is fitted into a zero input column, start that column at this multiple of the
     # embedding's existing response along the prior's composition direction (0: at zero, the old model exactly)
     prior_boost: float = 0.0
+    # gdt-v2 prior: L1 of the pooled soft nuclear mask against the prior's map, stretched to the real fraction's
+    # mean and SD over the training bins (a target that is a function of the expression, so it carries over)
+    lambda_prior: float = 0.0
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -137,6 +141,7 @@ EXTRA_LOSS_KEYS = (
     "dist_pools",
     "lambda_seed",
     "seed_pools",
+    "lambda_prior",
 )
 
 
@@ -273,7 +278,10 @@ class Trainer:
         ).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.99))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
-        if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0) and cfg.nuc_thr <= 0:
+        if cfg.lambda_prior > 0 and not getattr(self.G, "n_prior", 0):
+            raise GDTError(f"--lambda-prior needs a generator with the composition prior ({cfg.model} with prior 1)")
+        self._prior_target = None  # (mean, sd) of the real fraction the prior predicts, set by run()
+        if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0 or cfg.lambda_prior > 0) and cfg.nuc_thr <= 0:
             cfg.nuc_thr = nuclear_threshold(sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px)
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
@@ -521,6 +529,11 @@ class Trainer:
                 cfg.nuc_bg_px,
             )
             g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
+        pri = torch.zeros(())
+        if cfg.lambda_prior > 0:
+            tgt, meas = self.prior_target_map(G, counts, cond, fake.shape[-2:])
+            pri = prior_fraction_loss(fake, tgt, meas, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.nuc_sigma_px, cfg.nuc_bg_px)
+            g_loss = g_loss + cfg.lambda_prior * pri
         orient = torch.zeros(())
         if cfg.lambda_orient > 0:
             orient = orientation_loss(fake, real, cfg.orient_sigmas, cfg.orient_pool)
@@ -557,6 +570,8 @@ class Trainer:
         out = {"d": d_loss.item(), "adv": adv.item(), "rec": rec.item(), "hem": float(hem.detach())}
         if cfg.lambda_nuc > 0:
             out.update(nuc=float(nuc.detach()), nuc_var=float(nvar.detach()))
+        if cfg.lambda_prior > 0:
+            out["prior"] = float(pri.detach())
         if cfg.lambda_orient > 0:
             out["orient"] = float(orient.detach())
         if cfg.lambda_dist > 0:
@@ -627,12 +642,53 @@ class Trainer:
         )
         return rep
 
+    def prior_target_if_needed(self) -> dict | None:
+        """With ``lambda_prior``: measure the mean and SD of the real nuclear fraction the prior predicts
+        (:func:`napari_gdt.training.prior.target_stats`), the spread its target is stretched to."""
+        from .prior import target_stats
+
+        cfg = self.cfg
+        if cfg.lambda_prior <= 0 or self._prior_target is not None:
+            return None
+        if float(self.G.prior_fitted) == 0.0:
+            raise GDTError("--lambda-prior: the composition prior is not fitted")
+        rep = target_stats(
+            self.sections,
+            cfg.nuc_thr,
+            cfg.nuc_tau,
+            pool=max(cfg.nuc_pools),
+            sigma_px=cfg.nuc_sigma_px,
+            background_px=cfg.nuc_bg_px,
+        )
+        self._prior_target = (rep["mean"], rep["sd"])
+        self._log({"step": self.step, "event": "prior target", **rep})
+        print(f"prior target: mean {rep['mean']:.3f}, SD {rep['sd']:.3f} over {rep['n_bins']} bins", file=sys.stderr)
+        return rep
+
+    def prior_target_map(self, G, counts: torch.Tensor, comp: torch.Tensor, out_hw) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``lambda_prior`` target on a batch's output pixels: the prior of each bin, stretched to the
+        real fraction's mean and SD, clipped to [0, 1], and the measured mask, both ``(B, 1, H, W)``."""
+        from ..models.gdt2 import _MIN_TOTAL
+
+        mean, sd = self._prior_target
+        cov = (counts.clamp_min(0).sum(dim=1, keepdim=True) > _MIN_TOTAL).to(comp.dtype)
+        t = (mean + sd * G.prior_channels(comp, cov)[:, :1]).clamp(0.0, 1.0)
+        ppb, off = self.geo.px_per_bin, self.geo.offset
+        h, w = out_hw
+
+        def px(m):
+            m = m.repeat_interleave(ppb, dim=-2).repeat_interleave(ppb, dim=-1)
+            return m[..., off : off + h, off : off + w]
+
+        return px(t), px(cov)
+
     def run(self, on_checkpoint=None) -> None:
         """Train until ``cfg.steps`` (total, counting resumed steps) or the time limit."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         self.fit_prior_if_needed()
+        self.prior_target_if_needed()
         disable = (not sys.stderr.isatty()) if self.progress is None else (not self.progress)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=disable, file=sys.stderr)
         old = signal.getsignal(signal.SIGTERM)

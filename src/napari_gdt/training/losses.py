@@ -250,6 +250,37 @@ def nuclear_fraction_loss(
     return l1, var * lambda_var
 
 
+def prior_fraction_loss(
+    fake: torch.Tensor,
+    target: torch.Tensor,
+    measured: torch.Tensor,
+    threshold: float,
+    tau: float,
+    pools=(32, 64),
+    sigma_px: float = 0.0,
+    background_px: float = 0.0,
+) -> torch.Tensor:
+    """L1 between the generated local nuclear area fraction and a target map, where it is measured.
+
+    ``target`` and ``measured`` are ``(B, 1, H, W)`` maps on ``fake``'s pixels: the fraction asked
+    for (the composition prior, stretched to the real spread) and 1 where the expression is
+    measured. For each ``pool``, the soft nuclear mask (:func:`soft_nuclear_mask`) and the target
+    are average-pooled; only cells wholly measured count (glass and unmeasured tissue are left to
+    the other losses). Pools larger than the patch are skipped. Unlike
+    :func:`nuclear_fraction_loss`, the target is a function of the expression alone, the same on
+    every section, so what the generator learns from it carries to sections it has not seen.
+    """
+    mf = soft_nuclear_mask(fake, threshold, tau, sigma_px, background_px)
+    total = fake.new_zeros(())
+    for p in pools:
+        if p > min(mf.shape[-2:]):
+            continue
+        pf, pt = F.avg_pool2d(mf, p), F.avg_pool2d(target, p)
+        sel = (F.avg_pool2d(measured, p) > 0.999).to(pf.dtype)
+        total = total + ((pf - pt).abs() * sel).sum() / sel.sum().clamp_min(1.0)
+    return total
+
+
 def seed_consistency_loss(
     fake_a: torch.Tensor, fake_b: torch.Tensor, threshold: float, tau: float, pools=(64, 128), **mask
 ) -> torch.Tensor:

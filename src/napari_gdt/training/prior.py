@@ -26,7 +26,45 @@ import torch.nn.functional as F
 from ..errors import GDTError
 from .losses import soft_nuclear_mask
 
-__all__ = ["bin_nuclear_fraction", "fit_prior", "needs_prior_fit"]
+__all__ = ["bin_nuclear_fraction", "fit_prior", "needs_prior_fit", "target_stats"]
+
+
+def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
+    """Per section with measured bins outside its excluded boxes: the bins' scaled composition
+    (``(n, G)``, only when a generator ``g`` is given, else None), their target fractions, group
+    ids and names."""
+    X, Y, groups, names = [], [], [], []
+    for s in sections:
+        tot = s.counts.sum(axis=0)
+        y = bin_nuclear_fraction(s.image, s.px_per_bin, threshold, tau, pool, sigma_px, background_px)
+        hb, wb = min(y.shape[0], tot.shape[0]), min(y.shape[1], tot.shape[1])
+        keep = (tot[:hb, :wb] > 0) & ~_excluded_bins((hb, wb), s.px_per_bin, pool, s.exclude)
+        if not keep.any():
+            continue
+        if g is not None:
+            counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))[None].to(g.prior_w.device)
+            comp = g.normalise(counts)[0].cpu().numpy()  # (G, hb, wb)
+            X.append(comp[:, :hb, :wb][:, keep].T.astype(np.float64))
+        else:
+            X.append(None)
+        Y.append(y[:hb, :wb][keep].astype(np.float64))
+        groups.append(np.full(int(keep.sum()), len(names)))
+        names.append(s.name)
+    return X, Y, groups, names
+
+
+@torch.no_grad()
+def target_stats(
+    sections, threshold: float, tau: float, pool: int = 64, sigma_px: float = 0.0, background_px: float = 0.0
+) -> dict:
+    """Mean and SD, over the measured training bins outside excluded boxes, of the real nuclear
+    fraction the prior predicts (:func:`bin_nuclear_fraction`): the spread ``--lambda-prior`` asks
+    the generator for."""
+    _, Y, _, _ = _bin_data(sections, threshold, tau, pool, sigma_px, background_px)
+    if not Y or sum(len(y) for y in Y) < 10:
+        raise GDTError("the prior's target: the training sections have fewer than 10 measured bins outside the validation region")
+    y = np.concatenate(Y)
+    return {"mean": float(y.mean()), "sd": float(y.std()), "n_bins": int(len(y))}
 
 
 def needs_prior_fit(g) -> bool:
@@ -86,21 +124,7 @@ def fit_prior(
         raise GDTError("this generator has no prior channel (gdt-v2 with prior=1)")
     if not threshold or threshold <= 0:
         raise GDTError("fitting the prior needs the nuclear threshold of the training images")
-    dev = g.prior_w.device
-    X, Y, groups, names = [], [], [], []
-    for s in sections:
-        counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))[None].to(dev)
-        comp = g.normalise(counts)[0].cpu().numpy()  # (G, hb, wb)
-        tot = s.counts.sum(axis=0)
-        y = bin_nuclear_fraction(s.image, s.px_per_bin, threshold, tau, pool, sigma_px, background_px)
-        hb, wb = min(y.shape[0], tot.shape[0]), min(y.shape[1], tot.shape[1])
-        keep = (tot[:hb, :wb] > 0) & ~_excluded_bins((hb, wb), s.px_per_bin, pool, s.exclude)
-        if not keep.any():
-            continue
-        X.append(comp[:, :hb, :wb][:, keep].T.astype(np.float64))
-        Y.append(y[:hb, :wb][keep].astype(np.float64))
-        groups.append(np.full(int(keep.sum()), len(names)))
-        names.append(s.name)
+    X, Y, groups, names = _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g)
     if not X or sum(len(y) for y in Y) < 10:
         raise GDTError("fitting the prior: the training sections have fewer than 10 measured bins outside the validation region")
     Xa, ya, ga = np.concatenate(X), np.concatenate(Y), np.concatenate(groups)
