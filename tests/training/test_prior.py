@@ -290,3 +290,37 @@ def test_lambda_prior_needs_the_prior_and_is_kept_on_resume(tmp_path, capsys):
     ck2 = tmp_path / "s.ckpt" / "last.pt"
     assert rearch_main([str(ck), str(ck2), "--cfg", '{"lambda_prior": 0.5}']) == 0
     assert json.loads(torch.load(ck2, weights_only=False)["cfg"])["lambda_prior"] == 0.5
+
+
+def test_prior_target_reads_the_counts_before_depth_thinning(monkeypatch):
+    import napari_gdt.training.loop as loop
+
+    secs = _sections()
+    thr, tau = _threshold()
+    cfg = loop.TrainConfig(
+        arch={**TINY, "prior": 1},
+        model="gdt-v2",
+        lambda_prior=1.0,
+        nuc_pools=[8],
+        nuc_thr=thr,
+        nuc_tau=tau,
+        batch_size=2,
+        patch_bins=12,
+        depth_aug=1.0,
+    )
+    tr = loop.Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+    tr.fit_prior_if_needed()
+    tr.prior_target_if_needed()
+    seen = {}
+    real_map = tr.prior_target_map
+
+    def spy(G, counts, comp, hw):
+        seen["counts"], seen["comp"] = counts, comp
+        return real_map(G, counts, comp, hw)
+
+    monkeypatch.setattr(tr, "prior_target_map", spy)
+    # every window thinned to nothing: the generator sees no counts, the target still reads the tissue
+    monkeypatch.setattr(loop, "thin_counts", lambda c, p, m: torch.zeros_like(c))
+    tr.train_step()
+    assert float(seen["counts"].sum()) > 0
+    assert torch.equal(seen["comp"], tr.G.normalise(seen["counts"]))

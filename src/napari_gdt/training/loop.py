@@ -487,6 +487,7 @@ class Trainer:
         cfg = self.cfg
         G, D = self.G, self.D
         counts, real, origins = self._batch(self.sampler, cfg.batch_size)
+        full = counts  # as measured: what the tissue is (the prior's target reads these)
         if cfg.depth_aug > 0:  # the same tissue sequenced shallower: the picture must not change
             counts = thin_counts(counts, cfg.depth_aug, cfg.depth_min)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -531,7 +532,8 @@ class Trainer:
             g_loss = g_loss + cfg.lambda_nuc * nuc + nvar
         pri = torch.zeros(())
         if cfg.lambda_prior > 0:
-            tgt, meas = self.prior_target_map(G, counts, cond, fake.shape[-2:])
+            # from the counts before thinning: a shallower copy of the same tissue has the same target
+            tgt, meas = self.prior_target_map(G, full, cond if full is counts else G.normalise(full), fake.shape[-2:])
             pri = prior_fraction_loss(fake, tgt, meas, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, cfg.nuc_sigma_px, cfg.nuc_bg_px)
             g_loss = g_loss + cfg.lambda_prior * pri
         orient = torch.zeros(())
