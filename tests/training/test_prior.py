@@ -218,11 +218,10 @@ def test_prior_fraction_loss_counts_measured_cells_only():
     assert float(prior_fraction_loss(fake, torch.zeros(1, 1, 32, 32), ones, thr, tau, pools=(64,))) == 0.0
 
 
-def test_prior_target_is_the_stretched_prior_on_the_output_pixels():
+def _prior_trainer(**cfg_kw):
+    """A trainer of a tiny ``gdt-v2`` with the prior and ``lambda_prior`` on two synthetic sections."""
     from napari_gdt.training.loop import TrainConfig, Trainer
-    from napari_gdt.training.prior import target_stats
 
-    torch.manual_seed(0)
     secs = _sections()
     thr, tau = _threshold()
     cfg = TrainConfig(
@@ -234,8 +233,16 @@ def test_prior_target_is_the_stretched_prior_on_the_output_pixels():
         nuc_tau=tau,
         batch_size=2,
         patch_bins=12,
+        **cfg_kw,
     )
-    tr = Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+    return secs, thr, tau, Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+
+
+def test_prior_target_is_the_stretched_prior_on_the_output_pixels():
+    from napari_gdt.training.prior import target_stats
+
+    torch.manual_seed(0)
+    secs, thr, tau, tr = _prior_trainer()
     with pytest.raises(Exception, match="not fitted"):
         tr.prior_target_if_needed()
     tr.fit_prior_if_needed()
@@ -295,20 +302,7 @@ def test_lambda_prior_needs_the_prior_and_is_kept_on_resume(tmp_path, capsys):
 def test_prior_target_reads_the_counts_before_depth_thinning(monkeypatch):
     import napari_gdt.training.loop as loop
 
-    secs = _sections()
-    thr, tau = _threshold()
-    cfg = loop.TrainConfig(
-        arch={**TINY, "prior": 1},
-        model="gdt-v2",
-        lambda_prior=1.0,
-        nuc_pools=[8],
-        nuc_thr=thr,
-        nuc_tau=tau,
-        batch_size=2,
-        patch_bins=12,
-        depth_aug=1.0,
-    )
-    tr = loop.Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+    _, _, _, tr = _prior_trainer(depth_aug=1.0)
     tr.fit_prior_if_needed()
     tr.prior_target_if_needed()
     seen = {}
