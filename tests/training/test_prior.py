@@ -318,3 +318,12 @@ def test_prior_target_reads_the_counts_before_depth_thinning(monkeypatch):
     tr.train_step()
     assert float(seen["counts"].sum()) > 0
     assert torch.equal(seen["comp"], tr.G.normalise(seen["counts"]))
+
+
+def test_train_step_alone_measures_the_prior_target_on_first_use():
+    torch.manual_seed(0)
+    _, _, _, tr = _prior_trainer()
+    tr.fit_prior_if_needed()
+    assert tr._prior_target is None
+    out = tr.train_step()  # no run(): the target's mean and SD are measured when first needed
+    assert tr._prior_target is not None and out["prior"] >= 0

@@ -672,6 +672,8 @@ class Trainer:
         real fraction's mean and SD, clipped to [0, 1], and the measured mask, both ``(B, 1, H, W)``."""
         from ..models.gdt2 import _MIN_TOTAL
 
+        if self._prior_target is None:  # train_step without run(): measure it on first use
+            self.prior_target_if_needed()
         mean, sd = self._prior_target
         cov = (counts.clamp_min(0).sum(dim=1, keepdim=True) > _MIN_TOTAL).to(comp.dtype)
         t = (mean + sd * G.prior_channels(comp, cov)[:, :1]).clamp(0.0, 1.0)
