@@ -638,7 +638,7 @@ class Trainer:
         self._log({"step": self.step, "event": "prior fitted", **rep})
         cv = ", ".join(f"{k} {v:.2f}" for k, v in rep["cv_r"].items())
         print(
-            f"prior fitted on {sum(rep['n_bins'].values())} bins: r {rep['r_train']:.2f} "
+            f"prior fitted on {sum(rep['n_bins'].values())} {rep.get('unit', 'bin')}s: r {rep['r_train']:.2f} "
             f"(each section from the others: {cv or 'n/a'})",
             file=sys.stderr,
         )
@@ -664,7 +664,10 @@ class Trainer:
         )
         self._prior_target = (rep["mean"], rep["sd"])
         self._log({"step": self.step, "event": "prior target", **rep})
-        print(f"prior target: mean {rep['mean']:.3f}, SD {rep['sd']:.3f} over {rep['n_bins']} bins", file=sys.stderr)
+        print(
+            f"prior target: mean {rep['mean']:.3f}, SD {rep['sd']:.3f} over {rep['n_bins']} {rep.get('unit', 'bin')}s",
+            file=sys.stderr,
+        )
         return rep
 
     def prior_target_map(self, G, counts: torch.Tensor, comp: torch.Tensor, out_hw) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,13 +7,23 @@ held-out section 0.544 against the render's 0.485). The prior hands the generato
 as an input channel (``GDT2Generator(prior=1)``): per bin, a fixed linear read-out of the scaled
 composition the model already reads, fitted here in closed form.
 
-Fit (:func:`fit_prior`): for every measured bin of the training sections outside their excluded
-(validation) boxes, the target is the real image's soft nuclear mask
-(:func:`napari_gdt.training.losses.soft_nuclear_mask`, the segmenter's threshold) averaged over a
-``pool`` x ``pool`` output-px window centred on the bin; the features are the model's scaled
-composition of the bin. Ridge on standardised features, the penalty chosen leaving one training
+Fit (:func:`fit_prior`), in one of two units:
+
+- **spots** (when every training section is spot data, :attr:`PairedSection.spots`): for every
+  spot wholly inside its section and clear of the excluded (validation) boxes, the target is the
+  real image's soft nuclear mask (:func:`napari_gdt.training.losses.soft_nuclear_mask`, the
+  segmenter's threshold) averaged over the spot's disc, and the features are the model's scaled
+  composition averaged over the bins whose centre lies in the disc. Because the read-out is
+  linear, the prior map averaged over a spot's disc is then exactly the fitted prediction for that
+  spot: the unit ``evaluate`` scores and the ``ridge`` baseline is fitted on. (Fitted per bin
+  instead, against windows that straddle spot rims and the unmeasured gaps, the same read-out
+  follows the training spots' area fraction at Spearman 0.50-0.61 where a spot-level fit reaches
+  0.66 on sections it was not fitted on: session 10's study in ``docs/training.md``.)
+- **bins** (otherwise, e.g. MERFISH): for every measured bin outside the excluded boxes, the target
+  is the soft nuclear mask averaged over a ``pool`` x ``pool`` output-px window centred on the bin;
+  the features are the model's scaled composition of the bin. Ridge on standardised features, the penalty chosen leaving one training
 section out (:func:`napari_gdt.analysis.baselines._ridge_fit`), then folded into ``prior_w`` /
-``prior_b`` so that the channel is the prediction standardised over the training bins (mean 0,
+``prior_b`` so that the channel is the prediction standardised over the training units (mean 0,
 SD 1). ``prior_fitted`` is set to 1; a run that resumes a fitted checkpoint keeps its prior.
 """
 
@@ -26,7 +36,7 @@ import torch.nn.functional as F
 from ..errors import GDTError
 from .losses import soft_nuclear_mask
 
-__all__ = ["bin_nuclear_fraction", "fit_prior", "needs_prior_fit", "target_stats"]
+__all__ = ["bin_nuclear_fraction", "fit_prior", "needs_prior_fit", "prior_unit", "spot_nuclear_fraction", "target_stats"]
 
 
 def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
@@ -53,18 +63,114 @@ def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
     return X, Y, groups, names
 
 
+def prior_unit(sections) -> str:
+    """``"spot"`` when every section carries spots (:attr:`PairedSection.spots`), else ``"bin"``."""
+    secs = list(sections)
+    return "spot" if secs and all(getattr(s, "spots", None) is not None for s in secs) else "bin"
+
+
+def _spot_masks(spots, shape, ppb: int, exclude):
+    """Per spot clear of the ``exclude`` boxes: its index, the pixel box ``(y0, y1, x0, x1)`` and
+    disc mask over it, and the bins (rows, cols) whose centre lies in the disc."""
+    centres, d = spots
+    r = float(d) / 2.0
+    H, W = shape
+    out = []
+    for i, (cy, cx) in enumerate(np.asarray(centres, float)):
+        y0, y1 = max(0, int(np.floor(cy - r))), min(H, int(np.ceil(cy + r)) + 1)
+        x0, x1 = max(0, int(np.floor(cx - r))), min(W, int(np.ceil(cx + r)) + 1)
+        if y0 >= y1 or x0 >= x1 or any(y0 < b1 and b0 < y1 and x0 < c1 and c0 < x1 for b0, b1, c0, c1 in exclude):
+            continue
+        yy, xx = np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5
+        disc = ((yy[:, None] - cy) ** 2 + (xx[None, :] - cx) ** 2) <= r * r
+        if not disc.any():
+            continue
+        by = np.arange(y0 // ppb, -(-y1 // ppb))
+        bx = np.arange(x0 // ppb, -(-x1 // ppb))
+        inb = ((by[:, None] + 0.5) * ppb - cy) ** 2 + ((bx[None, :] + 0.5) * ppb - cx) ** 2 <= r * r
+        if inb.any():
+            rows, cols = np.nonzero(inb)
+            bins = (by[rows], bx[cols])
+        else:  # a disc smaller than a bin: the bin under its centre
+            bins = (np.array([int(cy // ppb)]), np.array([int(cx // ppb)]))
+        out.append((i, (y0, y1, x0, x1), disc, bins))
+    return out
+
+
+@torch.no_grad()
+def spot_nuclear_fraction(
+    image: np.ndarray,
+    spots,
+    px_per_bin: int,
+    threshold: float,
+    tau: float,
+    sigma_px: float = 0.0,
+    background_px: float = 0.0,
+    exclude=(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft nuclear area fraction of ``image`` ``(H, W, C)`` over each spot's disc (``spots``: centres
+    ``(n, 2)`` and diameter, output px). Returns the fractions and the indices of the spots used
+    (those clear of the ``exclude`` boxes)."""
+    m = _soft_mask(image, threshold, tau, sigma_px, background_px)
+    rows = _spot_masks(spots, m.shape, px_per_bin, exclude)
+    return _disc_means(m, rows), np.array([i for i, *_ in rows], int)
+
+
+def _disc_means(m: np.ndarray, rows) -> np.ndarray:
+    return np.array([float(m[b[0] : b[1], b[2] : b[3]][disc].mean()) for _, b, disc, _ in rows])
+
+
+def _soft_mask(image, threshold, tau, sigma_px, background_px) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
+    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+    return soft_nuclear_mask(x, threshold, tau, sigma_px, background_px)[0, 0].numpy()
+
+
+def _spot_data(sections, threshold, tau, sigma_px, background_px, g=None):
+    """Like :func:`_bin_data`, per spot: the spots' mean scaled composition over the bins in their
+    disc, their soft nuclear fraction over the disc, group ids and names."""
+    X, Y, groups, names = [], [], [], []
+    for s in sections:
+        m = _soft_mask(s.image, threshold, tau, sigma_px, background_px)
+        rows = _spot_masks(s.spots, m.shape, s.px_per_bin, s.exclude)
+        tot = s.counts.sum(axis=0)
+        rows = [r for r in rows if (tot[r[3]] > 0).any()]
+        if not rows:
+            continue
+        if g is not None:
+            counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))[None].to(g.prior_w.device)
+            comp = g.normalise(counts)[0].cpu().numpy()  # (G, Hb, Wb)
+            X.append(np.stack([comp[:, by, bx].mean(axis=1) for *_, (by, bx) in rows]).astype(np.float64))
+        else:
+            X.append(None)
+        Y.append(_disc_means(m, rows))
+        groups.append(np.full(len(rows), len(names)))
+        names.append(s.name)
+    return X, Y, groups, names
+
+
+def _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
+    """``(unit, X, Y, groups, names)``: :func:`_spot_data` for spot sections, else :func:`_bin_data`."""
+    unit = prior_unit(sections)
+    if unit == "spot":
+        return (unit, *_spot_data(sections, threshold, tau, sigma_px, background_px, g))
+    return (unit, *_bin_data(sections, threshold, tau, pool, sigma_px, background_px, g))
+
+
 @torch.no_grad()
 def target_stats(
     sections, threshold: float, tau: float, pool: int = 64, sigma_px: float = 0.0, background_px: float = 0.0
 ) -> dict:
-    """Mean and SD, over the measured training bins outside excluded boxes, of the real nuclear
-    fraction the prior predicts (:func:`bin_nuclear_fraction`): the spread ``--lambda-prior`` asks
-    the generator for."""
-    _, Y, _, _ = _bin_data(sections, threshold, tau, pool, sigma_px, background_px)
+    """Mean and SD, over the training units the prior is fitted on (spots, or measured bins; outside
+    excluded boxes), of the real nuclear fraction it predicts: the spread ``--lambda-prior`` asks
+    the generator for. ``n_bins`` is the number of units, ``unit`` their kind."""
+    unit, _, Y, _, _ = _unit_data(sections, threshold, tau, pool, sigma_px, background_px)
     if not Y or sum(len(y) for y in Y) < 10:
-        raise GDTError("the prior's target: the training sections have fewer than 10 measured bins outside the validation region")
+        raise GDTError(
+            f"the prior's target: the training sections have fewer than 10 measured {unit}s outside the validation region"
+        )
     y = np.concatenate(Y)
-    return {"mean": float(y.mean()), "sd": float(y.std()), "n_bins": int(len(y))}
+    return {"mean": float(y.mean()), "sd": float(y.std()), "n_bins": int(len(y)), "unit": unit}
 
 
 def needs_prior_fit(g) -> bool:
@@ -86,9 +192,7 @@ def bin_nuclear_fraction(
     centred on each bin, ``(H // px_per_bin, W // px_per_bin)`` (windows are cut at the image edge)."""
     H, W = image.shape[:2]
     hb, wb = H // px_per_bin, W // px_per_bin
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
-    x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
-    m = soft_nuclear_mask(x, threshold, tau, sigma_px, background_px)[:, :1]
+    m = torch.from_numpy(_soft_mask(image, threshold, tau, sigma_px, background_px))[None, None]
     m = m[..., : hb * px_per_bin, : wb * px_per_bin]
     pad = max(0, pool // 2 - px_per_bin // 2)
     ones = torch.ones_like(m)
@@ -117,16 +221,19 @@ def fit_prior(
     """Fit ``g``'s prior on ``sections`` (:class:`~napari_gdt.training.sampling.PairedSection`),
     in place (``prior_w``, ``prior_b``, ``prior_fitted``). Returns a report: ``alpha``,
     ``n_bins`` per section, ``r_train`` (Pearson of the fit on its bins), ``cv_r`` (the prediction
-    of each section by the fit on the others, Pearson, when there are two or more sections)."""
+    of each section by the fit on the others, Pearson, when there are two or more sections), ``unit``
+    (``"spot"`` or ``"bin"``, :func:`prior_unit`; ``n_bins`` then counts spots)."""
     from ..analysis.baselines import _ridge_fit, _ridge_solve
 
     if not getattr(g, "n_prior", 0):
         raise GDTError("this generator has no prior channel (gdt-v2 with prior=1)")
     if not threshold or threshold <= 0:
         raise GDTError("fitting the prior needs the nuclear threshold of the training images")
-    X, Y, groups, names = _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g)
+    unit, X, Y, groups, names = _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g)
     if not X or sum(len(y) for y in Y) < 10:
-        raise GDTError("fitting the prior: the training sections have fewer than 10 measured bins outside the validation region")
+        raise GDTError(
+            f"fitting the prior: the training sections have fewer than 10 measured {unit}s outside the validation region"
+        )
     Xa, ya, ga = np.concatenate(X), np.concatenate(Y), np.concatenate(groups)
     mu, sd = Xa.mean(axis=0), Xa.std(axis=0)
     sd[sd == 0] = 1.0
@@ -155,6 +262,7 @@ def fit_prior(
             wk = _ridge_solve(Z[tr], ya[tr] - m, fit["alpha"])
             cv[names[int(k)] if len(names) > 1 else f"half {int(k)}"] = float(np.corrcoef(Z[te] @ wk + m, ya[te])[0, 1])
     return {
+        "unit": unit,
         "alpha": fit["alpha"],
         "n_bins": {n: int(len(y)) for n, y in zip(names, Y)},
         "r_train": float(np.corrcoef(pred, ya)[0, 1]),

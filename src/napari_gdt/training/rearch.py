@@ -109,11 +109,16 @@ def _widen_embed(st: dict, g, col: int, n: int) -> None:
                 state[idx][m] = widen(state[idx][m])
 
 
-def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: list[str] | None = None, expression=None) -> dict:
+def rearch(
+    src, dst, arch: dict | None = None, cfg: dict | None = None, argv: list[str] | None = None, expression=None, refit_prior=False
+) -> dict:
     """Write checkpoint ``dst``: ``src`` with ``arch`` / ``cfg`` entries replaced. Returns the new arch and cfg.
 
     Weight shapes must stay, except that ``gdt-v2``'s ``abs_depth`` may be turned on (its new input
     starts at zero weight; ``expression``: the training canvases, to fit its depth scale).
+    ``refit_prior``: mark the composition prior's read-out unfitted, so that the run resuming
+    ``dst`` fits it again (with today's :func:`napari_gdt.training.prior.fit_prior`, e.g. per spot);
+    the weights that read the prior channel are kept.
     """
     import torch
 
@@ -147,6 +152,11 @@ def rearch(src, dst, arch: dict | None = None, cfg: dict | None = None, argv: li
         _add_prior(st, g)
     elif st["arch"].get("prior") and not new_arch.get("prior"):
         raise GDTError("--arch cannot turn the prior off (its input columns hold trained weights)")
+    if refit_prior:
+        if not new_arch.get("prior"):
+            raise GDTError("--refit-prior: this generator has no composition prior (gdt-v2 with prior 1)")
+        for key in ("G", "G_ema"):
+            st[key]["prior_fitted"] = torch.zeros_like(st[key]["prior_fitted"])
     try:
         g.load_state_dict(st["G"])
     except RuntimeError as e:
@@ -184,10 +194,23 @@ def main(argv=None) -> int:
         "--expression", action="append", default=[], help="training canvas (repeat); only when --arch turns abs_depth on"
     )
     ap.add_argument("--cfg", default="{}", help=f"JSON: training settings to replace ({', '.join(CFG_KEYS)})")
+    ap.add_argument(
+        "--refit-prior",
+        action="store_true",
+        help="fit the composition prior's read-out again when the run resumes (weights kept)",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     try:
-        r = rearch(a.src, a.dst, _json_arg(a.arch, "--arch"), _json_arg(a.cfg, "--cfg"), argv=argv, expression=a.expression)
+        r = rearch(
+            a.src,
+            a.dst,
+            _json_arg(a.arch, "--arch"),
+            _json_arg(a.cfg, "--cfg"),
+            argv=argv,
+            expression=a.expression,
+            refit_prior=a.refit_prior,
+        )
     except GDTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

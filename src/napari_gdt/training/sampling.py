@@ -30,6 +30,8 @@ class PairedSection:
     ``image`` is ``(H, W, C)`` float32 in [0, 1] with ``H = Hb * px_per_bin``.
     ``exclude`` is a list of output-px boxes ``(y0, y1, x0, x1)`` that training
     patches must not touch (held-out validation regions).
+    ``spots`` (spot data only): the spot centres ``(n, 2)`` in output px and the
+    spot diameter in output px, for spots wholly inside the canvas; else None.
     """
 
     name: str
@@ -37,6 +39,7 @@ class PairedSection:
     image: np.ndarray
     px_per_bin: int
     exclude: list = field(default_factory=list)
+    spots: tuple | None = None
 
     @classmethod
     def from_canvas(
@@ -46,7 +49,13 @@ class PairedSection:
         counts = np.asarray(c.data.compute() if hasattr(c.data, "compute") else c.data, dtype=np.float32)
         Hb, Wb = counts.shape[1:]
         img = resample_to_model_grid(image, canvas.affine, px_per_bin, (Hb * px_per_bin, Wb * px_per_bin))
-        return cls(name=name, counts=counts, image=img, px_per_bin=px_per_bin, exclude=list(exclude or []))
+        from ..analysis.quality import spot_units
+        from ..rendering.tiles import Region
+
+        spots = spot_units(canvas, px_per_bin, Region(0, Hb * px_per_bin, 0, Wb * px_per_bin))
+        if spots is not None and len(spots[0]) == 0:
+            spots = None
+        return cls(name=name, counts=counts, image=img, px_per_bin=px_per_bin, exclude=list(exclude or []), spots=spots)
 
 
 def augment(counts: np.ndarray, image: np.ndarray, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,202 @@
+"""The composition prior fitted per spot: spot data fixes composition per disc, and evaluate scores per disc."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_gdt.expression.canvas import ExpressionCanvas
+from napari_gdt.models.gdt2 import GDT2Generator
+from napari_gdt.training.losses import haematoxylin_od
+from napari_gdt.training.prior import fit_prior, needs_prior_fit, prior_unit, spot_nuclear_fraction, target_stats
+from napari_gdt.training.sampling import PairedSection
+
+TINY = {
+    "emb_ch": 8,
+    "n_bin_convs": 1,
+    "depth_window": 1,
+    "n_struct": 2,
+    "stage_channels": [8, 6, 6],
+    "stage_convs": [1, 1, 1],
+    "latent_dim": 8,
+}
+PURPLE = np.array([0.35, 0.2, 0.55], np.float32)
+WHITE = np.array([0.95, 0.94, 0.96], np.float32)
+PINK = np.array([0.9, 0.6, 0.75], np.float32)  # eosin: tissue, not nuclear
+PPB, SIZE, PITCH, DIAM = 8, 24, 32, 20.0  # bins of 8 px; 24 x 24 bins; spots every 32 px, 20 px across
+
+
+def _threshold():
+    od = haematoxylin_od(torch.from_numpy(np.stack([PURPLE, WHITE])[:, :, None, None]))[:, 0, 0, 0]
+    return float(od.mean()), float((od[0] - od[1]).abs()) / 50
+
+
+def _disc(cy, cx, shape=(SIZE * PPB, SIZE * PPB)):
+    yy, xx = np.arange(shape[0]) + 0.5, np.arange(shape[1]) + 0.5
+    return ((yy[:, None] - cy) ** 2 + (xx[None, :] - cx) ** 2) <= (DIAM / 2) ** 2
+
+
+def _spot_sections(n=3, seed=0, gap_noise=True):
+    """Spot sections: each spot's composition (gene 0's share s) sets the nuclear fraction of its disc
+    (= s); the gaps between spots hold a mixture of the neighbours' counts and an unrelated image."""
+    rng = np.random.default_rng(seed)
+    H = SIZE * PPB
+    out = []
+    for k in range(n):
+        centres = np.array([(y, x) for y in range(16, H - 15, PITCH) for x in range(16, H - 15, PITCH)], float)
+        s = rng.uniform(0.1, 0.9, len(centres))
+        img = np.broadcast_to(WHITE, (H, H, 3)).copy()
+        if gap_noise:  # tissue between the spots, nuclear at random: what a per-bin window would also see
+            img[rng.random((H, H)) < 0.5] = PURPLE
+        counts = np.zeros((5, SIZE, SIZE), np.float32)
+        by = (np.arange(SIZE) + 0.5) * PPB
+        for (cy, cx), sk in zip(centres, s):
+            d = _disc(cy, cx)
+            img[d] = WHITE
+            img[d & (rng.random((H, H)) < sk)] = PURPLE
+            depth = rng.gamma(3.0, 40.0)
+            prof = np.exp(-((by[:, None] - cy) ** 2 + (by[None, :] - cx) ** 2) / (2 * 12.0**2))
+            counts[0] += (sk * depth * prof).astype(np.float32)
+            counts[1:] += ((1 - sk) * depth / 4 * prof)[None].astype(np.float32) * rng.uniform(0.8, 1.2, (4, 1, 1)).astype(
+                np.float32
+            )
+        out.append(PairedSection(name=f"S{k}", counts=counts, image=img, px_per_bin=PPB, spots=(centres, DIAM)))
+        out[-1].share = s  # the truth, for the test
+    return out
+
+
+def test_spot_fraction_is_the_mean_of_the_mask_over_each_disc_and_skips_excluded_spots():
+    thr, tau = _threshold()
+    (sec,) = _spot_sections(n=1)
+    y, idx = spot_nuclear_fraction(sec.image, sec.spots, PPB, thr, tau)
+    assert list(idx) == list(range(len(sec.spots[0])))
+    hard = np.all(np.isclose(sec.image, PURPLE), axis=-1)
+    want = [hard[_disc(cy, cx)].mean() for cy, cx in sec.spots[0]]
+    np.testing.assert_allclose(y, want, atol=1e-3)
+    np.testing.assert_allclose(y, sec.share, atol=0.12)  # a random draw of the planted fraction
+    # a spot whose disc touches an excluded box is left out; one clear of it stays
+    y2, idx2 = spot_nuclear_fraction(sec.image, sec.spots, PPB, thr, tau, exclude=[(0, 6, 0, 6)])
+    assert np.all(idx2 == idx)  # the box (px 0-5) stops short of the first disc's rows and columns (6-26)
+    y3, idx3 = spot_nuclear_fraction(sec.image, sec.spots, PPB, thr, tau, exclude=[(0, 7, 0, 7)])
+    assert 0 not in idx3 and len(idx3) == len(idx) - 1
+    np.testing.assert_allclose(y3, y[1:])
+
+
+def test_fit_prior_per_spot_makes_the_prior_map_over_each_disc_the_fitted_prediction():
+    torch.manual_seed(0)
+    secs = _spot_sections()
+    assert prior_unit(secs) == "spot" and prior_unit(secs[:1] + [PairedSection("b", secs[0].counts, secs[0].image, PPB)]) == "bin"
+    g = GDT2Generator(n_genes=5, prior=1, **TINY)
+    g.fit_input_scale([s.counts for s in secs])
+    thr, tau = _threshold()
+    rep = fit_prior(g, secs, thr, tau, pool=16)
+    assert rep["unit"] == "spot" and not needs_prior_fit(g)
+    assert rep["n_bins"] == {s.name: len(s.spots[0]) for s in secs}
+    assert min(rep["cv_r"].values()) > 0.8  # each section from the others
+    # the map averaged over the bins in a disc is the prediction for that spot: standardised over the spots,
+    # and it follows the planted fraction
+    preds, truth = [], []
+    for s in secs:
+        counts = torch.from_numpy(s.counts)[None]
+        ch = g.prior_channels(g.normalise(counts), (counts.sum(1, keepdim=True) > 0).float())[0, 0].numpy()
+        c = (np.arange(SIZE) + 0.5) * PPB
+        for cy, cx in s.spots[0]:
+            inb = ((c[:, None] - cy) ** 2 + (c[None, :] - cx) ** 2) <= (DIAM / 2) ** 2
+            preds.append(ch[inb].mean())
+        truth += list(s.share)
+    preds = np.asarray(preds)
+    assert abs(preds.mean()) < 1e-4 and preds.std() == pytest.approx(1.0, abs=1e-4)
+    assert np.corrcoef(preds, truth)[0, 1] > 0.9
+    # the target's stretch is the spots' real fraction
+    ys = np.concatenate([spot_nuclear_fraction(s.image, s.spots, PPB, thr, tau)[0] for s in secs])
+    st = target_stats(secs, thr, tau, pool=16)
+    assert st["unit"] == "spot" and st["n_bins"] == ys.size
+    assert st["mean"] == pytest.approx(ys.mean(), rel=1e-5) and st["sd"] == pytest.approx(ys.std(), rel=1e-5)
+    # the validation box keeps its spots out of the fit
+    secs[0].exclude = [(0, 40, 0, 200)]  # touches the first two rows of spots (6-26 and 38-58 px)
+    rep2 = fit_prior(g, secs, thr, tau, pool=16)
+    assert rep2["n_bins"]["S0"] == len(secs[0].spots[0]) - 2 * 6
+
+
+def test_fit_per_spot_beats_fit_per_bin_when_the_gaps_are_unrelated():
+    """What the spot unit is for: the gaps between spots are real tissue but their composition is a
+    blend of the neighbours; per-bin windows learn that blur, per-spot discs do not."""
+    secs = _spot_sections(seed=3)
+    thr, tau = _threshold()
+    per_spot, per_bin = GDT2Generator(n_genes=5, prior=1, **TINY), GDT2Generator(n_genes=5, prior=1, **TINY)
+    for g in (per_spot, per_bin):
+        g.fit_input_scale([s.counts for s in secs])
+    fit_prior(per_spot, secs, thr, tau, pool=16)
+    no_spots = [PairedSection(s.name, s.counts, s.image, PPB) for s in secs]
+    assert fit_prior(per_bin, no_spots, thr, tau, pool=16)["unit"] == "bin"
+    ys = np.concatenate([spot_nuclear_fraction(s.image, s.spots, PPB, thr, tau)[0] for s in secs])
+
+    def at_spots(g):
+        v = []
+        for s in secs:
+            counts = torch.from_numpy(s.counts)[None]
+            ch = g.prior_channels(g.normalise(counts), (counts.sum(1, keepdim=True) > 0).float())[0, 0].numpy()
+            c = (np.arange(SIZE) + 0.5) * PPB
+            for cy, cx in s.spots[0]:
+                v.append(ch[((c[:, None] - cy) ** 2 + (c[None, :] - cx) ** 2) <= (DIAM / 2) ** 2].mean())
+        return np.asarray(v)
+
+    from scipy.stats import spearmanr
+
+    r_spot, r_bin = spearmanr(at_spots(per_spot), ys)[0], spearmanr(at_spots(per_bin), ys)[0]
+    assert r_spot > 0.9 and r_spot > r_bin
+
+
+def test_paired_section_from_a_spot_canvas_carries_its_spots_in_output_px():
+    genes = [f"G{i}" for i in range(3)]
+    data = np.ones((3, 10, 12), np.float32)
+    # bins of 16 image px; the model paints 8 output px per bin: image px / 2 = output px
+    meta = {"spots": {"centres_px": [[40.0, 40.0], [80.0, 120.0], [2.0, 2.0]], "diameter_px": 20.0}}
+    c = ExpressionCanvas(data=data, genes=genes, bin_um=10.0, affine=np.diag([16.0, 16.0, 1.0]), meta=meta)
+    img = np.full((160, 192, 3), 0.5, np.float32)
+    s = PairedSection.from_canvas(c, img, genes, 8, name="spots")
+    centres, d = s.spots
+    assert d == pytest.approx(10.0)
+    np.testing.assert_allclose(centres, [[20.0, 20.0], [40.0, 60.0]])  # the spot cut by the edge is left out
+    plain = PairedSection.from_canvas(
+        ExpressionCanvas(data=data, genes=genes, bin_um=10.0, affine=np.diag([16.0, 16.0, 1.0])), img, genes, 8
+    )
+    assert plain.spots is None
+
+
+def test_rearch_refit_prior_fits_the_read_out_again_on_resume(tmp_path, capsys):
+    from skimage.io import imsave
+
+    from napari_gdt.cli import main
+    from napari_gdt.synthetic import synthetic_canvas
+    from napari_gdt.training.rearch import main as rearch_main
+
+    c = synthetic_canvas((16, 16), genes=[f"G{i}" for i in range(5)], seed=4)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(tmp_path / "c.ome.zarr")
+    rng = np.random.default_rng(1)
+    img = np.where((rng.random((128, 128)) < 0.3)[..., None], PURPLE, PINK)
+    imsave(tmp_path / "img.png", (img * 255).astype(np.uint8), check_contrast=False)
+    base = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
+    common = ["--patch-bins", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval", "--ckpt-every", "2"]
+    assert (
+        main(base + ["--out", str(tmp_path / "p.safetensors"), "--steps", "2", "--arch-config", json.dumps(TINY)] + common) == 0
+    )
+    plain = tmp_path / "p.ckpt" / "last.pt"
+    assert rearch_main([str(plain), str(tmp_path / "x.ckpt" / "last.pt"), "--refit-prior"]) == 2
+    assert "--refit-prior: this generator has no composition prior" in capsys.readouterr().err
+    out = tmp_path / "m.safetensors"
+    assert main(base + ["--out", str(out), "--steps", "2", "--arch-config", json.dumps({**TINY, "prior": 1})] + common) == 0
+    ck, ck2 = tmp_path / "m.ckpt" / "last.pt", tmp_path / "r.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck2), "--refit-prior"]) == 0
+    s1, s2 = torch.load(ck, weights_only=True), torch.load(ck2, weights_only=True)
+    assert float(s1["G"]["prior_fitted"]) == 1.0
+    assert float(s2["G"]["prior_fitted"]) == 0.0 and float(s2["G_ema"]["prior_fitted"]) == 0.0
+    assert torch.equal(s1["G"]["embed.weight"], s2["G"]["embed.weight"])  # the weights are kept
+    assert main(base + ["--out", str(tmp_path / "r.safetensors"), "--resume", str(ck2), "--steps", "4"] + common) == 0
+    log = [json.loads(x) for x in (tmp_path / "r.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert [x.get("unit") for x in log if x.get("event") == "prior fitted"][-1] == "bin"  # no spots in this canvas
+    assert float(torch.load(ck2, weights_only=True)["G"]["prior_fitted"]) == 1.0
+    cmds = [x["command"] for x in json.loads((tmp_path / "r.ckpt" / "commands.json").read_text())]
+    assert any(x.startswith("python -m napari_gdt.training.rearch") and x.endswith("--refit-prior") for x in cmds)
