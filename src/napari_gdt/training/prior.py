@@ -25,7 +25,8 @@ Fit (:func:`fit_prior`), in one of two units:
 
 Ridge on standardised features, the penalty chosen leaving one training section out
 (:func:`napari_gdt.analysis.baselines._ridge_fit`), then folded into ``prior_w`` / ``prior_b`` so
-that the channel is the prediction standardised over the training units (mean 0, SD 1). ``prior_fitted`` is set to 1; a run that resumes a fitted checkpoint keeps its prior.
+that the channel is the prediction standardised over the training units (mean 0, SD 1).
+``prior_fitted`` is set to 1; a run that resumes a fitted checkpoint keeps its prior.
 """
 
 from __future__ import annotations
