@@ -327,3 +327,14 @@ def test_train_step_alone_measures_the_prior_target_on_first_use():
     assert tr._prior_target is None
     out = tr.train_step()  # no run(): the target's mean and SD are measured when first needed
     assert tr._prior_target is not None and out["prior"] >= 0
+
+
+def test_the_trainer_fits_the_prior_at_its_thinning_depths(capsys):
+    from napari_gdt.training.prior import prior_depths
+
+    _, _, _, tr = _prior_trainer(depth_aug=0.5, depth_min=0.125)
+    rep = tr.fit_prior_if_needed()
+    assert rep["depths"] == pytest.approx([0.5, 0.25, 0.125]) == list(prior_depths(tr.cfg)) and "depth_shift" in rep
+    assert "also at 0.5, 0.25, 0.12 of the depth: shift" in capsys.readouterr().err
+    _, _, _, tr0 = _prior_trainer()
+    assert "depths" not in tr0.fit_prior_if_needed()

@@ -607,7 +607,7 @@ class Trainer:
         """Fit the generator's composition prior (``gdt-v2`` ``prior``) on the training sections if it
         has one that is not fitted yet (a new run, or a stage that turned it on); both generators get
         it. Returns the fit's report (see :func:`napari_gdt.training.prior.fit_prior`) or None."""
-        from .prior import fit_prior, needs_prior_fit
+        from .prior import fit_prior, needs_prior_fit, prior_depths
 
         if not needs_prior_fit(self.G):
             return None
@@ -621,7 +621,14 @@ class Trainer:
         )
         tau = cfg.nuc_tau if cfg.nuc_tau > 0 else 0.1 * thr
         rep = fit_prior(
-            self.G, self.sections, thr, tau, pool=max(cfg.nuc_pools), sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px
+            self.G,
+            self.sections,
+            thr,
+            tau,
+            pool=max(cfg.nuc_pools),
+            sigma_px=cfg.nuc_sigma_px,
+            background_px=cfg.nuc_bg_px,
+            depths=prior_depths(cfg),
         )
         col = self.G.prior_column
         if cfg.prior_boost and not self.G.embed.weight[:, col].any():
@@ -637,9 +644,13 @@ class Trainer:
             getattr(self.G_ema, name).copy_(getattr(self.G, name))
         self._log({"step": self.step, "event": "prior fitted", **rep})
         cv = ", ".join(f"{k} {v:.2f}" for k, v in rep["cv_r"].items())
+        dep = ""
+        if rep.get("depths"):
+            fr = ", ".join(f"{f:.2g}" for f in rep["depths"])
+            dep = f"; also at {fr} of the depth: shift {rep['depth_shift']:+.2f} SD at the shallowest"
         print(
             f"prior fitted on {sum(rep['n_bins'].values())} {rep.get('unit', 'bin')}s: r {rep['r_train']:.2f} "
-            f"(each section from the others: {cv or 'n/a'})",
+            f"(each section from the others: {cv or 'n/a'}){dep}",
             file=sys.stderr,
         )
         return rep

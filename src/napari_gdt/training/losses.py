@@ -136,14 +136,20 @@ def thin_counts(counts: torch.Tensor, p: float = 0.5, f_min: float = 0.05, gener
     pick = torch.rand(b, generator=generator) < p
     for i in torch.nonzero(pick).flatten().tolist():
         f = float(torch.exp(torch.empty(1).uniform_(math.log(f_min), 0.0, generator=generator)))
-        c = counts[i].clamp_min(0)
-        if torch.equal(c, c.round()):
-            t = torch.binomial(c, torch.full_like(c, f), generator=generator)
-        else:
-            t = torch.poisson(c * f, generator=generator)
-            t = F.avg_pool2d(t[None], 5, stride=1, padding=2, count_include_pad=False)[0]
-        out[i] = t / f
+        out[i] = thin_window(counts[i], f, generator)
     return out
+
+
+def thin_window(counts: torch.Tensor, f: float, generator=None) -> torch.Tensor:
+    """One window's counts ``(G, h, w)`` sequenced ``f`` times as deep, rescaled by ``1 / f`` (see
+    :func:`thin_counts`)."""
+    c = counts.clamp_min(0)
+    if torch.equal(c, c.round()):
+        t = torch.binomial(c, torch.full_like(c, f), generator=generator)
+    else:
+        t = torch.poisson(c * f, generator=generator)
+        t = F.avg_pool2d(t[None], 5, stride=1, padding=2, count_include_pad=False)[0]
+    return t / f
 
 
 def reconstruction_loss(fake: torch.Tensor, real: torch.Tensor, pool: int = 8) -> torch.Tensor:

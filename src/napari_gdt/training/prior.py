@@ -31,21 +31,32 @@ that the channel is the prediction standardised over the training units (mean 0,
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import GDTError
-from .losses import soft_nuclear_mask
+from .losses import soft_nuclear_mask, thin_window
 
-__all__ = ["bin_nuclear_fraction", "fit_prior", "needs_prior_fit", "prior_unit", "spot_nuclear_fraction", "target_stats"]
+__all__ = [
+    "bin_nuclear_fraction",
+    "fit_prior",
+    "needs_prior_fit",
+    "prior_depths",
+    "prior_unit",
+    "spot_nuclear_fraction",
+    "target_stats",
+]
 
 
-def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
+def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None, depths=()):
     """Per section with measured bins outside its excluded boxes: the bins' scaled composition
     (``(n, G)``, only when a generator ``g`` is given, else None), their target fractions, group
-    ids and names."""
-    X, Y, groups, names = [], [], [], []
+    ids, names and which rows are at full depth. ``depths``: each bin again, its section's counts
+    thinned to that fraction (:func:`napari_gdt.training.losses.thin_window`), with the same target."""
+    X, Y, groups, names, full = [], [], [], [], []
     for s in sections:
         tot = s.counts.sum(axis=0)
         y = bin_nuclear_fraction(s.image, s.px_per_bin, threshold, tau, pool, sigma_px, background_px)
@@ -53,16 +64,37 @@ def _bin_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
         keep = (tot[:hb, :wb] > 0) & ~_excluded_bins((hb, wb), s.px_per_bin, pool, s.exclude)
         if not keep.any():
             continue
+
+        def read(comp, hb=hb, wb=wb, keep=keep):
+            return comp[:, :hb, :wb][:, keep].T
+
+        _append_rows(X, Y, groups, names, full, s, g, depths, read, y[:hb, :wb][keep])
+    return X, Y, groups, names, full
+
+
+def _append_rows(X, Y, groups, names, full, s, g, depths, read, y) -> None:
+    """One section's rows: ``read(comp)`` gives the units' features ``(n, G)`` from a scaled
+    composition ``(G, Hb, Wb)``; at full depth, then at each of ``depths`` (thinned counts)."""
+    y = np.asarray(y, np.float64)
+    copies = [None, *depths] if g is not None else [None]
+    for f in copies:
         if g is not None:
-            counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))[None].to(g.prior_w.device)
-            comp = g.normalise(counts)[0].cpu().numpy()  # (G, hb, wb)
-            X.append(comp[:, :hb, :wb][:, keep].T.astype(np.float64))
+            counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))
+            if f is not None:
+                counts = thin_window(counts, float(f), torch.Generator().manual_seed(_thin_seed(s.name, f)))
+            comp = g.normalise(counts[None].to(g.prior_w.device))[0].cpu().numpy()
+            X.append(np.asarray(read(comp), np.float64))
         else:
             X.append(None)
-        Y.append(y[:hb, :wb][keep].astype(np.float64))
-        groups.append(np.full(int(keep.sum()), len(names)))
-        names.append(s.name)
-    return X, Y, groups, names
+        Y.append(y)
+        groups.append(np.full(len(y), len(names)))
+        full.append(np.full(len(y), f is None))
+    names.append(s.name)
+
+
+def _thin_seed(name: str, f: float) -> int:
+    """A fixed seed per (section, depth): the fit is reproducible."""
+    return int(zlib.crc32(f"{name}:{float(f):.6g}".encode()))
 
 
 def prior_unit(sections) -> str:
@@ -128,10 +160,10 @@ def _soft_mask(image, threshold, tau, sigma_px, background_px) -> np.ndarray:
     return soft_nuclear_mask(x, threshold, tau, sigma_px, background_px)[0, 0].numpy()
 
 
-def _spot_data(sections, threshold, tau, sigma_px, background_px, g=None):
+def _spot_data(sections, threshold, tau, sigma_px, background_px, g=None, depths=()):
     """Like :func:`_bin_data`, per spot: the spots' mean scaled composition over the bins in their
-    disc, their soft nuclear fraction over the disc, group ids and names."""
-    X, Y, groups, names = [], [], [], []
+    disc, their soft nuclear fraction over the disc, group ids, names and full-depth rows."""
+    X, Y, groups, names, full = [], [], [], [], []
     for s in sections:
         m = _soft_mask(s.image, threshold, tau, sigma_px, background_px)
         rows = _spot_masks(s.spots, m.shape, s.px_per_bin, s.exclude)
@@ -139,24 +171,20 @@ def _spot_data(sections, threshold, tau, sigma_px, background_px, g=None):
         rows = [r for r in rows if (tot[r[3]] > 0).any()]
         if not rows:
             continue
-        if g is not None:
-            counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))[None].to(g.prior_w.device)
-            comp = g.normalise(counts)[0].cpu().numpy()  # (G, Hb, Wb)
-            X.append(np.stack([comp[:, by, bx].mean(axis=1) for *_, (by, bx) in rows]).astype(np.float64))
-        else:
-            X.append(None)
-        Y.append(_disc_means(m, rows))
-        groups.append(np.full(len(rows), len(names)))
-        names.append(s.name)
-    return X, Y, groups, names
+
+        def read(comp, rows=rows):
+            return np.stack([comp[:, by, bx].mean(axis=1) for *_, (by, bx) in rows])
+
+        _append_rows(X, Y, groups, names, full, s, g, depths, read, _disc_means(m, rows))
+    return X, Y, groups, names, full
 
 
-def _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g=None):
-    """``(unit, X, Y, groups, names)``: :func:`_spot_data` for spot sections, else :func:`_bin_data`."""
+def _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g=None, depths=()):
+    """``(unit, X, Y, groups, names, full)``: :func:`_spot_data` for spot sections, else :func:`_bin_data`."""
     unit = prior_unit(sections)
     if unit == "spot":
-        return (unit, *_spot_data(sections, threshold, tau, sigma_px, background_px, g))
-    return (unit, *_bin_data(sections, threshold, tau, pool, sigma_px, background_px, g))
+        return (unit, *_spot_data(sections, threshold, tau, sigma_px, background_px, g, depths))
+    return (unit, *_bin_data(sections, threshold, tau, pool, sigma_px, background_px, g, depths))
 
 
 @torch.no_grad()
@@ -166,13 +194,25 @@ def target_stats(
     """Mean and SD, over the training units the prior is fitted on (spots, or measured bins; outside
     excluded boxes), of the real nuclear fraction it predicts: the spread ``--lambda-prior`` asks
     the generator for. ``n_bins`` is the number of units, ``unit`` their kind."""
-    unit, _, Y, _, _ = _unit_data(sections, threshold, tau, pool, sigma_px, background_px)
+    unit, _, Y, _, _, _ = _unit_data(sections, threshold, tau, pool, sigma_px, background_px)
     if not Y or sum(len(y) for y in Y) < 10:
         raise GDTError(
             f"the prior's target: the training sections have fewer than 10 measured {unit}s outside the validation region"
         )
     y = np.concatenate(Y)
     return {"mean": float(y.mean()), "sd": float(y.std()), "n_bins": int(len(y)), "unit": unit}
+
+
+def prior_depths(cfg) -> tuple[float, ...]:
+    """The depth fractions the prior is also fitted at: with depth augmentation (``depth_aug`` > 0),
+    three log-spaced over the range training thins windows to, ``depth_min ** (1/3, 2/3, 1)``
+    (0.37, 0.14 and 0.05 by default); none otherwise."""
+    if float(getattr(cfg, "depth_aug", 0.0) or 0.0) <= 0:
+        return ()
+    f = float(cfg.depth_min)
+    if not 0.0 < f < 1.0:
+        return ()
+    return (float(f ** (1 / 3)), float(f ** (2 / 3)), f)
 
 
 def needs_prior_fit(g) -> bool:
@@ -218,35 +258,56 @@ def _excluded_bins(shape, px_per_bin: int, pool: int, boxes) -> np.ndarray:
 
 @torch.no_grad()
 def fit_prior(
-    g, sections, threshold: float, tau: float, pool: int = 64, sigma_px: float = 0.0, background_px: float = 0.0, alphas=None
+    g,
+    sections,
+    threshold: float,
+    tau: float,
+    pool: int = 64,
+    sigma_px: float = 0.0,
+    background_px: float = 0.0,
+    alphas=None,
+    depths=(),
 ) -> dict:
     """Fit ``g``'s prior on ``sections`` (:class:`~napari_gdt.training.sampling.PairedSection`),
     in place (``prior_w``, ``prior_b``, ``prior_fitted``). Returns a report: ``alpha``,
     ``n_bins`` per section, ``r_train`` (Pearson of the fit on its bins), ``cv_r`` (the prediction
     of each section by the fit on the others, Pearson, when there are two or more sections), ``unit``
-    (``"spot"`` or ``"bin"``, :func:`prior_unit`; ``n_bins`` then counts spots)."""
+    (``"spot"`` or ``"bin"``, :func:`prior_unit`; ``n_bins`` then counts spots).
+
+    ``depths`` (fractions in (0, 1)): the fit also sees every unit with its section's counts thinned
+    to each fraction (:func:`napari_gdt.training.losses.thin_window`, a fixed seed per section and
+    fraction) and the same target, so that the read-out gives a shallower copy of the same tissue
+    the same prior. The report then adds ``depths`` and ``depth_shift``: the mean change of the
+    standardised prior from full depth to the shallowest fraction over the training units (0 is
+    depth-blind). Scores (``r_train``, ``cv_r``) and the standardisation use the full-depth units.
+    """
     from ..analysis.baselines import _ridge_fit, _ridge_solve
 
     if not getattr(g, "n_prior", 0):
         raise GDTError("this generator has no prior channel (gdt-v2 with prior=1)")
     if not threshold or threshold <= 0:
         raise GDTError("fitting the prior needs the nuclear threshold of the training images")
-    unit, X, Y, groups, names = _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g)
-    if not X or sum(len(y) for y in Y) < 10:
+    depths = [float(f) for f in depths]
+    if any(not 0.0 < f < 1.0 for f in depths):
+        raise GDTError(f"fitting the prior: depth fractions must lie in (0, 1), got {depths}")
+    unit, X, Y, groups, names, full = _unit_data(sections, threshold, tau, pool, sigma_px, background_px, g, depths)
+    if not X or sum(len(y) for y, f in zip(Y, full) if f.all()) < 10:
         raise GDTError(
             f"fitting the prior: the training sections have fewer than 10 measured {unit}s outside the validation region"
         )
-    Xa, ya, ga = np.concatenate(X), np.concatenate(Y), np.concatenate(groups)
+    Xa, ya, ga, fa = np.concatenate(X), np.concatenate(Y), np.concatenate(groups), np.concatenate(full)
+    pos = np.concatenate([np.arange(len(y)) for y in Y])  # a unit's index within its section
+    sec = ga.copy()
     mu, sd = Xa.mean(axis=0), Xa.std(axis=0)
     sd[sd == 0] = 1.0
     Z = (Xa - mu) / sd
-    if len(np.unique(ga)) < 2:  # one section: its two halves (by bin order) stand in for sections
-        ga = (np.arange(len(ya)) >= len(ya) // 2).astype(int)
+    if len(np.unique(ga)) < 2:  # one section: its two halves (by unit order) stand in for sections
+        ga = (pos >= int(fa.sum()) // 2).astype(int)
     al = np.asarray(alphas, float) if alphas is not None else np.logspace(-1, 5, 25) * max(1, Z.shape[1]) / 100.0
     fit = _ridge_fit(Z, ya, ga, al)
     w = np.asarray(fit["coef"])
     pred = Z @ w + fit["intercept"]
-    pm, ps = float(pred.mean()), float(pred.std())
+    pm, ps = float(pred[fa].mean()), float(pred[fa].std())
     if ps <= 0:
         raise GDTError("fitting the prior: the expression predicts no variation of the nuclear fraction")
     wg = w / sd / ps
@@ -259,16 +320,31 @@ def fit_prior(
     groups_u = np.unique(ga)
     if len(groups_u) >= 2:
         for k in groups_u:
-            tr, te = ga != k, ga == k
+            tr, te = ga != k, (ga == k) & fa
             m = ya[tr].mean()
             wk = _ridge_solve(Z[tr], ya[tr] - m, fit["alpha"])
             cv[names[int(k)] if len(names) > 1 else f"half {int(k)}"] = float(np.corrcoef(Z[te] @ wk + m, ya[te])[0, 1])
-    return {
+    rep = {
         "unit": unit,
         "alpha": fit["alpha"],
-        "n_bins": {n: int(len(y)) for n, y in zip(names, Y)},
-        "r_train": float(np.corrcoef(pred, ya)[0, 1]),
+        "n_bins": {n: int(((sec == i) & fa).sum()) for i, n in enumerate(names)},
+        "r_train": float(np.corrcoef(pred[fa], ya[fa])[0, 1]),
         "cv_r": cv,
-        "target_mean": float(ya.mean()),
-        "target_sd": float(ya.std()),
+        "target_mean": float(ya[fa].mean()),
+        "target_sd": float(ya[fa].std()),
     }
+    if depths:
+        shallow = np.concatenate([np.full(len(y), f) for y, f in zip(Y, _copy_depths(full, depths))]) == min(depths)
+        rep["depths"] = depths
+        rep["depth_shift"] = float((pred[shallow].mean() - pred[fa].mean()) / ps)
+    return rep
+
+
+def _copy_depths(full, depths):
+    """The depth fraction of each block of rows (1.0 at full depth), in the order :func:`_append_rows` wrote them."""
+    out, i = [], 0
+    while i < len(full):
+        out.append(1.0)
+        out.extend(depths)
+        i += 1 + len(depths)
+    return out[: len(full)]
