@@ -258,3 +258,32 @@ def test_training_fits_the_prior_at_the_depths_it_thins_to():
     assert prior_depths(TrainConfig(depth_aug=0.0)) == ()
     assert prior_depths(TrainConfig(depth_aug=0.5, depth_min=0.125)) == pytest.approx((0.5, 0.25, 0.125))
     assert prior_depths(TrainConfig(depth_aug=0.5, depth_min=1.0)) == ()
+
+
+def test_thin_spots_thins_each_spot_as_a_whole():
+    from napari_gdt.training.prior import thin_spots
+
+    (sec,) = _spot_sections(n=1, seed=2)
+    counts = torch.from_numpy(sec.counts)
+    t = thin_spots(counts, sec.spots, PPB, 0.1, torch.Generator().manual_seed(0))
+    assert t.shape == counts.shape and float(t.min()) >= 0
+    # every bin of a spot is scaled by one ratio per gene: the spot's thinned counts over its counts
+    centres = np.asarray(sec.spots[0]) / PPB - 0.5
+    yy, xx = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
+    owner = np.argmin((yy.reshape(-1, 1) - centres[None, :, 0]) ** 2 + (xx.reshape(-1, 1) - centres[None, :, 1]) ** 2, axis=1)
+    flat, tf = sec.counts.reshape(5, -1), t.numpy().reshape(5, -1)
+    for s in (0, 7, 20):
+        m = (owner == s) & (flat[0] > 1e-3)
+        ratios = tf[0, m] / flat[0, m]
+        np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+        n = flat[0, owner == s].sum()  # the spot's counts of gene 0, thinned binomially at 0.1 and rescaled by 10
+        assert ratios[0] * n == pytest.approx(round(ratios[0] * n * 0.1) / 0.1, abs=1e-2)
+    # unbiased: over the canvas the rescaled total stays about the same; a spot's rare gene can vanish entirely
+    assert float(t.sum()) == pytest.approx(float(counts.sum()), rel=0.05)
+    rare = counts.clone()
+    rare[0] *= 0.001
+    tr = thin_spots(rare, sec.spots, PPB, 0.1, torch.Generator().manual_seed(1))
+    gone = [s for s in range(len(centres)) if tr[0].reshape(-1)[torch.from_numpy(owner == s)].sum() == 0]
+    assert len(gone) > len(centres) // 2
+    # reproducible with a seed
+    assert torch.equal(t, thin_spots(counts, sec.spots, PPB, 0.1, torch.Generator().manual_seed(0)))

@@ -81,7 +81,9 @@ def _append_rows(X, Y, groups, names, full, s, g, depths, read, y) -> None:
         if g is not None:
             counts = torch.from_numpy(np.ascontiguousarray(s.counts, np.float32))
             if f is not None:
-                counts = thin_window(counts, float(f), torch.Generator().manual_seed(_thin_seed(s.name, f)))
+                gen = torch.Generator().manual_seed(_thin_seed(s.name, f))
+                spots = getattr(s, "spots", None)
+                counts = thin_spots(counts, spots, s.px_per_bin, float(f), gen) if spots else thin_window(counts, float(f), gen)
             comp = g.normalise(counts[None].to(g.prior_w.device))[0].cpu().numpy()
             X.append(np.asarray(read(comp), np.float64))
         else:
@@ -90,6 +92,35 @@ def _append_rows(X, Y, groups, names, full, s, g, depths, read, y) -> None:
         groups.append(np.full(len(y), len(names)))
         full.append(np.full(len(y), f is None))
     names.append(s.name)
+
+
+def thin_spots(counts: torch.Tensor, spots, px_per_bin: int, f: float, generator=None) -> torch.Tensor:
+    """A spot canvas's counts ``(G, Hb, Wb)`` as if each spot had been sequenced ``f`` times as deep,
+    rescaled by ``1 / f``.
+
+    Spot data are thinned per spot (a spot's UMIs), and a canvas spreads each spot over many bins,
+    so a bin's genes move together with its spot's: a rare gene of a shallow spot is missing from
+    every bin the spot covers. Each bin is assigned to its nearest spot centre; the spot's counts
+    per gene are estimated as the sum over its bins, thinned binomially, and every bin of the spot
+    is scaled by the spot's thinned-to-full ratio of that gene. (:func:`~napari_gdt.training.losses.thin_window`
+    thins bins independently and then averages 5 x 5 of them, which keeps far more of a rare gene.)
+    """
+    centres, _ = spots
+    G, Hb, Wb = counts.shape
+    c = torch.as_tensor(np.asarray(centres, np.float32)) / float(px_per_bin) - 0.5  # bin coordinates
+    yy, xx = torch.meshgrid(torch.arange(Hb, dtype=torch.float32), torch.arange(Wb, dtype=torch.float32), indexing="ij")
+    yy, xx = yy.reshape(-1, 1), xx.reshape(-1, 1)
+    owner = torch.cat(  # the nearest spot of each bin, (Hb * Wb,), in chunks of bins
+        [
+            ((yy[i : i + 8192] - c[None, :, 0]) ** 2 + (xx[i : i + 8192] - c[None, :, 1]) ** 2).argmin(dim=1)
+            for i in range(0, Hb * Wb, 8192)
+        ]
+    )
+    flat = counts.clamp_min(0).reshape(G, -1)
+    n = torch.zeros(G, len(c), dtype=flat.dtype).index_add_(1, owner, flat)
+    kept = torch.binomial(n.round(), torch.full_like(n, f), generator=generator) / f
+    ratio = torch.where(n > 0, kept / n.clamp_min(1e-12), torch.zeros_like(n))
+    return (flat * ratio[:, owner]).reshape(G, Hb, Wb)
 
 
 def _thin_seed(name: str, f: float) -> int:
@@ -275,8 +306,9 @@ def fit_prior(
     (``"spot"`` or ``"bin"``, :func:`prior_unit`; ``n_bins`` then counts spots).
 
     ``depths`` (fractions in (0, 1)): the fit also sees every unit with its section's counts thinned
-    to each fraction (:func:`napari_gdt.training.losses.thin_window`, a fixed seed per section and
-    fraction) and the same target, so that the read-out gives a shallower copy of the same tissue
+    to each fraction (spot sections per spot, :func:`thin_spots`; others per bin,
+    :func:`napari_gdt.training.losses.thin_window`; a fixed seed per section and fraction) and the
+    same target, so that the read-out gives a shallower copy of the same tissue
     the same prior. The report then adds ``depths`` and ``depth_shift``: the mean change of the
     standardised prior from full depth to the shallowest fraction over the training units (0 is
     depth-blind). Scores (``r_train``, ``cv_r``) and the standardisation use the full-depth units.
