@@ -1,6 +1,5 @@
 """The composition prior fitted per spot: spot data fixes composition per disc, and evaluate scores per disc."""
 
-import json
 
 import numpy as np
 import pytest
@@ -163,43 +162,6 @@ def test_paired_section_from_a_spot_canvas_carries_its_spots_in_output_px():
         ExpressionCanvas(data=data, genes=genes, bin_um=10.0, affine=np.diag([16.0, 16.0, 1.0])), img, genes, 8
     )
     assert plain.spots is None
-
-
-def test_rearch_refit_prior_fits_the_read_out_again_on_resume(tmp_path, capsys):
-    from skimage.io import imsave
-
-    from napari_gdt.cli import main
-    from napari_gdt.synthetic import synthetic_canvas
-    from napari_gdt.training.rearch import main as rearch_main
-
-    c = synthetic_canvas((16, 16), genes=[f"G{i}" for i in range(5)], seed=4)
-    c.affine = np.diag([8.0, 8.0, 1.0])
-    c.to_ome_zarr(tmp_path / "c.ome.zarr")
-    rng = np.random.default_rng(1)
-    img = np.where((rng.random((128, 128)) < 0.3)[..., None], PURPLE, PINK)
-    imsave(tmp_path / "img.png", (img * 255).astype(np.uint8), check_contrast=False)
-    base = ["train", "--arch", "gdt-v2", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
-    common = ["--patch-bins", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval", "--ckpt-every", "2"]
-    assert (
-        main(base + ["--out", str(tmp_path / "p.safetensors"), "--steps", "2", "--arch-config", json.dumps(TINY)] + common) == 0
-    )
-    plain = tmp_path / "p.ckpt" / "last.pt"
-    assert rearch_main([str(plain), str(tmp_path / "x.ckpt" / "last.pt"), "--refit-prior"]) == 2
-    assert "--refit-prior: this generator has no composition prior" in capsys.readouterr().err
-    out = tmp_path / "m.safetensors"
-    assert main(base + ["--out", str(out), "--steps", "2", "--arch-config", json.dumps({**TINY, "prior": 1})] + common) == 0
-    ck, ck2 = tmp_path / "m.ckpt" / "last.pt", tmp_path / "r.ckpt" / "last.pt"
-    assert rearch_main([str(ck), str(ck2), "--refit-prior"]) == 0
-    s1, s2 = torch.load(ck, weights_only=True), torch.load(ck2, weights_only=True)
-    assert float(s1["G"]["prior_fitted"]) == 1.0
-    assert float(s2["G"]["prior_fitted"]) == 0.0 and float(s2["G_ema"]["prior_fitted"]) == 0.0
-    assert torch.equal(s1["G"]["embed.weight"], s2["G"]["embed.weight"])  # the weights are kept
-    assert main(base + ["--out", str(tmp_path / "r.safetensors"), "--resume", str(ck2), "--steps", "4"] + common) == 0
-    log = [json.loads(x) for x in (tmp_path / "r.ckpt" / "log.jsonl").read_text().splitlines()]
-    assert [x.get("unit") for x in log if x.get("event") == "prior fitted"][-1] == "bin"  # no spots in this canvas
-    assert float(torch.load(ck2, weights_only=True)["G"]["prior_fitted"]) == 1.0
-    cmds = [x["command"] for x in json.loads((tmp_path / "r.ckpt" / "commands.json").read_text())]
-    assert any(x.startswith("python -m napari_gdt.training.rearch") and x.endswith("--refit-prior") for x in cmds)
 
 
 def _shallow(secs):
