@@ -1,6 +1,5 @@
 """The composition prior fitted per spot: spot data fixes composition per disc, and evaluate scores per disc."""
 
-
 import numpy as np
 import pytest
 import torch
