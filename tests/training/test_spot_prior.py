@@ -85,6 +85,8 @@ def test_fit_prior_per_spot_makes_the_prior_map_over_each_disc_the_fitted_predic
     torch.manual_seed(0)
     secs = _spot_sections()
     assert prior_unit(secs) == "spot" and prior_unit(secs[:1] + [PairedSection("b", secs[0].counts, secs[0].image, PPB)]) == "bin"
+    many = PairedSection("hd", secs[0].counts, secs[0].image, PPB, spots=(np.zeros((20001, 2)), 2.0))
+    assert prior_unit([many]) == "bin"  # bins read as spots (Visium HD): fitted per bin
     g = GDT2Generator(n_genes=5, prior=1, **TINY)
     g.fit_input_scale([s.counts for s in secs])
     thr, tau = _threshold()

@@ -48,6 +48,7 @@ __all__ = [
     "prior_unit",
     "spot_nuclear_fraction",
     "target_stats",
+    "thin_spots",
 ]
 
 
@@ -128,10 +129,17 @@ def _thin_seed(name: str, f: float) -> int:
     return int(zlib.crc32(f"{name}:{float(f):.6g}".encode()))
 
 
+#: above this many spots in a section the prior is fitted per bin (e.g. Visium HD's 8-µm bins read as
+#: "spots": each is already its own unit, and a per-spot loop over them would be slow)
+MAX_SPOTS = 20000
+
+
 def prior_unit(sections) -> str:
-    """``"spot"`` when every section carries spots (:attr:`PairedSection.spots`), else ``"bin"``."""
+    """``"spot"`` when every section carries spots (:attr:`PairedSection.spots`, at most
+    :data:`MAX_SPOTS` each), else ``"bin"``."""
     secs = list(sections)
-    return "spot" if secs and all(getattr(s, "spots", None) is not None for s in secs) else "bin"
+    ok = [getattr(s, "spots", None) is not None and len(s.spots[0]) <= MAX_SPOTS for s in secs]
+    return "spot" if secs and all(ok) else "bin"
 
 
 def _spot_masks(spots, shape, ppb: int, exclude):
