@@ -372,3 +372,12 @@ def test_rearch_refit_prior_fits_the_read_out_again_on_resume(tmp_path, capsys):
     assert float(torch.load(ck2, weights_only=True)["G"]["prior_fitted"]) == 1.0
     cmds = [x["command"] for x in json.loads((tmp_path / "r.ckpt" / "commands.json").read_text())]
     assert any(x.startswith("python -m napari_gdt.training.rearch") and x.endswith("--refit-prior") for x in cmds)
+
+
+def test_depth_unit_spot_is_refused_for_canvases_without_spots(tmp_path, capsys):
+    from napari_gdt.cli import main
+
+    base, common = _cli_section(tmp_path)
+    args = ["--out", str(tmp_path / "m.safetensors"), "--steps", "1", "--depth-aug", "0.5", "--depth-unit", "spot"]
+    assert main(base + args + ["--arch-config", json.dumps(TINY)] + common) == 2
+    assert "--depth-unit spot needs spot canvases" in capsys.readouterr().err

@@ -250,3 +250,62 @@ def test_thin_spots_thins_each_spot_as_a_whole():
     assert len(gone) > len(centres) // 2
     # reproducible with a seed
     assert torch.equal(t, thin_spots(counts, sec.spots, PPB, 0.1, torch.Generator().manual_seed(0)))
+
+
+def test_sampler_knows_each_window_bins_spot_and_depth_aug_thins_per_spot():
+    from napari_gdt.training.losses import thin_counts_spots
+    from napari_gdt.training.sampling import PatchSampler
+
+    (sec,) = _spot_sections(n=1, seed=4)
+    centres = np.asarray(sec.spots[0]) / PPB - 0.5
+    yy, xx = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
+    owner = np.argmin((yy.reshape(-1, 1) - centres[None, :, 0]) ** 2 + (xx.reshape(-1, 1) - centres[None, :, 1]) ** 2, axis=1)
+    sec.counts[0] = (owner.reshape(SIZE, SIZE) + 1).astype(np.float32)  # gene 0 spells the owner: follows any rotation
+    g = GDT2Generator(n_genes=5, prior=1, **TINY)
+    sampler = PatchSampler([sec], g.geometry, 12, seed=0)
+    c, _, _ = sampler.sample(6)
+    ow = sampler.last_owners
+    assert ow.shape == (6, 12, 12)
+    inside = ow >= 0
+    np.testing.assert_array_equal(c[:, 0][inside], ow[inside] + 1)
+    assert np.all(c[:, 0][~inside] == 0)
+    # per-spot thinning: every bin of a spot in a window is scaled by one ratio per gene
+    counts = torch.from_numpy(c)
+    t = thin_counts_spots(counts, torch.from_numpy(ow), p=1.0, f_min=0.1, generator=torch.Generator().manual_seed(0))
+    checked = 0
+    for i in range(6):
+        for s in np.unique(ow[i])[:4]:
+            m = torch.from_numpy(ow[i] == s) & (counts[i, 2] > 1e-3)
+            if not m.any():
+                continue
+            checked = checked + 1
+            r = t[i, 2][m] / counts[i, 2][m]
+            assert torch.allclose(r, r[0].expand_as(r), rtol=1e-4)
+    assert checked >= 6
+    assert torch.equal(thin_counts_spots(counts, torch.from_numpy(ow), p=0.0), counts)
+    plain = PatchSampler([PairedSection("b", sec.counts, sec.image, PPB)], g.geometry, 12, seed=0)
+    plain.sample(2)
+    assert plain.last_owners is None
+
+
+def test_depth_unit_spot_trains_on_spot_sections():
+    from napari_gdt.training.loop import TrainConfig, Trainer
+
+    secs = _spot_sections(n=2, seed=6)
+    cfg = TrainConfig(arch=TINY, model="gdt-v2", patch_bins=12, batch_size=2, depth_aug=1.0, depth_unit="spot", steps=1)
+    tr = Trainer(secs, [f"G{i}" for i in range(5)], cfg, "cpu")
+    seen = {}
+    import napari_gdt.training.loop as loop
+
+    real = loop.thin_counts_spots
+
+    def spy(c, o, p, f):
+        seen["owners"] = o
+        return real(c, o, p, f)
+
+    loop.thin_counts_spots = spy
+    try:
+        out = tr.train_step()
+    finally:
+        loop.thin_counts_spots = real
+    assert seen["owners"].shape == (2, 12, 12) and np.isfinite(out["adv"])

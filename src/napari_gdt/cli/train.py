@@ -67,6 +67,12 @@ def register(sub):
         help="probability of thinning a window's counts to a random depth in [1/20, 1] (default 0)",
     )
     p.add_argument(
+        "--depth-unit",
+        default="bin",
+        choices=["bin", "spot"],
+        help="--depth-aug thins each bin (default) or, for spot canvases, each spot as sequencing does",
+    )
+    p.add_argument(
         "--keep-every",
         type=int,
         default=0,

@@ -41,6 +41,7 @@ from .losses import (
     reconstruction_loss,
     seed_consistency_loss,
     thin_counts,
+    thin_counts_spots,
 )
 from .sampling import PairedSection, PatchSampler
 
@@ -93,6 +94,7 @@ class TrainConfig:
     r1_every: int = 4
     depth_aug: float = 0.0  # probability of thinning a training window's counts (depth augmentation)
     depth_min: float = 0.05  # smallest thinning factor (log-uniform in [depth_min, 1])
+    depth_unit: str = "bin"  # thin each bin ("bin") or each spot of a spot canvas ("spot", as sequencing does)
     # H&E only: L1 of the pooled soft nuclear mask (local nuclear area fraction) + its contrast
     lambda_nuc: float = 0.0
     lambda_nuc_var: float = 0.0  # weight of |SD(fake) - SD(real)| of the pooled fractions over the batch
@@ -142,6 +144,7 @@ EXTRA_LOSS_KEYS = (
     "lambda_seed",
     "seed_pools",
     "lambda_prior",
+    "depth_unit",
 )
 
 
@@ -478,6 +481,14 @@ class Trainer:
         c, im, o = sampler.sample(batch)
         return torch.from_numpy(c).to(self.device), torch.from_numpy(im).to(self.device), torch.from_numpy(o)
 
+    def _thin(self, counts: torch.Tensor) -> torch.Tensor:
+        """Depth augmentation of a batch of training windows (``depth_aug``, ``depth_min``, ``depth_unit``)."""
+        cfg = self.cfg
+        owners = getattr(self.sampler, "last_owners", None)
+        if cfg.depth_unit == "spot" and owners is not None:
+            return thin_counts_spots(counts, torch.from_numpy(owners).to(counts.device), cfg.depth_aug, cfg.depth_min)
+        return thin_counts(counts, cfg.depth_aug, cfg.depth_min)
+
     def _styles(self, G, b):
         # one style per step (the plain-convolution path is much faster on CPU than per-sample styles)
         z = torch.randn(1, G.latent_dim, device=self.device)
@@ -489,7 +500,7 @@ class Trainer:
         counts, real, origins = self._batch(self.sampler, cfg.batch_size)
         full = counts  # as measured: what the tissue is (the prior's target reads these)
         if cfg.depth_aug > 0:  # the same tissue sequenced shallower: the picture must not change
-            counts = thin_counts(counts, cfg.depth_aug, cfg.depth_min)
+            counts = self._thin(counts)
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         cond = G.normalise(counts)
         off, ppb = self.geo.offset, self.geo.px_per_bin

@@ -140,6 +140,32 @@ def thin_counts(counts: torch.Tensor, p: float = 0.5, f_min: float = 0.05, gener
     return out
 
 
+def thin_counts_spots(
+    counts: torch.Tensor, owners: torch.Tensor, p: float = 0.5, f_min: float = 0.05, generator=None
+) -> torch.Tensor:
+    """Depth augmentation of spot canvases, as sequencing thins them: per spot, not per bin.
+
+    ``owners`` ``(B, h, w)``: the spot each bin of each window belongs to (its nearest spot; -1 for
+    bins outside the canvas, which form one group). Each window is thinned with probability ``p``
+    to a depth ``f`` log-uniform in ``[f_min, 1]`` (the same draws as :func:`thin_counts`): the counts
+    of each spot's bins in the window are summed per gene, thinned binomially, and every bin of the
+    spot scaled by the spot's thinned-to-full ratio, then rescaled by ``1 / f``.
+    """
+    out = counts.clone()
+    b = counts.shape[0]
+    pick = torch.rand(b, generator=generator) < p
+    for i in torch.nonzero(pick).flatten().tolist():
+        f = float(torch.exp(torch.empty(1).uniform_(math.log(f_min), 0.0, generator=generator)))
+        G = counts.shape[1]
+        flat = counts[i].clamp_min(0).reshape(G, -1)
+        _, inv = torch.unique(owners[i].reshape(-1), return_inverse=True)
+        n = torch.zeros(G, int(inv.max()) + 1, dtype=flat.dtype, device=flat.device).index_add_(1, inv, flat)
+        kept = torch.binomial(n.round(), torch.full_like(n, f), generator=generator) / f
+        ratio = torch.where(n > 0, kept / n.clamp_min(1e-12), torch.zeros_like(n))
+        out[i] = (flat * ratio[:, inv]).reshape(counts[i].shape)
+    return out
+
+
 def thin_window(counts: torch.Tensor, f: float, generator=None) -> torch.Tensor:
     """One window's counts ``(G, h, w)`` sequenced ``f`` times as deep, rescaled by ``1 / f`` (see
     :func:`thin_counts`)."""

@@ -294,6 +294,7 @@ def _train_from_args(args, argv=None) -> int:
         d_ch=int(getattr(args, "d_ch", 32) or 32),
         r1_gamma=float(getattr(args, "r1_gamma", 0.0) or 0.0),
         depth_aug=float(getattr(args, "depth_aug", 0.0) or 0.0),
+        depth_unit=str(getattr(args, "depth_unit", "bin") or "bin"),
         keep_every=int(getattr(args, "keep_every", 0) or 0),
     )
     if prior is not None:  # keep the run's loss settings; only the length/time may change
@@ -327,6 +328,10 @@ def _train_from_args(args, argv=None) -> int:
         for k in ("keep_every", *EXTRA_LOSS_KEYS):
             if k in pc and getattr(cfg, k) == getattr(defaults, k):
                 setattr(cfg, k, pc[k])
+    if cfg.depth_unit == "spot":
+        flat = [s.name for s in sections if s.spots is None]
+        if flat:
+            raise GDTError(f"--depth-unit spot needs spot canvases; {flat[0]} has no spot positions")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
     trainer = Trainer(
