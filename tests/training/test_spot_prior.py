@@ -262,7 +262,7 @@ def test_sampler_knows_each_window_bins_spot_and_depth_aug_thins_per_spot():
     owner = np.argmin((yy.reshape(-1, 1) - centres[None, :, 0]) ** 2 + (xx.reshape(-1, 1) - centres[None, :, 1]) ** 2, axis=1)
     sec.counts[0] = (owner.reshape(SIZE, SIZE) + 1).astype(np.float32)  # gene 0 spells the owner: follows any rotation
     g = GDT2Generator(n_genes=5, prior=1, **TINY)
-    sampler = PatchSampler([sec], g.geometry, 12, seed=0)
+    sampler = PatchSampler([sec], g.geometry, 12, seed=0, owners=True)
     c, _, _ = sampler.sample(6)
     ow = sampler.last_owners
     assert ow.shape == (6, 12, 12)
@@ -283,7 +283,7 @@ def test_sampler_knows_each_window_bins_spot_and_depth_aug_thins_per_spot():
             assert torch.allclose(r, r[0].expand_as(r), rtol=1e-4)
     assert checked >= 6
     assert torch.equal(thin_counts_spots(counts, torch.from_numpy(ow), p=0.0), counts)
-    plain = PatchSampler([PairedSection("b", sec.counts, sec.image, PPB)], g.geometry, 12, seed=0)
+    plain = PatchSampler([PairedSection("b", sec.counts, sec.image, PPB)], g.geometry, 12, seed=0, owners=True)
     plain.sample(2)
     assert plain.last_owners is None
 

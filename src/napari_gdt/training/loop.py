@@ -289,7 +289,7 @@ class Trainer:
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
         self.geo = self.G.geometry
-        self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed)
+        self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed, owners=cfg.depth_unit == "spot")
         self.val_sampler = (
             PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0)
             if self.val_sections

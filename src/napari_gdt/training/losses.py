@@ -156,14 +156,21 @@ def thin_counts_spots(
     pick = torch.rand(b, generator=generator) < p
     for i in torch.nonzero(pick).flatten().tolist():
         f = float(torch.exp(torch.empty(1).uniform_(math.log(f_min), 0.0, generator=generator)))
-        G = counts.shape[1]
-        flat = counts[i].clamp_min(0).reshape(G, -1)
         _, inv = torch.unique(owners[i].reshape(-1), return_inverse=True)
-        n = torch.zeros(G, int(inv.max()) + 1, dtype=flat.dtype, device=flat.device).index_add_(1, inv, flat)
-        kept = torch.binomial(n.round(), torch.full_like(n, f), generator=generator) / f
-        ratio = torch.where(n > 0, kept / n.clamp_min(1e-12), torch.zeros_like(n))
-        out[i] = (flat * ratio[:, inv]).reshape(counts[i].shape)
+        out[i] = thin_by_owner(counts[i], inv, int(inv.max()) + 1, f, generator)
     return out
+
+
+def thin_by_owner(counts: torch.Tensor, owner: torch.Tensor, n_groups: int, f: float, generator=None) -> torch.Tensor:
+    """Counts ``(G, h, w)`` whose bins belong to groups (spots; ``owner``: ``(h * w,)`` ids in
+    ``[0, n_groups)``) sequenced ``f`` times as deep, rescaled by ``1 / f``: each group's counts per
+    gene are thinned binomially and every bin of the group scaled by the group's thinned-to-full ratio."""
+    G = counts.shape[0]
+    flat = counts.clamp_min(0).reshape(G, -1)
+    n = torch.zeros(G, n_groups, dtype=flat.dtype, device=flat.device).index_add_(1, owner, flat)
+    kept = torch.binomial(n.round(), torch.full_like(n, f), generator=generator) / f
+    ratio = torch.where(n > 0, kept / n.clamp_min(1e-12), torch.zeros_like(n))
+    return (flat * ratio[:, owner]).reshape(counts.shape)
 
 
 def thin_window(counts: torch.Tensor, f: float, generator=None) -> torch.Tensor:

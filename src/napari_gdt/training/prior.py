@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GDTError
-from .losses import soft_nuclear_mask, thin_window
+from .losses import soft_nuclear_mask, thin_by_owner, thin_window
 
 __all__ = [
     "bin_nuclear_fraction",
@@ -106,22 +106,11 @@ def thin_spots(counts: torch.Tensor, spots, px_per_bin: int, f: float, generator
     is scaled by the spot's thinned-to-full ratio of that gene. (:func:`~napari_gdt.training.losses.thin_window`
     thins bins independently and then averages 5 x 5 of them, which keeps far more of a rare gene.)
     """
+    from .sampling import nearest_spot_map
+
     centres, _ = spots
-    G, Hb, Wb = counts.shape
-    c = torch.as_tensor(np.asarray(centres, np.float32)) / float(px_per_bin) - 0.5  # bin coordinates
-    yy, xx = torch.meshgrid(torch.arange(Hb, dtype=torch.float32), torch.arange(Wb, dtype=torch.float32), indexing="ij")
-    yy, xx = yy.reshape(-1, 1), xx.reshape(-1, 1)
-    owner = torch.cat(  # the nearest spot of each bin, (Hb * Wb,), in chunks of bins
-        [
-            ((yy[i : i + 8192] - c[None, :, 0]) ** 2 + (xx[i : i + 8192] - c[None, :, 1]) ** 2).argmin(dim=1)
-            for i in range(0, Hb * Wb, 8192)
-        ]
-    )
-    flat = counts.clamp_min(0).reshape(G, -1)
-    n = torch.zeros(G, len(c), dtype=flat.dtype).index_add_(1, owner, flat)
-    kept = torch.binomial(n.round(), torch.full_like(n, f), generator=generator) / f
-    ratio = torch.where(n > 0, kept / n.clamp_min(1e-12), torch.zeros_like(n))
-    return (flat * ratio[:, owner]).reshape(G, Hb, Wb)
+    owner = torch.from_numpy(nearest_spot_map(centres, px_per_bin, counts.shape[1:]).reshape(-1))
+    return thin_by_owner(counts, owner, len(centres), f, generator)
 
 
 def _thin_seed(name: str, f: float) -> int:

@@ -84,6 +84,7 @@ class PatchSampler:
         seed: int = 0,
         augment: bool = True,
         p_empty: float = 0.1,
+        owners: bool = False,
     ):
         if not sections:
             raise GDTError("training needs at least one (image, expression) pair")
@@ -98,9 +99,9 @@ class PatchSampler:
             )
         self.rng = np.random.default_rng(seed)
         self.augment = augment
-        self._owners = [_owner_map(s) for s in sections]
-        #: the spot each bin of the last sample's windows belongs to, ``(B, n, n)`` int64 (-1 outside the
-        #: canvas), when every section carries spots; else None
+        self._owners = [_owner_map(s) if owners else None for s in sections]
+        #: with ``owners``: the spot each bin of the last sample's windows belongs to, ``(B, n, n)`` int64
+        #: (-1 outside the canvas), when every section carries spots; else None
         self.last_owners = None
         self.p_empty = p_empty
         self._cands = [self._candidates(s) for s in sections]
@@ -148,35 +149,45 @@ class PatchSampler:
             Hb, Wb = s.counts.shape[1:]
             ya, yb, xa, xb = max(by, 0), min(by + self.n, Hb), max(bx, 0), min(bx + self.n, Wb)
             c[:, ya - by : yb - by, xa - bx : xb - bx] = s.counts[:, ya:yb, xa:xb]
-            ow = np.full((1, self.n, self.n), -1, dtype=np.int64)
+            ow = None
             if self._owners[si] is not None:
+                ow = np.full((1, self.n, self.n), -1, dtype=np.int64)
                 ow[0, ya - by : yb - by, xa - bx : xb - bx] = self._owners[si][ya:yb, xa:xb]
             oy, ox = self.geo.out_origin(by), self.geo.out_origin(bx)
             im = s.image[oy : oy + self.out, ox : ox + self.out]
             if self.augment:
                 k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
                 c, im = augment(c, im, k, flip)
-                ow = np.ascontiguousarray(augment(ow, np.zeros((self.n, self.n, 1), np.float32), k, flip)[0])
-            owners.append(ow[0])
+                if ow is not None:
+                    ow = np.ascontiguousarray(augment(ow, np.zeros((self.n, self.n, 1), np.float32), k, flip)[0])
+            owners.append(None if ow is None else ow[0])
             cs.append(c)
             ims.append(np.transpose(im, (2, 0, 1)))
             origins.append((by, bx))
-        self.last_owners = np.stack(owners) if all(o is not None for o in self._owners) else None
+        self.last_owners = np.stack(owners) if all(o is not None for o in owners) else None
         return np.stack(cs), np.ascontiguousarray(np.stack(ims), dtype=np.float32), np.asarray(origins, dtype=np.int64)
+
+
+def nearest_spot_map(centres, px_per_bin: int, shape) -> np.ndarray:
+    """The index of the nearest spot centre (output px, ``(n, 2)``) of each bin of a ``shape = (Hb, Wb)``
+    grid, ``(Hb, Wb)`` int64 (distances in float32, in chunks of bins)."""
+    import torch
+
+    Hb, Wb = shape
+    c = torch.as_tensor(np.asarray(centres, np.float32)) / float(px_per_bin) - 0.5  # bin coordinates
+    yy, xx = torch.meshgrid(torch.arange(Hb, dtype=torch.float32), torch.arange(Wb, dtype=torch.float32), indexing="ij")
+    yy, xx = yy.reshape(-1, 1), xx.reshape(-1, 1)
+    owner = torch.cat(
+        [
+            ((yy[i : i + 8192] - c[None, :, 0]) ** 2 + (xx[i : i + 8192] - c[None, :, 1]) ** 2).argmin(dim=1)
+            for i in range(0, Hb * Wb, 8192)
+        ]
+    )
+    return owner.reshape(Hb, Wb).numpy().astype(np.int64)
 
 
 def _owner_map(s: PairedSection) -> np.ndarray | None:
     """The nearest spot of each bin of section ``s``, ``(Hb, Wb)`` int64, or None without spots."""
     if getattr(s, "spots", None) is None:
         return None
-    Hb, Wb = s.counts.shape[1:]
-    c = np.asarray(s.spots[0], float) / s.px_per_bin - 0.5  # bin coordinates
-    yy, xx = np.meshgrid(np.arange(Hb, dtype=float), np.arange(Wb, dtype=float), indexing="ij")
-    yy, xx = yy.reshape(-1, 1), xx.reshape(-1, 1)
-    out = np.concatenate(
-        [
-            ((yy[i : i + 8192] - c[None, :, 0]) ** 2 + (xx[i : i + 8192] - c[None, :, 1]) ** 2).argmin(axis=1)
-            for i in range(0, Hb * Wb, 8192)
-        ]
-    )
-    return out.reshape(Hb, Wb).astype(np.int64)
+    return nearest_spot_map(s.spots[0], s.px_per_bin, s.counts.shape[1:])
