@@ -1,10 +1,12 @@
 """napari-gdt train: a tiny run on a synthetic crop, resume, errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_gdt.cli import main
 
@@ -733,3 +735,53 @@ def test_train_only_new_genes_keeps_every_other_weight(pair, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "the panel has no gene that the starting model lacks" in capsys.readouterr().err
+
+
+def test_spectrum_bands_finds_the_scale_and_ignores_stain():
+    from napari_gdt.training.losses import spectrum_bands
+
+    n = 128
+    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+    fine = 0.5 + 0.2 * torch.sin(2 * math.pi * xx / 3.0)  # 3-px stripes: the finest octave
+    coarse = 0.5 + 0.2 * torch.sin(2 * math.pi * (xx + yy) / 64.0)  # 64-px stripes: the second octave
+    b = spectrum_bands(torch.stack([fine, coarse])[:, None].expand(-1, 3, -1, -1), n_bands=7)
+    # 7 bands, log-spaced from 1/128 to 1/2 cycles per px (x1.81 each): 1/3 lies in the last band (index 6);
+    # the diagonal 64-px wave has |f| = sqrt(2)/64 = 1/45.3, in band 1 (1/70.4 to 1/38.9)
+    assert int(b[0].argmax()) == 6 and int(b[1].argmax()) == 1
+    # brightness and contrast (stain strength) hardly change it (unstandardised, x0.3 contrast is -2.4 in log power;
+    # what is left is the 1e-3 guard on the SD)
+    rng = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 64, 64, generator=rng)
+    assert torch.allclose(spectrum_bands(img), spectrum_bands(0.3 * img + 0.4), atol=0.05)
+
+
+def test_spectral_loss_compares_texture_not_placement():
+    from napari_gdt.training.losses import spectral_loss
+
+    rng = torch.Generator().manual_seed(3)
+    noise = torch.rand(4, 3, 96, 96, generator=rng)
+    smooth = F.avg_pool2d(F.pad(noise, (4, 4, 4, 4), mode="reflect"), 9, stride=1)
+    assert float(spectral_loss(noise, noise)) == pytest.approx(0.0, abs=1e-6)
+    # the same texture elsewhere (rolled, flipped, another window of the batch): close; pixel grain against
+    # smooth tissue: far
+    moved = torch.roll(noise, shifts=(17, 31), dims=(-2, -1)).flip(0)
+    near, far = float(spectral_loss(moved, noise)), float(spectral_loss(noise, smooth))
+    assert far > 1.0 and near < 0.2 * far
+    x = smooth.clone().requires_grad_(True)
+    spectral_loss(x, noise).backward()
+    assert float(x.grad.abs().sum()) > 0
+
+
+def test_train_with_spectral_loss(pair, tmp_path):
+    out = tmp_path / "w.safetensors"
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-spec", "2") == 0
+    cfg = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg["lambda_spec"] == 2 and cfg["spec_bands"] == 8
+    lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
+    assert any(x.get("spec", 0) > 0 for x in lines if "step" in x)
+    # resumed without the option: the checkpoint's weight stays
+    assert (
+        _train(pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt")) == 0
+    )
+    cfg2 = json.loads(torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)["cfg"])
+    assert cfg2["lambda_spec"] == 2

@@ -141,6 +141,13 @@ def register(sub):
         help="weight of the W1 between each window's generated and real intensity distributions (pixels and 8-px means; 0 = off)",
     )
     p.add_argument(
+        "--lambda-spec",
+        type=float,
+        default=0.0,
+        help="weight of the L1 between generated and real log power spectra of standardised luminance, per "
+        "octave band from one cycle per window to the pixel (texture at every scale; 0 = off)",
+    )
+    p.add_argument(
         "--lambda-seed",
         type=float,
         default=0.0,

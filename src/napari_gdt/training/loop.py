@@ -40,6 +40,7 @@ from .losses import (
     r1_penalty,
     reconstruction_loss,
     seed_consistency_loss,
+    spectral_loss,
     thin_counts,
     thin_counts_spots,
 )
@@ -120,6 +121,9 @@ class TrainConfig:
     # gdt-v2 prior: L1 of the pooled soft nuclear mask against the prior's map, stretched to the real fraction's
     # mean and SD over the training bins (a target that is a function of the expression, so it carries over)
     lambda_prior: float = 0.0
+    # texture: L1 between generated and real batch-mean log power spectra of standardised luminance (spec_bands bands)
+    lambda_spec: float = 0.0
+    spec_bands: int = 8
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -145,6 +149,8 @@ EXTRA_LOSS_KEYS = (
     "seed_pools",
     "lambda_prior",
     "depth_unit",
+    "lambda_spec",
+    "spec_bands",
 )
 
 
@@ -555,6 +561,10 @@ class Trainer:
         if cfg.lambda_dist > 0:
             dist = intensity_distribution_loss(fake, real, cfg.dist_pools)
             g_loss = g_loss + cfg.lambda_dist * dist
+        spec = torch.zeros(())
+        if cfg.lambda_spec > 0:
+            spec = spectral_loss(fake, real, cfg.spec_bands)
+            g_loss = g_loss + cfg.lambda_spec * spec
         cons = torch.zeros(())
         if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
             seed_b = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -589,6 +599,8 @@ class Trainer:
             out["orient"] = float(orient.detach())
         if cfg.lambda_dist > 0:
             out["dist"] = float(dist.detach())
+        if cfg.lambda_spec > 0:
+            out["spec"] = float(spec.detach())
         if cfg.lambda_seed > 0:
             out["seed"] = float(cons.detach())
         return out

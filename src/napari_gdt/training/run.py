@@ -281,6 +281,7 @@ def _train_from_args(args, argv=None) -> int:
         lambda_orient=float(getattr(args, "lambda_orient", 0.0) or 0.0),
         lambda_dist=float(getattr(args, "lambda_dist", 0.0) or 0.0),
         lambda_seed=float(getattr(args, "lambda_seed", 0.0) or 0.0),
+        lambda_spec=float(getattr(args, "lambda_spec", 0.0) or 0.0),
         lambda_prior=float(getattr(args, "lambda_prior", 0.0) or 0.0),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
