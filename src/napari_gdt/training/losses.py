@@ -400,7 +400,8 @@ def spectrum_bands(img: torch.Tensor, n_bands: int = 8) -> torch.Tensor:
     h, w = lum.shape[-2:]
     lum = lum - lum.mean(dim=(-2, -1), keepdim=True)
     lum = lum / (lum.std(dim=(-2, -1), keepdim=True) + 1e-3)
-    win = torch.outer(torch.hann_window(h, periodic=False, device=x.device), torch.hann_window(w, periodic=False, device=x.device))
+    hann = [torch.hann_window(n, periodic=False, device=x.device) for n in (h, w)]
+    win = torch.outer(*hann)
     power = torch.fft.rfft2(lum * win).abs().square()  # (B, h, w // 2 + 1)
     fy = torch.fft.fftfreq(h, device=x.device).abs()[:, None]
     fx = torch.fft.rfftfreq(w, device=x.device)[None, :]
