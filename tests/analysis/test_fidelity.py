@@ -178,11 +178,34 @@ def test_fidelity_report_keys_and_identity():
     for k in ("density_cv_ratio_50um", "lattice_ratio", "streak_ratio"):
         assert rep[k] == pytest.approx(1.0), k
     assert rep["periodicity_ratio"] is None  # no 512 px tissue patch in a 320 px image
+    assert rep["spectrum_distance"] == pytest.approx(0.0, abs=1e-12)  # one 256 px patch, the same on both sides
     for f in fidelity.NUCLEUS_FEATURES:
         assert rep[f"w1_iqr_{f}"] == pytest.approx(0.0, abs=1e-9)
     assert rep["lattice_ratio_tile"] is None  # no 512 px tissue patch in a 320 px image
     assert {"tissue_iou", "lattice", "density_cv", "nucleus_table"} <= set(t)
     json.dumps(rep)
+
+
+def test_spectrum_profile_sees_grain_and_blur_not_stain():
+    from scipy import ndimage as ndi
+
+    img = _he_with_nuclei(512, 512, seed=0)
+    f = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+    rng = np.random.default_rng(0)
+    grain = np.clip(f + rng.normal(0, 0.15, f.shape[:2])[..., None], 0, 1)
+    blur = ndi.gaussian_filter(f, (3, 3, 0))
+    prof = {k: fidelity.spectrum_profile(v, None) for k, v in (("real", f), ("grain", grain), ("blur", blur))}
+    assert prof["real"]["n_patches"] == 4 and len(prof["real"]["log10_power"]) == 7
+    assert prof["real"]["periods_px"][0] == [256, 128] and prof["real"]["periods_px"][-1] == [4, 2]
+    fine = {k: v["log10_power"][-1] for k, v in prof.items()}
+    assert fine["grain"] > fine["real"] + 0.3 and fine["blur"] < fine["real"] - 1.0
+    # standardised per patch: a paler stain (lower contrast, brighter) hardly moves it
+    pale = 0.5 * f + 0.45
+    assert np.allclose(fidelity.spectrum_profile(pale, None)["log10_power"], prof["real"]["log10_power"], atol=0.02)
+    # through the report: grain against real is a distance, real against itself none
+    rep = fidelity.fidelity_report(f, grain, "he", 1.0, px_per_bin=16, tile_px=256)
+    assert rep["spectrum_distance"] > 0.05
+    assert len(rep["fidelity_details"]["spectrum"]["log10_generated_minus_real"]) == 7
 
 
 # ------------------------------------------------------------------------------ two-sample test

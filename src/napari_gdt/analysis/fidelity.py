@@ -24,6 +24,10 @@ Metrics (all lengths in µm; see docs/evaluation.md):
 - ``periodicity_ratio``: the strongest spectral peaks at periods of 24-256 px in any direction (a
   regular weave, a grid of blobs at a latent stride) over the local spectral background, generated
   over real. Tissue has no such peaks; ``lattice_ratio`` only looks at the bin and tile periods.
+- ``spectrum_distance``: how the picture's contrast is shared among scales, from whole nests to
+  pixel grain: the mean over octave bands (256-2 px periods) of |log10 power| generated minus real,
+  of each 256 px tissue patch's standardised luminance (0 = the same texture spectrum). Uniform
+  speckle scores high: too little power at large periods, too much at the pixel.
 
 :func:`fidelity_report` computes them all for one pair of images; :func:`evaluate_model` renders a
 model over a canvas for several seeds (optionally with edits) and reports the old morphometric keys
@@ -53,6 +57,7 @@ __all__ = [
     "nucleus_table",
     "periodicity_excess",
     "segment_tissue",
+    "spectrum_profile",
     "tissue_iou",
     "w1_iqr",
 ]
@@ -65,7 +70,7 @@ FIDELITY_KEYS = (
     ("tissue_iou",)
     + tuple(f"density_cv_ratio_{w}um" for w in WINDOWS_UM)
     + tuple(f"w1_iqr_{f}" for f in NUCLEUS_FEATURES)
-    + ("lattice_ratio", "lattice_ratio_tile", "streak_ratio", "periodicity_ratio")
+    + ("lattice_ratio", "lattice_ratio_tile", "streak_ratio", "periodicity_ratio", "spectrum_distance")
 )
 
 
@@ -284,8 +289,11 @@ def _periodic_component(u: np.ndarray) -> np.ndarray:
     return u - np.real(np.fft.ifft2(s))
 
 
-def _patch_spectrum(lum: np.ndarray, mask: np.ndarray, n: int, min_tissue: float) -> tuple[np.ndarray | None, int]:
-    """Mean power spectrum (n, n) of the periodic component of the luminance over n x n patches in ``mask``."""
+def _patch_spectrum(
+    lum: np.ndarray, mask: np.ndarray, n: int, min_tissue: float, standardise: bool = False
+) -> tuple[np.ndarray | None, int]:
+    """Mean power spectrum (n, n) of the periodic component of the luminance over n x n patches in ``mask``
+    (each patch scaled to SD 1 first with ``standardise``)."""
     H, W = lum.shape
     acc, k = None, 0
     for y0 in range(0, H - n + 1, n):
@@ -293,7 +301,10 @@ def _patch_spectrum(lum: np.ndarray, mask: np.ndarray, n: int, min_tissue: float
             if mask[y0 : y0 + n, x0 : x0 + n].mean() < min_tissue:
                 continue
             p = lum[y0 : y0 + n, x0 : x0 + n].astype(np.float64)
-            p = _periodic_component(p - p.mean())
+            p = p - p.mean()
+            if standardise:
+                p = p / (p.std() + 1e-3)
+            p = _periodic_component(p)
             P = np.abs(np.fft.fft2(p)) ** 2
             acc = P if acc is None else acc + P
             k += 1
@@ -387,6 +398,32 @@ def periodicity_excess(
         "n_patches": k,
         "patch_px": n,
     }
+
+
+def spectrum_profile(img, mask, patch_px: int = 256, min_tissue: float = 0.9) -> dict:
+    """Log10 power of the standardised luminance in octave bands, from ``patch_px`` to 2 px periods.
+
+    Each ``patch_px`` patch with at least ``min_tissue`` of ``mask`` has its luminance scaled to mean
+    0 and SD 1 (stain and brightness removed, as the two-sample test's ``lum`` variant); the power
+    spectra of their periodic components are averaged and summed over rings of one octave of
+    frequency (periods ``patch_px``-``patch_px/2``, ..., 4-2 px). Returns ``{"periods_px": [[long,
+    short], ...], "log10_power": [...] | None, "n_patches": int, "patch_px": int}``.
+    """
+    n = int(patch_px)
+    lum = luminance(img)
+    m = np.ones(lum.shape, bool) if mask is None else np.asarray(mask, bool)
+    P, k = _patch_spectrum(lum, m, n, min_tissue, standardise=True)
+    n_bands = int(np.log2(n)) - 1
+    periods = [[n / 2**i, n / 2 ** (i + 1)] for i in range(n_bands)]
+    if P is None:
+        return {"periods_px": periods, "log10_power": None, "n_patches": 0, "patch_px": n}
+    f = np.fft.fftfreq(n)
+    r = np.hypot(f[:, None], f[None, :])
+    out = []
+    for long_p, short_p in periods:
+        ring = (r >= 1.0 / long_p) & (r < 1.0 / short_p) if short_p > 2 else (r >= 1.0 / long_p)
+        out.append(float(np.log10(P[ring].mean() + 1e-30)))
+    return {"periods_px": periods, "log10_power": out, "n_patches": k, "patch_px": n}
 
 
 def streak_excess(img, mask, patch_px: int = 256, min_tissue: float = 0.9) -> dict:
@@ -559,6 +596,19 @@ def fidelity_report(
         out["streak_ratio"] = _ratio(lat["streak"]["generated"], lat["streak"]["real"])
         out["periodicity_ratio"] = _ratio(lat["periodicity"]["generated"], lat["periodicity"]["real"])
         det["lattice"] = lat
+    with _timed(t, "spectrum"):
+        key = ("spectrum", both.tobytes().__hash__())
+        rs = R["lattice"][key] = R["lattice"].get(key) or spectrum_profile(R["image"], both)
+        gs = spectrum_profile(gen, both)
+        ok = rs["log10_power"] is not None and gs["log10_power"] is not None
+        diff = np.subtract(gs["log10_power"], rs["log10_power"]) if ok else None
+        out["spectrum_distance"] = float(np.abs(diff).mean()) if ok else None
+        det["spectrum"] = {
+            "periods_px": rs["periods_px"],
+            "log10_real": rs["log10_power"],
+            "log10_generated_minus_real": None if diff is None else [round(float(v), 4) for v in diff],
+            "n_patches": rs["n_patches"],
+        }
     out["fidelity_details"] = det
     return out
 
