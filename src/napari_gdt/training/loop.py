@@ -41,6 +41,7 @@ from .losses import (
     reconstruction_loss,
     seed_consistency_loss,
     spectral_loss,
+    spectrum_bands,
     thin_counts,
     thin_counts_spots,
 )
@@ -121,9 +122,11 @@ class TrainConfig:
     # gdt-v2 prior: L1 of the pooled soft nuclear mask against the prior's map, stretched to the real fraction's
     # mean and SD over the training bins (a target that is a function of the expression, so it carries over)
     lambda_prior: float = 0.0
-    # texture: L1 between generated and real batch-mean log power spectra of standardised luminance (spec_bands bands)
+    # texture: squared difference between the generated batch-mean log power spectrum of standardised luminance
+    # (spec_bands octave bands) and a running mean of the real batches' (decay spec_decay per step)
     lambda_spec: float = 0.0
     spec_bands: int = 8
+    spec_decay: float = 0.99
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -151,6 +154,7 @@ EXTRA_LOSS_KEYS = (
     "depth_unit",
     "lambda_spec",
     "spec_bands",
+    "spec_decay",
 )
 
 
@@ -307,6 +311,20 @@ class Trainer:
         self.history: list[dict] = []
         self._stop = False
 
+    @torch.no_grad()
+    def spectrum_target(self, real: torch.Tensor) -> torch.Tensor:
+        """The running mean of the real batches' log power spectra (``--lambda-spec``), updated with ``real``.
+
+        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
+        """
+        cur = spectrum_bands(real, self.cfg.spec_bands).mean(dim=0)
+        prev = getattr(self, "_spec_target", None)
+        if prev is None or prev.shape != cur.shape:
+            self._spec_target = cur
+        else:
+            self._spec_target = self.cfg.spec_decay * prev.to(cur.device) + (1.0 - self.cfg.spec_decay) * cur
+        return self._spec_target
+
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
@@ -325,6 +343,7 @@ class Trainer:
             "rng": json.dumps(self.sampler.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
             "init_from": json.dumps(getattr(self, "init_info", None)),
+            **({"spec_target": self._spec_target.cpu()} if getattr(self, "_spec_target", None) is not None else {}),
         }
 
     def save_checkpoint(self, path=None) -> Path:
@@ -361,6 +380,8 @@ class Trainer:
             torch.set_rng_state(st["torch_rng"])
         if st.get("init_from"):
             self.init_info = json.loads(st["init_from"])
+        if "spec_target" in st:
+            self._spec_target = st["spec_target"].to(self.device)
         if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
             self._new_cols = self._columns_of(self.init_info.get("new", []))
 
@@ -563,7 +584,7 @@ class Trainer:
             g_loss = g_loss + cfg.lambda_dist * dist
         spec = torch.zeros(())
         if cfg.lambda_spec > 0:
-            spec = spectral_loss(fake, real, cfg.spec_bands)
+            spec = spectral_loss(fake, n_bands=cfg.spec_bands, target=self.spectrum_target(real))
             g_loss = g_loss + cfg.lambda_spec * spec
         cons = torch.zeros(())
         if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
