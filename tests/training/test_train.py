@@ -812,3 +812,29 @@ def test_spectrum_target_is_a_running_mean(pair, tmp_path):
     assert torch.allclose(first, spectrum_bands(a).mean(0))
     second = Trainer.spectrum_target(t, b)
     assert torch.allclose(second, 0.9 * first + 0.1 * spectrum_bands(b).mean(0))
+
+
+def test_lambda_depth_needs_depth_aug(pair, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    assert _train(pair, out, "--steps", "2", "--no-eval", "--lambda-depth", "5") != 0
+    assert "--lambda-depth needs --depth-aug" in capsys.readouterr().err
+
+
+def test_train_with_depth_consistency(pair, tmp_path):
+    from napari_gdt.training.rearch import main as rearch_main
+
+    out = tmp_path / "w.safetensors"
+    args = ("--steps", "2", "--ckpt-every", "2", "--no-eval", "--depth-aug", "1", "--lambda-depth", "5")
+    assert _train(pair, out, *args) == 0
+    ck = tmp_path / "w.ckpt" / "last.pt"
+    cfg = json.loads(torch.load(ck, weights_only=True)["cfg"])
+    assert cfg["lambda_depth"] == 5 and cfg["nuc_thr"] > 0  # the soft mask's threshold was measured
+    # pools that fit these tiny patches (the default 32 / 64 px are skipped: no term to compare)
+    ck2 = tmp_path / "w2.ckpt" / "last.pt"
+    assert rearch_main([str(ck), str(ck2), "--cfg", '{"nuc_pools": [4, 8]}']) == 0
+    assert _train(pair, tmp_path / "w2.safetensors", "--steps", "6", "--ckpt-every", "2", "--no-eval", "--resume", str(ck2)) == 0
+    lines = [json.loads(x) for x in (tmp_path / "w2.ckpt" / "log.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "adv" in x and x["step"] > 2]
+    # every window thinned: the two renders differ, so the term is positive; the weight stays on resume
+    assert steps and all(x["depth"] > 0 for x in steps)
+    assert json.loads(torch.load(ck2, weights_only=True)["cfg"])["lambda_depth"] == 5

@@ -141,6 +141,13 @@ def register(sub):
         help="weight of the W1 between each window's generated and real intensity distributions (pixels and 8-px means; 0 = off)",
     )
     p.add_argument(
+        "--lambda-depth",
+        type=float,
+        default=0.0,
+        help="weight of the L1 between the local nuclear area fractions (32, 64 px) of a window rendered from its "
+        "thinned counts and from its counts as measured (same seed and latent; needs --depth-aug; 0 = off)",
+    )
+    p.add_argument(
         "--lambda-spec",
         type=float,
         default=0.0,

@@ -122,6 +122,9 @@ class TrainConfig:
     # gdt-v2 prior: L1 of the pooled soft nuclear mask against the prior's map, stretched to the real fraction's
     # mean and SD over the training bins (a target that is a function of the expression, so it carries over)
     lambda_prior: float = 0.0
+    # depth consistency: L1 between the pooled nuclear fractions (nuc_pools) of the render from the thinned counts and,
+    # with the same seed and latent, the render from the counts as measured (held fixed); needs depth_aug
+    lambda_depth: float = 0.0
     # texture: squared difference between the generated batch-mean log power spectrum of standardised luminance
     # (spec_bands octave bands) and a running mean of the real batches' (decay spec_decay per step)
     lambda_spec: float = 0.0
@@ -155,6 +158,7 @@ EXTRA_LOSS_KEYS = (
     "lambda_spec",
     "spec_bands",
     "spec_decay",
+    "lambda_depth",
 )
 
 
@@ -294,7 +298,7 @@ class Trainer:
         if cfg.lambda_prior > 0 and not getattr(self.G, "n_prior", 0):
             raise GDTError(f"--lambda-prior needs a generator with the composition prior ({cfg.model} with prior 1)")
         self._prior_target = None  # (mean, sd) of the real fraction the prior predicts, set by run()
-        if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0 or cfg.lambda_prior > 0) and cfg.nuc_thr <= 0:
+        if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0 or cfg.lambda_prior > 0 or cfg.lambda_depth > 0) and cfg.nuc_thr <= 0:
             cfg.nuc_thr = nuclear_threshold(sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px)
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
@@ -546,7 +550,8 @@ class Trainer:
         self.opt_d.step()
         real = real.detach()
         # generator
-        fake = G(counts, origins, self._styles(G, counts.shape[0]), seed)
+        styles = self._styles(G, counts.shape[0])
+        fake = G(counts, origins, styles, seed)
         adv = g_hinge_loss(D(fake, cond, off, ppb))
         rec = reconstruction_loss(fake, real, cfg.rec_pool)
         g_loss = cfg.lambda_adv * adv + cfg.lambda_rec * rec
@@ -582,6 +587,14 @@ class Trainer:
         if cfg.lambda_dist > 0:
             dist = intensity_distribution_loss(fake, real, cfg.dist_pools)
             g_loss = g_loss + cfg.lambda_dist * dist
+        dep = torch.zeros(())
+        if cfg.lambda_depth > 0 and full is not counts:  # the measured tissue, rendered alike, is the reference
+            with torch.no_grad():
+                fake_full = G(full, origins, styles, seed)
+            dep = seed_consistency_loss(
+                fake, fake_full, cfg.nuc_thr, cfg.nuc_tau, cfg.nuc_pools, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px
+            )
+            g_loss = g_loss + cfg.lambda_depth * dep
         spec = torch.zeros(())
         if cfg.lambda_spec > 0:
             spec = spectral_loss(fake, n_bands=cfg.spec_bands, target=self.spectrum_target(real))
@@ -622,6 +635,8 @@ class Trainer:
             out["dist"] = float(dist.detach())
         if cfg.lambda_spec > 0:
             out["spec"] = float(spec.detach())
+        if cfg.lambda_depth > 0:
+            out["depth"] = float(dep.detach())
         if cfg.lambda_seed > 0:
             out["seed"] = float(cons.detach())
         return out

@@ -282,6 +282,7 @@ def _train_from_args(args, argv=None) -> int:
         lambda_dist=float(getattr(args, "lambda_dist", 0.0) or 0.0),
         lambda_seed=float(getattr(args, "lambda_seed", 0.0) or 0.0),
         lambda_spec=float(getattr(args, "lambda_spec", 0.0) or 0.0),
+        lambda_depth=float(getattr(args, "lambda_depth", 0.0) or 0.0),
         lambda_prior=float(getattr(args, "lambda_prior", 0.0) or 0.0),
         seed=int(args.seed),
         ckpt_every=int(args.ckpt_every),
@@ -329,6 +330,8 @@ def _train_from_args(args, argv=None) -> int:
         for k in ("keep_every", *EXTRA_LOSS_KEYS):
             if k in pc and getattr(cfg, k) == getattr(defaults, k):
                 setattr(cfg, k, pc[k])
+    if cfg.lambda_depth > 0 and cfg.depth_aug <= 0:
+        raise GDTError("--lambda-depth needs --depth-aug (the thinned copy it compares with the measured counts)")
     if cfg.depth_unit == "spot":
         flat = [s.name for s in sections if s.spots is None]
         if flat:
