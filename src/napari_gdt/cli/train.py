@@ -151,8 +151,9 @@ def register(sub):
         "--lambda-spec",
         type=float,
         default=0.0,
-        help="weight of the L1 between generated and real log power spectra of standardised luminance, per "
-        "octave band from one cycle per window to the pixel (texture at every scale; 0 = off)",
+        help="weight of the squared difference between the generated windows' log power spectrum of standardised "
+        "luminance and a running mean of the real windows', per octave band from one cycle per window to the pixel "
+        "(texture at every scale; 0 = off)",
     )
     p.add_argument(
         "--lambda-seed",
