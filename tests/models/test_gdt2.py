@@ -406,23 +406,78 @@ def test_train_gdt_v2_and_resume(tmp_path):
     assert read_card(tmp_path / "m3.safetensors")["config"]["abs_depth"] is True
 
 
-def test_init_from_refuses_gdt_v2(tmp_path, capsys):
-    from napari_gdt.cli import main
+def test_init_from_gdt_v2_maps_genes_and_keeps_the_columns_after_them(tmp_path, capsys):
+    """Fine-tuning a gdt-v2 model (the shipped her2st-he is one) on another panel: shared genes keep
+    their weights, a new gene starts at zero, and the columns after the genes (coverage, depth,
+    structure) are copied as they are, so the start renders the parent's image where the new and the
+    dropped genes are silent. The discriminator of a checkpoint comes along (multi-scale keys)."""
+    from skimage.io import imsave
 
-    rc = main(
-        [
-            "train",
-            "--arch",
-            "gdt-v2",
-            "--image",
-            "x.png",
-            "--expression",
-            "c.ome.zarr",
-            "--out",
-            str(tmp_path / "m.safetensors"),
-            "--init-from",
-            "her2st-he",
-        ]
+    from napari_gdt.cli import main
+    from napari_gdt.expression.canvas import ExpressionCanvas
+    from napari_gdt.models.bundle import load_bundle, read_card
+
+    genes = [f"G{i}" for i in range(6)]
+    c = synthetic_canvas((40, 40), genes=genes, seed=3)
+    c.affine = np.diag([8.0, 8.0, 1.0])
+    c.to_ome_zarr(tmp_path / "c.ome.zarr")
+    rate = np.asarray(c.data[0], dtype=float)
+    dark = np.kron(rate / rate.max(), np.ones((8, 8)))
+    img = np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1)
+    imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    arch = json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
+    base = ["train", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
+    base += ["--patch-bins", "16", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval"]
+    a = tmp_path / "a.safetensors"
+    assert (
+        main(
+            base
+            + ["--arch", "gdt-v2", "--arch-config", arch, "--out", str(a), "--d-scales", "2", "--d-ch", "8"]
+            + ["--steps", "2", "--ckpt-every", "2", "--genes", "G0,G1,G2,G3"]
+        )
+        == 0
     )
-    assert rc == 2
-    assert "gdt-v1" in capsys.readouterr().err
+    parent = load_bundle(a)
+    n_extra = int(parent.model.embed.weight.shape[1]) - 4
+    assert n_extra >= 3  # coverage, relative depth, structure channels
+    ck = tmp_path / "a.ckpt" / "last.pt"
+    d_parent = torch.load(ck, weights_only=True)["D"]
+    for src in (str(a), str(ck)):
+        b = tmp_path / f"b_{src.endswith('.pt')}.safetensors"
+        # no --arch: the architecture (gdt-v2 and its config) comes from the starting model; 0 steps = the start
+        assert (
+            main(
+                base
+                + ["--out", str(b), "--init-from", src, "--genes", "G3,G5,G1,G0", "--steps", "0"]
+                + (["--d-scales", "2", "--d-ch", "8"] if src.endswith(".pt") else [])
+            )
+            == 0
+        )
+        card = read_card(b)
+        assert card["arch"] == "gdt-v2" and card["genes"] == ["G3", "G5", "G1", "G0"]
+        info = card["provenance"]["init_from"]
+        assert info["shared"] == 3 and info["new"] == ["G5"] and info["dropped"] == ["G2"]
+        child = load_bundle(b)
+        pw, cw = parent.model.embed.weight, child.model.embed.weight
+        assert cw.shape[1] == 4 + n_extra
+        for j, g in enumerate(["G3", "G5", "G1", "G0"]):
+            if g == "G5":
+                assert float(cw[:, j].detach().abs().max()) == 0.0
+            else:
+                assert torch.equal(cw[:, j], pw[:, int(g[1])])
+        assert torch.equal(cw[:, 4:], pw[:, 4:])  # coverage, depth and structure columns as they were
+        c2 = ExpressionCanvas.from_ome_zarr(tmp_path / "c.ome.zarr")
+        data = np.asarray(c2.data).copy()
+        data[[2, 5]] = 0
+        z = ExpressionCanvas(data, c2.genes, bin_um=c2.bin_um)
+        x = TileRenderer(parent, z, device="cpu").render_region()
+        y = TileRenderer(child, z, device="cpu").render_region()
+        assert np.abs(x - y).max() < 1e-5
+        if src.endswith(".pt"):
+            d_child = torch.load(tmp_path / f"b_{True}.ckpt" / "last.pt", weights_only=True)["D"]
+            k = next(k for k in d_parent if k.endswith("cond.weight_orig"))
+            assert torch.equal(d_child[k][:, [0, 2, 3]], d_parent[k][:, [3, 1, 0]])
+            assert float(d_child[k][:, 1].abs().max()) == 0.0
+    # an explicit --arch that contradicts the starting model is one line
+    rc = main(base + ["--out", str(tmp_path / "c.safetensors"), "--init-from", str(a), "--arch", "gdt-v1", "--steps", "0"])
+    assert rc == 2 and "is a gdt-v2 model; --arch says gdt-v1" in capsys.readouterr().err

@@ -39,8 +39,8 @@ def register(sub):
     p.add_argument(
         "--init-from",
         metavar="MODEL|CKPT",
-        help="fine-tune: start from this gdt-v1 model (bundle or bundled name; or a training checkpoint, "
-        "which also brings the discriminator). "
+        help="fine-tune: start from this gdt-v1 or gdt-v2 model (bundle or bundled name such as her2st-he; or a "
+        "training checkpoint, which also brings the discriminator). "
         "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used "
         "unless --arch-config is given",
     )
@@ -54,7 +54,7 @@ def register(sub):
         "--arch",
         default=None,
         choices=["gdt-v1", "gdt-v2"],
-        help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own)",
+        help="generator architecture of a new run (default gdt-v1; a resumed run keeps its own, --init-from takes its model's)",
     )
     p.add_argument("--d-scales", type=int, default=1, help="discriminators at 1, 1/2, ... resolution (default 1)")
     p.add_argument("--d-ch", type=int, default=32, help="discriminator width: channels of its first layer (default 32)")

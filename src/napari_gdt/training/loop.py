@@ -376,6 +376,7 @@ class Trainer:
         self.opt_g.load_state_dict(st["opt_g"])
         self.opt_d.load_state_dict(st["opt_d"])
         self.step = int(st["step"])
+        self._ckpt_step = self.step  # the checkpoint it came from holds this step
         self.elapsed_s = float(st.get("elapsed_s", 0.0))
         self.history = json.loads(st.get("history", "[]"))
         if "rng" in st:
@@ -390,19 +391,25 @@ class Trainer:
             self._new_cols = self._columns_of(self.init_info.get("new", []))
 
     def _columns_of(self, genes) -> torch.Tensor:
-        """(1, G, 1, 1) mask: 1 for the panel columns of ``genes``, 0 elsewhere."""
+        """(1, C, 1, 1) mask over the embedding's input columns: 1 for the panel columns of ``genes``,
+        0 elsewhere (``gdt-v2``'s columns after the genes, coverage, depth, prior and structure, stay 0)."""
         chosen = set(genes)
-        return torch.tensor([1.0 if g in chosen else 0.0 for g in self.genes], device=self.device).view(1, -1, 1, 1)
+        cols = [1.0 if g in chosen else 0.0 for g in self.genes]
+        cols += [0.0] * (int(self.G.embed.weight.shape[1]) - len(cols))
+        return torch.tensor(cols, device=self.device).view(1, -1, 1, 1)
 
     def init_from(self, path) -> dict:
         """Start from a trained model's weights (a fine-tune), matching genes by name.
 
         ``path`` is a model bundle (``.safetensors``, or a bundled model name: the
         generator and its EMA copy start from it; the discriminator starts fresh) or
-        a training checkpoint (``.pt``: generator, EMA generator and discriminator).
-        The architecture must match, except for the gene panel: the gene-indexed
-        tensors (the generator's input embedding and gene scales, the discriminator's
-        expression input) are copied gene by gene; genes new to this panel start with
+        a training checkpoint (``.pt``: generator, EMA generator and discriminator),
+        of this run's architecture (``gdt-v1`` or ``gdt-v2``). The architecture must
+        match, except for the gene panel: the gene-indexed tensors (the generator's
+        input embedding and gene scales, a ``gdt-v2`` prior's read-out, the
+        discriminator's expression input) are copied gene by gene, and the columns
+        that follow the genes (``gdt-v2``: coverage, depth, prior, structure) as they
+        are; genes new to this panel start with
         zero input weights (so the start is the old model, blind to them) and the gene
         scale computed from this run's data. Optimiser states and the step counter
         start fresh. Returns ``{"from", "digest", "shared", "new", "dropped"}``.
@@ -416,6 +423,7 @@ class Trainer:
             if not all(k in st for k in ("genes", "arch", "G")):
                 raise GDTError(f"{p}: checkpoint lacks field 'genes', 'arch' or 'G'")
             old_genes, arch, g_state, ema_state = list(st["genes"]), dict(st["arch"]), st["G"], st.get("G_ema", st["G"])
+            their_model = st.get("model_arch", "gdt-v1")
             d_state = st.get("D")
             digest = None
             parent = {"step": int(st.get("step", 0)), "file_sha256": file_sha256(p)}
@@ -427,8 +435,7 @@ class Trainer:
                 b = load_bundle(resolve_model(path), device="cpu")
             except BundleError as e:
                 raise GDTError(f"--init-from: {e}") from None
-            if b.card.get("arch") != "gdt-v1":
-                raise GDTError(f"{path}: --init-from needs a gdt-v1 model (this one is {b.card.get('arch')!r})")
+            their_model = b.card.get("arch")
             old_genes, arch, digest = list(b.genes), dict(b.card.get("config", {})), b.digest
             g_state = ema_state = b.model.state_dict()
             parent = {
@@ -436,6 +443,8 @@ class Trainer:
                 "steps": (b.card.get("provenance") or {}).get("steps"),
                 "commands": (b.card.get("provenance") or {}).get("commands", []),
             }
+        if their_model != self.cfg.model:
+            raise GDTError(f"{path}: --init-from needs a {self.cfg.model} model like this run (this one is {their_model!r})")
         mine = dict(self.G.config)
         theirs = dict(arch)
         diff = sorted(k for k in set(mine) | set(theirs) if k != "n_genes" and mine.get(k) != theirs.get(k))
@@ -457,12 +466,18 @@ class Trainer:
                 if k not in state:
                     raise GDTError(f"{path}: lacks tensor {k!r}")
                 s = state[k]
-                if k in gene_keys:
-                    dim = gene_keys[k]
+                dim = next((d for suffix, d in gene_keys.items() if k == suffix or k.endswith("." + suffix)), None)
+                if dim is not None:
                     t = v.detach().clone()
+                    extra = int(t.shape[dim]) - len(self.genes)  # columns after the genes (gdt-v2 embedding)
+                    theirs_extra = int(s.shape[dim]) - len(old_genes)
+                    if extra != theirs_extra:
+                        raise GDTError(f"{path}: tensor {k!r} has {theirs_extra} non-gene columns, this run {extra}")
                     if not k.endswith("gene_scale"):  # new genes: zero weights (gene scale: this run's data)
                         t.zero_()
-                    t.index_copy_(dim, torch.tensor(shared_pos), s.index_select(dim, torch.tensor(src_pos)).to(t.dtype))
+                    dst = shared_pos + [len(self.genes) + j for j in range(extra)]
+                    src = src_pos + [len(old_genes) + j for j in range(extra)]
+                    t.index_copy_(dim, torch.tensor(dst), s.index_select(dim, torch.tensor(src)).to(t.dtype))
                     out[k] = t
                 elif tuple(s.shape) != tuple(v.shape):
                     raise GDTError(f"{path}: tensor {k!r} has shape {tuple(s.shape)}, this run needs {tuple(v.shape)}")
@@ -470,7 +485,7 @@ class Trainer:
                     out[k] = s
             return out
 
-        g_keys = {"embed.weight": 1, "gene_scale": 0}
+        g_keys = {"embed.weight": 1, "gene_scale": 0, "prior_w": 1}
         if self.cfg.train_only_new_genes:
             # the frozen weights must be the starting model's as shipped (its EMA), not the raw generator's
             g_state = ema_state
@@ -810,7 +825,7 @@ class Trainer:
                     self._log({"step": self.step, "event": "time limit reached"})
                     break
             self._update_throughput(step0, t_tp)
-            if self.step % cfg.ckpt_every != 0 and self.step != cfg.steps:
+            if getattr(self, "_ckpt_step", None) != self.step:  # the last step (or a run of 0 steps) has its checkpoint too
                 self._checkpoint(on_checkpoint)
         finally:
             bar.close()
@@ -839,6 +854,7 @@ class Trainer:
         }
 
     def _checkpoint(self, on_checkpoint) -> None:
+        self._ckpt_step = self.step
         val = self.validate()
         rec = {"step": self.step, "time_s": round(self.elapsed_s, 1), **val}
         self.history.append(rec)

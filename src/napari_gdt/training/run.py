@@ -72,12 +72,14 @@ def load_sections(images, canvases_paths, genes_arg, px_per_bin, val_region=None
     return sections, canvases, genes
 
 
-def _init_arch(path) -> dict:
-    """The gdt-v1 architecture of the model or checkpoint ``--init-from`` names (without the panel and output size)."""
+def _init_arch(path) -> tuple[str, dict]:
+    """The architecture name and config of the model or checkpoint ``--init-from`` names (without the
+    panel and output size)."""
     from .loop import Trainer
 
     if Path(str(path)).suffix == ".pt":
-        arch = dict(Trainer.peek(path)["arch"])
+        peek = Trainer.peek(path)
+        model, arch = peek["model"], dict(peek["arch"])
     else:
         from ..models.bundle import BundleError, read_card
 
@@ -85,12 +87,12 @@ def _init_arch(path) -> dict:
             card = read_card(path)
         except BundleError as e:
             raise GDTError(f"--init-from: {e}") from None
-        if card.get("arch") != "gdt-v1":
-            raise GDTError(f"{path}: --init-from needs a gdt-v1 model (this one is {card.get('arch')!r})")
-        arch = dict(card.get("config", {}))
+        model, arch = card.get("arch"), dict(card.get("config", {}))
+        if model not in DEFAULT_ARCHS:
+            raise GDTError(f"{path}: --init-from needs a gdt-v1 or gdt-v2 model (this one is {model!r})")
     arch.pop("n_genes", None)
     arch.pop("out_channels", None)
-    return arch
+    return model, arch
 
 
 def _versions() -> dict:
@@ -221,15 +223,24 @@ def _train_from_args(args, argv=None) -> int:
         arch = prior["arch"]
         arch.pop("n_genes", None)
         arch.pop("out_channels", None)
-    elif getattr(args, "init_from", None) and not args.arch_config:  # fine-tune: the starting model's architecture
-        arch = _init_arch(args.init_from)
+    elif getattr(args, "init_from", None):  # fine-tune: the starting model's architecture
+        init_model, init_arch = _init_arch(args.init_from)
+        if getattr(args, "arch", None) and args.arch != init_model:
+            raise GDTError(f"--init-from {args.init_from} is a {init_model} model; --arch says {args.arch}")
+        model = init_model
+        if args.arch_config:  # overrides are checked against the starting weights' shapes by init_from
+            arch = dict(DEFAULT_ARCHS[model])
+            try:
+                arch.update(json.loads(args.arch_config))
+            except json.JSONDecodeError as e:
+                raise GDTError(f"--arch-config is not valid JSON ({e})") from None
+        else:
+            arch = init_arch
     elif args.arch_config:
         try:
             arch.update(json.loads(args.arch_config))
         except json.JSONDecodeError as e:
             raise GDTError(f"--arch-config is not valid JSON ({e})") from None
-    if getattr(args, "init_from", None) and model != "gdt-v1":
-        raise GDTError(f"--init-from works with gdt-v1 models only (this run's --arch is {model})")
     try:
         ppb = ARCHITECTURES[model](n_genes=1, out_channels=1, **arch).geometry.px_per_bin
     except (TypeError, ValueError) as e:
