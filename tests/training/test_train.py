@@ -838,3 +838,21 @@ def test_train_with_depth_consistency(pair, tmp_path):
     # every window thinned: the two renders differ, so the term is positive; the weight stays on resume
     assert steps and all(x["depth"] > 0 for x in steps)
     assert json.loads(torch.load(ck2, weights_only=True)["cfg"])["lambda_depth"] == 5
+
+
+def test_patch_too_small_for_the_halo_is_one_line(pair, tmp_path, capsys):
+    """A window that paints fewer pixels than a loss pools over (or the discriminator needs) is refused
+    before any work, naming the option and the smallest window that fits (was an internal error)."""
+    from napari_gdt.models.gdt import GDTGenerator
+
+    geo = GDTGenerator(n_genes=4, out_channels=3, **json.loads(ARCH)).geometry
+    bins = next(b for b in range(1, 100) if geo.out_len(b) >= 8)  # just enough for the discriminator
+    assert geo.out_len(bins) < 64
+    rc = _train(pair, tmp_path / "m.safetensors", "--steps", "1", "--no-eval", "--patch-bins", str(bins), "--rec-pool", "64")
+    err = capsys.readouterr().err
+    want = next(b for b in range(bins, 1000) if geo.out_len(b) >= 64)
+    assert rc == 2 and f"--patch-bins {bins}: a window paints {geo.out_len(bins)} px" in err
+    assert f"too few for --rec-pool (64 px); use --patch-bins {want} or more" in err
+    assert not (tmp_path / "m.safetensors").exists()
+    ok = _train(pair, tmp_path / "m.safetensors", "--steps", "1", "--no-eval", "--patch-bins", str(want), "--rec-pool", "64")
+    assert ok == 0

@@ -303,6 +303,7 @@ class Trainer:
         if cfg.nuc_tau <= 0 and cfg.nuc_thr > 0:
             cfg.nuc_tau = 0.1 * cfg.nuc_thr
         self.geo = self.G.geometry
+        self._check_patch_size()
         self.sampler = PatchSampler(sections, self.geo, cfg.patch_bins, seed=cfg.seed, owners=cfg.depth_unit == "spot")
         self.val_sampler = (
             PatchSampler(self.val_sections, self.geo, cfg.patch_bins, seed=12345, augment=False, p_empty=0.0)
@@ -389,6 +390,24 @@ class Trainer:
             self._spec_target = st["spec_target"].to(self.device)
         if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
             self._new_cols = self._columns_of(self.init_info.get("new", []))
+
+    def _check_patch_size(self) -> None:
+        """One clear line when a training window is too small for the model's halo and the losses:
+        each discriminator scale needs 8 px, the pooled losses one pool."""
+        cfg, geo = self.cfg, self.geo
+        needs = {"the discriminator": 8 * 2 ** (max(1, cfg.d_scales) - 1)}
+        if cfg.lambda_rec > 0:
+            needs["--rec-pool"] = cfg.rec_pool
+        if cfg.lambda_hem > 0:
+            needs["--hem-pool"] = cfg.hem_pool
+        what, need = max(needs.items(), key=lambda kv: kv[1])
+        out = geo.out_len(cfg.patch_bins)
+        if out < need:
+            smallest = next(b for b in range(cfg.patch_bins, cfg.patch_bins + 10000) if geo.out_len(b) >= need)
+            raise GDTError(
+                f"--patch-bins {cfg.patch_bins}: a window paints {out} px (this model's halo is {geo.offset} px a side), "
+                f"too few for {what} ({need} px); use --patch-bins {smallest} or more"
+            )
 
     def _columns_of(self, genes) -> torch.Tensor:
         """(1, C, 1, 1) mask over the embedding's input columns: 1 for the panel columns of ``genes``,
