@@ -856,3 +856,24 @@ def test_patch_too_small_for_the_halo_is_one_line(pair, tmp_path, capsys):
     assert not (tmp_path / "m.safetensors").exists()
     ok = _train(pair, tmp_path / "m.safetensors", "--steps", "1", "--no-eval", "--patch-bins", str(want), "--rec-pool", "64")
     assert ok == 0
+
+
+def test_default_window_fits_the_model_and_follows_the_starting_model(pair, tmp_path, capsys):
+    """Without --patch-bins: a default window too small for the halo and the pools is raised to the
+    smallest that fits (said in one line); a fine-tune takes the window its starting model was trained with."""
+    from napari_gdt.models.bundle import read_card
+    from napari_gdt.models.gdt import GDTGenerator
+
+    geo = GDTGenerator(n_genes=4, out_channels=3, **json.loads(ARCH)).geometry
+    want = next(b for b in range(1, 1000) if geo.out_len(b) >= 96)
+    assert want > 10  # the default window paints fewer than 96 px
+    base = ["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--arch-config", ARCH]
+    base += ["--batch-size", "1", "--device", "cpu", "--threads", "1", "--steps", "1", "--no-eval"]
+    a = tmp_path / "a.safetensors"
+    assert main(base + ["--out", str(a), "--rec-pool", "96"]) == 0
+    assert f"--patch-bins {want}: the smallest window this model" in capsys.readouterr().err
+    assert read_card(a)["provenance"]["config"]["patch_bins"] == want
+    b = tmp_path / "b.safetensors"
+    fine = ["train", "--image", str(pair / "img.png"), "--expression", str(pair / "c.ome.zarr"), "--init-from", str(a)]
+    assert main(fine + ["--out", str(b), "--batch-size", "1", "--device", "cpu", "--steps", "0", "--no-eval"]) == 0
+    assert read_card(b)["provenance"]["config"]["patch_bins"] == want

@@ -90,7 +90,13 @@ def register(sub):
         "--genes", metavar="FILE|G1,G2", help="gene panel (default: the genes shared by all canvases, in the first canvas' order)"
     )
     p.add_argument("--batch-size", type=int, default=4, help="patches per step (default 4)")
-    p.add_argument("--patch-bins", type=int, default=10, help="input window edge in bins (default 10)")
+    p.add_argument(
+        "--patch-bins",
+        type=int,
+        default=None,
+        help="input window edge in bins (default 10, or the starting model's with --init-from; raised to the smallest "
+        "window the model's halo and the pooled losses fit in)",
+    )
     p.add_argument(
         "--arch-config",
         metavar="JSON",

@@ -230,6 +230,18 @@ def read_checkpoint(path, required=()) -> dict:
     return st
 
 
+def smallest_patch_bins(geo, cfg: TrainConfig) -> tuple[str, int, int]:
+    """``(what, px, bins)``: the most a training window must paint (each discriminator scale needs 8
+    px, a pooled loss one pool), what needs it, and the smallest window in bins that paints it."""
+    needs = {"the discriminator": 8 * 2 ** (max(1, cfg.d_scales) - 1)}
+    if cfg.lambda_rec > 0:
+        needs["--rec-pool"] = cfg.rec_pool
+    if cfg.lambda_hem > 0:
+        needs["--hem-pool"] = cfg.hem_pool
+    what, need = max(needs.items(), key=lambda kv: kv[1])
+    return what, need, next(b for b in range(1, 100000) if geo.out_len(b) >= need)
+
+
 class Trainer:
     """Train a generator (``cfg.model``: ``gdt-v1`` or ``gdt-v2``) on paired sections.
 
@@ -392,18 +404,11 @@ class Trainer:
             self._new_cols = self._columns_of(self.init_info.get("new", []))
 
     def _check_patch_size(self) -> None:
-        """One clear line when a training window is too small for the model's halo and the losses:
-        each discriminator scale needs 8 px, the pooled losses one pool."""
+        """One clear line when a training window is too small for the model's halo and the losses."""
         cfg, geo = self.cfg, self.geo
-        needs = {"the discriminator": 8 * 2 ** (max(1, cfg.d_scales) - 1)}
-        if cfg.lambda_rec > 0:
-            needs["--rec-pool"] = cfg.rec_pool
-        if cfg.lambda_hem > 0:
-            needs["--hem-pool"] = cfg.hem_pool
-        what, need = max(needs.items(), key=lambda kv: kv[1])
+        what, need, smallest = smallest_patch_bins(geo, cfg)
         out = geo.out_len(cfg.patch_bins)
         if out < need:
-            smallest = next(b for b in range(cfg.patch_bins, cfg.patch_bins + 10000) if geo.out_len(b) >= need)
             raise GDTError(
                 f"--patch-bins {cfg.patch_bins}: a window paints {out} px (this model's halo is {geo.offset} px a side), "
                 f"too few for {what} ({need} px); use --patch-bins {smallest} or more"

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import GDTError
 from ..expression.canvas import ExpressionCanvas
 from ..pixels import read_image
-from .loop import DEFAULT_ARCHS, EXTRA_LOSS_KEYS, TrainConfig, Trainer
+from .loop import DEFAULT_ARCHS, EXTRA_LOSS_KEYS, TrainConfig, Trainer, smallest_patch_bins
 from .sampling import PairedSection
 
 __all__ = ["gene_panel", "load_sections", "train_from_args", "write_bundle"]
@@ -93,6 +93,24 @@ def _init_arch(path) -> tuple[str, dict]:
     arch.pop("n_genes", None)
     arch.pop("out_channels", None)
     return model, arch
+
+
+def _init_patch_bins(path) -> int | None:
+    """The window size the ``--init-from`` model was trained with (its card's or checkpoint's config)."""
+    if not path:
+        return None
+    from ..models.bundle import BundleError, read_card
+    from .loop import Trainer
+
+    try:
+        if Path(str(path)).suffix == ".pt":
+            cfg = Trainer.peek(path).get("cfg") or {}
+        else:
+            cfg = (read_card(path).get("provenance") or {}).get("config") or {}
+    except (BundleError, GDTError, OSError, ValueError):  # an unreadable model: init_from says so in one line
+        return None
+    pb = cfg.get("patch_bins")
+    return int(pb) if pb else None
 
 
 def _versions() -> dict:
@@ -280,7 +298,7 @@ def _train_from_args(args, argv=None) -> int:
     cfg = TrainConfig(
         steps=int(args.steps),
         batch_size=int(args.batch_size),
-        patch_bins=int(args.patch_bins),
+        patch_bins=int(args.patch_bins or _init_patch_bins(getattr(args, "init_from", None)) or 10),
         lr_g=float(args.lr),
         lr_d=float(args.lr),
         lambda_rec=float(args.lambda_rec),
@@ -341,6 +359,16 @@ def _train_from_args(args, argv=None) -> int:
         for k in ("keep_every", *EXTRA_LOSS_KEYS):
             if k in pc and getattr(cfg, k) == getattr(defaults, k):
                 setattr(cfg, k, pc[k])
+    if args.patch_bins is None and prior is None:  # a default window too small: the smallest that fits
+        geo = ARCHITECTURES[model](n_genes=1, out_channels=1, **arch).geometry
+        what, need, smallest = smallest_patch_bins(geo, cfg)
+        if geo.out_len(cfg.patch_bins) < need:
+            print(
+                f"--patch-bins {smallest}: the smallest window this model (halo {geo.offset} px a side) paints {need} px in, "
+                f"for {what}",
+                file=sys.stderr,
+            )
+            cfg.patch_bins = smallest
     if cfg.lambda_depth > 0 and cfg.depth_aug <= 0:
         raise GDTError("--lambda-depth needs --depth-aug (the thinned copy it compares with the measured counts)")
     if cfg.depth_unit == "spot":
