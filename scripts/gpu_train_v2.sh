@@ -10,7 +10,9 @@
 # region) and OUT/<name>.log. Resume: the same command with RESUME=1 (the canvases are rebuilt).
 # Settings are version 3's recipe (docs/training.md) with what a GPU affords: a batch of BS windows,
 # larger patches and a wider three-scale discriminator. HE_EXTRA / MF_EXTRA: more `train` options for
-# either run (e.g. MF_EXTRA="--lambda-nuc 20"). Nothing here writes into the repository.
+# either run (e.g. MF_EXTRA="--lambda-nuc 20"). HE_INIT=her2st-he (or a bundle) fine-tunes that gdt-v2 model
+# instead of training her2st-he from scratch (fresh discriminator; its architecture). Nothing here writes
+# into the repository.
 set -euo pipefail
 : "${OUT:?set OUT to an output folder}"
 : "${NAPARI_GDT_DATA:?set NAPARI_GDT_DATA to the shared data folder}"
@@ -30,8 +32,9 @@ resume() { if [ "${RESUME:-0}" = 1 ]; then echo --resume "$OUT/$1.ckpt/last.pt";
 
 H=$NAPARI_GDT_DATA/her2st
 # shellcheck disable=SC2046,SC2086
-"$PY" -m napari_gdt.cli train "${common[@]}" $(resume her2st-he) \
-  --arch-config '{"depth_window": 1, "struct_strides": [1, 1, 4, 4]}' \
+he_start=(--arch-config '{"depth_window": 1, "struct_strides": [1, 1, 4, 4]}')
+if [ -n "${HE_INIT:-}" ] && [ "${RESUME:-0}" != 1 ]; then he_start=(--init-from "$HE_INIT"); fi
+"$PY" -m napari_gdt.cli train "${common[@]}" $(resume her2st-he) "${he_start[@]}" \
   --image "$H/C2/he.jpg" --expression "$W/her2st_C2.ome.zarr" \
   --image "$H/C3/he.jpg" --expression "$W/her2st_C3.ome.zarr" \
   --image "$H/C4/he.jpg" --expression "$W/her2st_C4.ome.zarr" \
