@@ -276,11 +276,10 @@ def test_thin_counts_binomial_and_smooth():
     assert tf.std() > 0 and tf.min() >= 0
 
 
-def test_train_gdt_v2_and_resume(tmp_path):
+def _training_pair(tmp_path) -> str:
+    """A 6-gene synthetic canvas ``c.ome.zarr`` and an H&E-like ``img.png`` darker where gene 0 is
+    high, in ``tmp_path``; returns a tiny gdt-v2 --arch-config."""
     from skimage.io import imsave
-
-    from napari_gdt.cli import main
-    from napari_gdt.models.bundle import read_card
 
     c = synthetic_canvas((40, 40), genes=[f"G{i}" for i in range(6)], seed=3)
     c.affine = np.diag([8.0, 8.0, 1.0])
@@ -289,7 +288,15 @@ def test_train_gdt_v2_and_resume(tmp_path):
     dark = np.kron(rate / rate.max(), np.ones((8, 8)))
     img = np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1)
     imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
-    arch = json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
+    return json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
+
+
+def test_train_gdt_v2_and_resume(tmp_path):
+
+    from napari_gdt.cli import main
+    from napari_gdt.models.bundle import read_card
+
+    arch = _training_pair(tmp_path)
     out = tmp_path / "m.safetensors"
     args = [
         "train",
@@ -411,21 +418,12 @@ def test_init_from_gdt_v2_maps_genes_and_keeps_the_columns_after_them(tmp_path, 
     their weights, a new gene starts at zero, and the columns after the genes (coverage, depth,
     structure) are copied as they are, so the start renders the parent's image where the new and the
     dropped genes are silent. The discriminator of a checkpoint comes along (multi-scale keys)."""
-    from skimage.io import imsave
 
     from napari_gdt.cli import main
     from napari_gdt.expression.canvas import ExpressionCanvas
     from napari_gdt.models.bundle import load_bundle, read_card
 
-    genes = [f"G{i}" for i in range(6)]
-    c = synthetic_canvas((40, 40), genes=genes, seed=3)
-    c.affine = np.diag([8.0, 8.0, 1.0])
-    c.to_ome_zarr(tmp_path / "c.ome.zarr")
-    rate = np.asarray(c.data[0], dtype=float)
-    dark = np.kron(rate / rate.max(), np.ones((8, 8)))
-    img = np.stack([0.9 - 0.5 * dark, 0.85 - 0.6 * dark, 0.9 - 0.3 * dark], -1)
-    imsave(tmp_path / "img.png", (np.clip(img, 0, 1) * 255).astype(np.uint8), check_contrast=False)
-    arch = json.dumps(dict(TINY, stage_channels=[8, 8, 6], stage_convs=[1, 1, 1]))
+    arch = _training_pair(tmp_path)
     base = ["train", "--image", str(tmp_path / "img.png"), "--expression", str(tmp_path / "c.ome.zarr")]
     base += ["--patch-bins", "16", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-eval"]
     a = tmp_path / "a.safetensors"
