@@ -479,3 +479,12 @@ def test_init_from_gdt_v2_maps_genes_and_keeps_the_columns_after_them(tmp_path, 
     # an explicit --arch that contradicts the starting model is one line
     rc = main(base + ["--out", str(tmp_path / "c.safetensors"), "--init-from", str(a), "--arch", "gdt-v1", "--steps", "0"])
     assert rc == 2 and "is a gdt-v2 model; --arch says gdt-v1" in capsys.readouterr().err
+    # --arch-config changes the starting model's options: one that keeps every weight's shape is taken
+    # (and recorded), one that alters a weight is refused naming it
+    d = tmp_path / "d.safetensors"
+    assert main(base + ["--out", str(d), "--init-from", str(a), "--arch-config", '{"depth_window": 5}', "--steps", "0"]) == 0
+    card = read_card(d)
+    assert card["config"]["depth_window"] == 5 and card["config"]["stage_channels"] == [8, 8, 6]
+    assert card["provenance"]["init_from"]["arch_changes"] == {"depth_window": [3, 5]}
+    rc = main(base + ["--out", str(tmp_path / "e.safetensors"), "--init-from", str(a), "--arch-config", '{"emb_ch": 16}'])
+    assert rc == 2 and "architecture differs from this run's in emb_ch (8 vs 16)" in capsys.readouterr().err

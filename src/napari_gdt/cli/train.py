@@ -41,8 +41,8 @@ def register(sub):
         metavar="MODEL|CKPT",
         help="fine-tune: start from this gdt-v1 or gdt-v2 model (bundle or bundled name such as her2st-he; or a "
         "training checkpoint, which also brings the discriminator). "
-        "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used "
-        "unless --arch-config is given",
+        "Genes are matched by name; genes new to the panel start at zero weight. Its architecture is used, with "
+        "--arch-config's changes on top",
     )
     p.add_argument(
         "--train-only-new-genes",

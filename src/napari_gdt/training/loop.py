@@ -472,11 +472,11 @@ class Trainer:
         mine = dict(self.G.config)
         theirs = dict(arch)
         diff = sorted(k for k in set(mine) | set(theirs) if k != "n_genes" and mine.get(k) != theirs.get(k))
-        if diff:
-            raise GDTError(
-                f"{path}: architecture differs from this run's in "
-                f"{', '.join(f'{k} ({theirs.get(k)!r} vs {mine.get(k)!r})' for k in diff)}"
-            )
+        diff_text = ", ".join(f"{k} ({theirs.get(k)!r} vs {mine.get(k)!r})" for k in diff)
+        # options that keep every weight's shape (e.g. gdt-v2's depth_window) may change, as rearch allows
+        # between stages; a change that alters a weight is refused, naming the options
+        if diff and (set(mine) ^ set(theirs)) - {"n_genes"}:
+            raise GDTError(f"{path}: architecture differs from this run's in {diff_text}")
         old_idx = {g: i for i, g in enumerate(old_genes)}
         shared_pos = [i for i, g in enumerate(self.genes) if g in old_idx]  # their columns in this panel ...
         src_pos = [old_idx[self.genes[i]] for i in shared_pos]  # ... and in the starting model's
@@ -495,6 +495,9 @@ class Trainer:
                     t = v.detach().clone()
                     extra = int(t.shape[dim]) - len(self.genes)  # columns after the genes (gdt-v2 embedding)
                     theirs_extra = int(s.shape[dim]) - len(old_genes)
+                    other = [i for i in range(t.dim()) if i != dim]
+                    if [t.shape[i] for i in other] != [s.shape[i] for i in other]:
+                        raise GDTError(f"{path}: tensor {k!r} has shape {tuple(s.shape)}, this run needs {tuple(t.shape)}")
                     if extra != theirs_extra:
                         raise GDTError(f"{path}: tensor {k!r} has {theirs_extra} non-gene columns, this run {extra}")
                     if not k.endswith("gene_scale"):  # new genes: zero weights (gene scale: this run's data)
@@ -515,7 +518,13 @@ class Trainer:
             g_state = ema_state
             self._new_cols = self._columns_of(new)
         with torch.no_grad():
-            self.G.load_state_dict(mapped(g_state, self.G.state_dict(), g_keys))
+            try:
+                g_mapped = mapped(g_state, self.G.state_dict(), g_keys)
+            except GDTError as e:
+                if diff:
+                    raise GDTError(f"{path}: architecture differs from this run's in {diff_text}") from None
+                raise e from None
+            self.G.load_state_dict(g_mapped)
             self.G_ema.load_state_dict(mapped(ema_state, self.G_ema.state_dict(), g_keys))
             if d_state is not None and self.cfg.d_cond:
                 self.D.load_state_dict(mapped(d_state, self.D.state_dict(), {"cond.weight_orig": 1, "cond.weight_v": 0}))
@@ -527,6 +536,7 @@ class Trainer:
             "new": new,
             "dropped": dropped,
             "discriminator": d_state is not None,
+            "arch_changes": {k: [theirs.get(k), mine.get(k)] for k in diff},
             "parent": parent,
         }
         return self.init_info

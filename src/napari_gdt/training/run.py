@@ -245,15 +245,12 @@ def _train_from_args(args, argv=None) -> int:
         init_model, init_arch = _init_arch(args.init_from)
         if getattr(args, "arch", None) and args.arch != init_model:
             raise GDTError(f"--init-from {args.init_from} is a {init_model} model; --arch says {args.arch}")
-        model = init_model
-        if args.arch_config:  # overrides are checked against the starting weights' shapes by init_from
-            arch = dict(DEFAULT_ARCHS[model])
+        model, arch = init_model, init_arch
+        if args.arch_config:  # changes on top of the starting model's; init_from refuses any that alters a weight
             try:
                 arch.update(json.loads(args.arch_config))
             except json.JSONDecodeError as e:
                 raise GDTError(f"--arch-config is not valid JSON ({e})") from None
-        else:
-            arch = init_arch
     elif args.arch_config:
         try:
             arch.update(json.loads(args.arch_config))
