@@ -372,11 +372,16 @@ def _train_from_args(args, argv=None) -> int:
         flat = [s.name for s in sections if s.spots is None]
         if flat:
             raise GDTError(f"--depth-unit spot needs spot canvases; {flat[0]} has no spot positions")
+    made_dir = not ckpt_dir.exists()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     log = Path(args.log) if args.log else ckpt_dir / "log.jsonl"
-    trainer = Trainer(
-        sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=getattr(args, "amp", "auto")
-    )
+    try:
+        amp = getattr(args, "amp", "auto")
+        trainer = Trainer(sections, genes, cfg, device, val_sections=val_sections, ckpt_dir=ckpt_dir, log=str(log), amp=amp)
+    except GDTError:  # refused before any work: leave no empty checkpoint folder behind
+        if made_dir and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
+        raise
     trainer.out_bundle = out  # --keep-every copies it next to the checkpoints
     commands = []
     if getattr(args, "train_only_new_genes", False) and not (args.init_from or args.resume):
