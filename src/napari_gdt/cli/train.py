@@ -162,6 +162,14 @@ def register(sub):
         "(texture at every scale; 0 = off)",
     )
     p.add_argument(
+        "--lambda-tex",
+        type=float,
+        default=0.0,
+        help="weight of the relative squared difference between the generated windows' Gram matrices of a fixed "
+        "random network's features of standardised luminance and a running mean of the real windows' (which shapes "
+        "make the texture, from pixel grain to about 80 px; 0 = off)",
+    )
+    p.add_argument(
         "--lambda-seed",
         type=float,
         default=0.0,

@@ -42,6 +42,8 @@ from .losses import (
     seed_consistency_loss,
     spectral_loss,
     spectrum_bands,
+    texture_grams,
+    texture_loss,
     thin_counts,
     thin_counts_spots,
 )
@@ -130,6 +132,10 @@ class TrainConfig:
     lambda_spec: float = 0.0
     spec_bands: int = 8
     spec_decay: float = 0.99
+    # texture: relative squared difference between the generated batch-mean Gram matrices of a fixed random
+    # network's features of standardised luminance and a running mean of the real batches' (decay tex_decay)
+    lambda_tex: float = 0.0
+    tex_decay: float = 0.99
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -158,6 +164,8 @@ EXTRA_LOSS_KEYS = (
     "lambda_spec",
     "spec_bands",
     "spec_decay",
+    "lambda_tex",
+    "tex_decay",
     "lambda_depth",
 )
 
@@ -342,6 +350,21 @@ class Trainer:
             self._spec_target = self.cfg.spec_decay * prev.to(cur.device) + (1.0 - self.cfg.spec_decay) * cur
         return self._spec_target
 
+    @torch.no_grad()
+    def texture_target(self, real: torch.Tensor) -> list[torch.Tensor]:
+        """The running mean of the real batches' Gram matrices (``--lambda-tex``), updated with ``real``.
+
+        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
+        """
+        cur = texture_grams(real)
+        prev = getattr(self, "_tex_target", None)
+        if prev is None or [p.shape for p in prev] != [c.shape for c in cur]:
+            self._tex_target = cur
+        else:
+            d = self.cfg.tex_decay
+            self._tex_target = [d * p.to(c.device) + (1.0 - d) * c for p, c in zip(prev, cur)]
+        return self._tex_target
+
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
@@ -361,6 +384,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "init_from": json.dumps(getattr(self, "init_info", None)),
             **({"spec_target": self._spec_target.cpu()} if getattr(self, "_spec_target", None) is not None else {}),
+            **({"tex_target": [t.cpu() for t in self._tex_target]} if getattr(self, "_tex_target", None) else {}),
         }
 
     def save_checkpoint(self, path=None) -> Path:
@@ -400,6 +424,8 @@ class Trainer:
             self.init_info = json.loads(st["init_from"])
         if "spec_target" in st:
             self._spec_target = st["spec_target"].to(self.device)
+        if "tex_target" in st:
+            self._tex_target = [t.to(self.device) for t in st["tex_target"]]
         if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
             self._new_cols = self._columns_of(self.init_info.get("new", []))
 
@@ -648,6 +674,10 @@ class Trainer:
         if cfg.lambda_spec > 0:
             spec = spectral_loss(fake, n_bands=cfg.spec_bands, target=self.spectrum_target(real))
             g_loss = g_loss + cfg.lambda_spec * spec
+        tex = torch.zeros(())
+        if cfg.lambda_tex > 0:
+            tex = texture_loss(fake, target=self.texture_target(real))
+            g_loss = g_loss + cfg.lambda_tex * tex
         cons = torch.zeros(())
         if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
             seed_b = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -684,6 +714,8 @@ class Trainer:
             out["dist"] = float(dist.detach())
         if cfg.lambda_spec > 0:
             out["spec"] = float(spec.detach())
+        if cfg.lambda_tex > 0:
+            out["tex"] = float(tex.detach())
         if cfg.lambda_depth > 0:
             out["depth"] = float(dep.detach())
         if cfg.lambda_seed > 0:

@@ -30,6 +30,10 @@ __all__ = [
     "soft_nuclear_mask",
     "spectral_loss",
     "spectrum_bands",
+    "texture_features",
+    "texture_grams",
+    "texture_loss",
+    "gram_matrices",
     "r1_penalty",
     "reconstruction_loss",
     "thin_counts",
@@ -506,3 +510,96 @@ def orientation_loss(fake: torch.Tensor, real: torch.Tensor, sigmas=(2.0, 6.0), 
         out = out + F.l1_loss(F.avg_pool2d(cf, p), F.avg_pool2d(cr, p))
         out = out + 0.1 * F.l1_loss(F.avg_pool2d(torch.log(ef + 1e-4), p), F.avg_pool2d(torch.log(er + 1e-4), p))
     return out
+
+
+#: widths of the fixed random network of :func:`texture_features` (one 3x3 convolution per stage, a 2x2
+#: average pool before each stage after the first): receptive fields of 3, 8, 18, 38 and 78 px
+TEXTURE_WIDTHS = (24, 48, 64, 64, 64)
+_TEX_FILTERS: dict = {}
+
+
+def _texture_filters(widths, device, dtype, seed: int = 20261202) -> list[torch.Tensor]:
+    """The random filters of :func:`texture_features`: fixed by ``seed`` (the same in every run and on every
+    machine, drawn on the CPU), never trained, never saved; He-scaled so that each stage keeps the scale."""
+    key = (tuple(widths), str(device), dtype, seed)
+    if key not in _TEX_FILTERS:
+        g = torch.Generator().manual_seed(seed)
+        ws, c = [], 1
+        for w in widths:
+            k = torch.randn(w, c, 3, 3, generator=g) * math.sqrt(2.0 / (c * 9))
+            ws.append((k - k.mean(dim=(1, 2, 3), keepdim=True)).to(device=device, dtype=dtype))
+            c = w
+        _TEX_FILTERS[key] = ws
+    return _TEX_FILTERS[key]
+
+
+def texture_features(img: torch.Tensor, widths=TEXTURE_WIDTHS) -> list[torch.Tensor]:
+    """Feature maps of each window's standardised luminance under a fixed random convolutional network.
+
+    Luminance as :func:`spectrum_bands` (stain and brightness removed, as the two-sample test's ``lum``
+    variant). Each stage is a 3x3 convolution without padding (no border effects) and a ReLU, with a
+    2x2 average pool before every stage after the first, so that stage ``k`` sees about ``5 * 2**k`` px:
+    from pixel grain to a nest. Zero-mean filters: a stage responds to shape, not to the local level.
+    A network with random weights is a known texture descriptor (the Gram matrices of its features
+    tell textures apart nearly as well as those of a trained network); it needs nothing downloaded.
+    Stages whose map would be smaller than 1 px are left out (none at all below 3 px).
+    """
+    x = img.float()
+    lum = x.mean(dim=1) if x.shape[1] != 3 else 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    lum = lum - lum.mean(dim=(-2, -1), keepdim=True)
+    h = (lum / (lum.std(dim=(-2, -1), keepdim=True) + 1e-3))[:, None]
+    feats = []
+    if min(h.shape[-2:]) < 3:
+        return feats
+    for i, k in enumerate(_texture_filters(widths, x.device, x.dtype)):
+        if i > 0:
+            if min(h.shape[-2:]) < 6:
+                break
+            h = F.avg_pool2d(h, 2)
+        h = F.relu(F.conv2d(h, k))
+        feats.append(h)
+    return feats
+
+
+def gram_matrices(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``(B, C, C)`` second moments of each feature map over its pixels (translation-invariant: where
+    things lie does not enter, only which shapes occur together and how strongly)."""
+    out = []
+    for f in feats:
+        b, c = f.shape[:2]
+        v = f.reshape(b, c, -1)
+        out.append(v @ v.transpose(1, 2) / v.shape[-1])
+    return out
+
+
+def texture_grams(img: torch.Tensor, widths=TEXTURE_WIDTHS) -> list[torch.Tensor]:
+    """The batch mean of the windows' Gram matrices, one ``(C, C)`` per stage of :func:`texture_features`."""
+    return [g.mean(dim=0) for g in gram_matrices(texture_features(img, widths))]
+
+
+def texture_loss(fake: torch.Tensor, real: torch.Tensor | None = None, widths=TEXTURE_WIDTHS, target=None) -> torch.Tensor:
+    """Relative squared distance between the batch-mean Gram matrices (:func:`texture_grams`) of the
+    generated windows and the real ones, averaged over the network's stages.
+
+    The texture statistic behind classic texture synthesis: which local shapes occur and which occur
+    together, at every scale from pixel grain to a nest (round dark blobs or elongated spindles,
+    rims around lumens, fibres), with where they lie left out. The power spectrum
+    (:func:`spectral_loss`) says only how much contrast each scale has; two pictures with the same
+    spectrum can be made of different shapes. Matched over the batch, not per window (a window's own
+    Gram matrices mostly say what that window happens to hold: two real windows of one section differ
+    by more than a version-3 render differs from its own window). ``target``, a list of ``(C, C)``
+    (e.g. a running mean of the real batches' Gram matrices), replaces ``real``. Each stage's distance
+    is ``|G_fake - G_real|^2 / |G_real|^2``, so that every stage counts alike; 0 = the same statistics.
+    """
+    if target is None:
+        if real is None:
+            raise ValueError("texture_loss needs real windows or target Gram matrices")
+        target = texture_grams(real.detach(), widths)
+    gf = texture_grams(fake, widths)
+    if not gf:
+        raise ValueError(f"texture_loss: windows of {tuple(fake.shape[-2:])} px are too small (at least 3 px)")
+    terms = []
+    for a, b in zip(gf, target):
+        b = b.to(a.device, a.dtype)
+        terms.append((a - b).square().sum() / (b.square().sum() + 1e-8))
+    return torch.stack(terms).mean()
