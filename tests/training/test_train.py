@@ -777,22 +777,32 @@ def test_spectral_loss_compares_texture_not_placement():
     assert float(spectral_loss(smooth, target=tgt)) == pytest.approx(far, rel=1e-6)
 
 
-def test_train_with_spectral_loss(pair, tmp_path):
+def _two_legs_with_loss(pair, tmp_path, flag: str, value: str, key: str, logged: str):
+    """Train 2 steps with ``flag value``, then resume to 4 without it; both checkpoints and the first's config.
+
+    Checks what every such loss must do: the weight is in the config, the loss is logged, and a resumed run
+    keeps the checkpoint's weight when the command line does not set it.
+    """
     out = tmp_path / "w.safetensors"
-    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-spec", "2") == 0
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", flag, value) == 0
     ck = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
     cfg = json.loads(ck["cfg"])
-    assert cfg["lambda_spec"] == 2 and cfg["spec_bands"] == 8 and cfg["spec_decay"] == 0.99
-    # the running real spectrum is kept: two steps of the decay from the first batch's
-    assert ck["spec_target"].shape == (8,) and torch.isfinite(ck["spec_target"]).all()
+    assert cfg[key] == float(value)
     lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
-    assert any(x.get("spec", 0) > 0 for x in lines if "step" in x)
-    # resumed without the option: the checkpoint's weight stays
+    assert any(x.get(logged, 0) > 0 for x in lines if "step" in x)
     assert (
         _train(pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt")) == 0
     )
     ck2 = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
-    assert json.loads(ck2["cfg"])["lambda_spec"] == 2
+    assert json.loads(ck2["cfg"])[key] == float(value)
+    return ck, ck2, cfg
+
+
+def test_train_with_spectral_loss(pair, tmp_path):
+    ck, ck2, cfg = _two_legs_with_loss(pair, tmp_path, "--lambda-spec", "2", "lambda_spec", "spec")
+    assert cfg["spec_bands"] == 8 and cfg["spec_decay"] == 0.99
+    # the running real spectrum is kept: two steps of the decay from the first batch's
+    assert ck["spec_target"].shape == (8,) and torch.isfinite(ck["spec_target"]).all()
     # resumed from the saved target, not restarted from a batch: two more steps move it by 2 % of the way
     # (measured: 0.03 kept, 2.7 when the target restarts from the resumed run's first batch)
     assert float((ck2["spec_target"] - ck["spec_target"]).abs().max()) < 0.3
@@ -815,22 +825,12 @@ def test_spectrum_target_is_a_running_mean(pair, tmp_path):
 
 
 def test_train_with_texture_loss(pair, tmp_path):
-    out = tmp_path / "w.safetensors"
-    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", "--lambda-tex", "3") == 0
-    ck = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
-    cfg = json.loads(ck["cfg"])
-    assert cfg["lambda_tex"] == 3 and cfg["tex_decay"] == 0.99
+    ck, ck2, cfg = _two_legs_with_loss(pair, tmp_path, "--lambda-tex", "3", "lambda_tex", "tex")
+    assert cfg["tex_decay"] == 0.99
     # the running real Gram matrices are kept, one square matrix per stage of the network
     tgt = ck["tex_target"]
     assert len(tgt) >= 1 and all(t.shape[0] == t.shape[1] and torch.isfinite(t).all() for t in tgt)
-    lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
-    assert any(x.get("tex", 0) > 0 for x in lines if "step" in x)
-    # resumed without the option: the checkpoint's weight and target go on
-    assert (
-        _train(pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt")) == 0
-    )
-    ck2 = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
-    assert json.loads(ck2["cfg"])["lambda_tex"] == 3
+    # resumed from the saved target (measured: at most 1.5 relative change when it restarts from a batch)
     rel = [float((b - a).norm() / a.norm()) for a, b in zip(tgt, ck2["tex_target"])]
     assert max(rel) < 0.1
 
