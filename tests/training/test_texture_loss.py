@@ -72,3 +72,12 @@ def test_texture_network_is_fixed_and_sized():
 def test_texture_loss_one_channel():
     real = _discs(0)[:, :1]
     assert float(texture_loss(_phase_randomised(real, 1), real)) > 4 * float(texture_loss(_discs(1)[:, :1], real))
+
+
+def test_texture_statistics_stay_float32_under_mixed_precision():
+    real, other = _discs(0, n=2, size=64), _discs(1, n=2, size=64)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        grams = texture_grams(real)
+        loss = texture_loss(other, real)
+    assert all(g.dtype == torch.float32 for g in grams) and loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(texture_loss(other, real)), rel=1e-5)

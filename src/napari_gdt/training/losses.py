@@ -540,24 +540,26 @@ def texture_features(img: torch.Tensor, widths=TEXTURE_WIDTHS) -> list[torch.Ten
     variant). Each stage is a 3x3 convolution without padding (no border effects) and a ReLU, with a
     2x2 average pool before every stage after the first, so that stage ``k`` sees about ``5 * 2**k`` px:
     from pixel grain to a nest. Zero-mean filters: a stage responds to shape, not to the local level.
-    A network with random weights is a known texture descriptor (the Gram matrices of its features
-    tell textures apart nearly as well as those of a trained network); it needs nothing downloaded.
+    Networks with random weights are known to give usable texture statistics (textures have been
+    synthesised from the Gram matrices of random filters), and need nothing downloaded. Computed in
+    float32 even under mixed precision (the Gram matrices' differences are small against their size).
     Stages whose map would be smaller than 1 px are left out (none at all below 3 px).
     """
-    x = img.float()
-    lum = x.mean(dim=1) if x.shape[1] != 3 else 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    lum = lum - lum.mean(dim=(-2, -1), keepdim=True)
-    h = (lum / (lum.std(dim=(-2, -1), keepdim=True) + 1e-3))[:, None]
-    feats = []
-    if min(h.shape[-2:]) < 3:
-        return feats
-    for i, k in enumerate(_texture_filters(widths, x.device, x.dtype)):
-        if i > 0:
-            if min(h.shape[-2:]) < 6:
-                break
-            h = F.avg_pool2d(h, 2)
-        h = F.relu(F.conv2d(h, k))
-        feats.append(h)
+    with torch.autocast(device_type=img.device.type, enabled=False):
+        x = img.float()
+        lum = x.mean(dim=1) if x.shape[1] != 3 else 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+        lum = lum - lum.mean(dim=(-2, -1), keepdim=True)
+        h = (lum / (lum.std(dim=(-2, -1), keepdim=True) + 1e-3))[:, None]
+        feats = []
+        if min(h.shape[-2:]) < 3:
+            return feats
+        for i, k in enumerate(_texture_filters(widths, x.device, x.dtype)):
+            if i > 0:
+                if min(h.shape[-2:]) < 6:
+                    break
+                h = F.avg_pool2d(h, 2)
+            h = F.relu(F.conv2d(h, k))
+            feats.append(h)
     return feats
 
 
@@ -567,8 +569,9 @@ def gram_matrices(feats: list[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     for f in feats:
         b, c = f.shape[:2]
-        v = f.reshape(b, c, -1)
-        out.append(v @ v.transpose(1, 2) / v.shape[-1])
+        v = f.float().reshape(b, c, -1)
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            out.append(v @ v.transpose(1, 2) / v.shape[-1])
     return out
 
 
