@@ -75,6 +75,14 @@ def figures(folder: str | Path) -> dict:
         "mem_generated_p5": _num((mem.get("generated") or {}).get("p5")),
         "mem_real_p5": _num((mem.get("real_held_out") or {}).get("p5")),
     }
+    ctx = ((ev.get("fidelity_details") or {}).get("spatial_rho_context") or {}).get("tile_spearman_area_fraction") or {}
+    out["rho_af_between_seeds"] = _num(ctx.get("between_seeds"))
+    out["rho_af_expected"] = _num(ctx.get("expected"))
+    if out["rho_af_expected"] is None and ctx:  # written before evaluate reported it
+        from napari_gdt.analysis.quality import expected_rho
+
+        k = len(ev.get("per_seed", {}).get("tile_spearman_area_fraction") or []) or 3
+        out["rho_af_expected"] = _num(expected_rho(_num(ctx.get("seed_mean")), out["rho_af_between_seeds"], k)[0])
     for w in (50, 100, 200):
         out[f"cv_{w}"] = _num(ev.get(f"density_cv_ratio_{w}um"))
     for k in ("area", "eccentricity", "solidity", "nn_distance"):
@@ -154,6 +162,11 @@ def bars(g: dict) -> list[tuple[str, str, bool | None]]:
         ("knockout: <= -2 SD (density or af)", t(g["knockout_density_sd"], g["knockout_af_sd"], fmt="{:+.1f}"), ko_ok),
         ("nearest training patch p5: generated >= real", t(g["mem_generated_p5"], g["mem_real_p5"], fmt="{:.2f}"), mem_ok),
         ("(diagnostic) spectrum distance", t(g["spectrum"]), None),
+        (
+            "(diagnostic) ρ area fraction of the expectation / between seeds",
+            t(g["rho_af_expected"], g["rho_af_between_seeds"]),
+            None,
+        ),
     ]
 
 

@@ -55,7 +55,7 @@ def _scored(folder: Path, density=1.0, rho=0.6, lum=0.55, knockout=-5.0, mem=(0.
 def test_every_bar_met_and_each_failure_marked(at, tmp_path):
     good = _scored(tmp_path / "good")
     rows = at.bars(at.figures(good))
-    assert [ok for _, _, ok in rows[:-1]] == [True] * 11 and rows[-1][2] is None  # the spectrum is a diagnostic
+    assert [ok for _, _, ok in rows[:-2]] == [True] * 11 and rows[-2][2] is rows[-1][2] is None  # two diagnostics
     bad = _scored(tmp_path / "bad", density=0.85, rho=0.50, lum=0.62, knockout=-1.0, mem=(0.7, 0.8), cv=(1.0, 0.79, 1.0))
     got = {bar: ok for bar, _, ok in at.bars(at.figures(bad))}
     assert got["density / area fraction within ±10 %"] is False
@@ -91,3 +91,21 @@ def test_scored_what_if_recipes_are_valid_and_in_the_panel():
             ops[e["op"]] = e["genes"]
     assert ops["transfer"] == "all"
     assert len(ops["knockout"]) == 15 and set(ops["knockout"]) <= genes, set(ops["knockout"]) - genes
+
+
+def test_the_expectations_rho_is_read_or_estimated(at, tmp_path):
+    """The diagnostic row shows ``expected`` from ``spatial_rho_context``; a folder scored before evaluate
+    reported it gets it from the seed mean, the agreement between seeds and the number of seeds."""
+    f = _scored(tmp_path / "old")
+    ev = json.loads((f / "evaluate.json").read_text())
+    ctx = {"seed_mean": 0.4848, "between_seeds": 0.6039}  # version 3 on C5, 3 seeds
+    ev["fidelity_details"] = {"spatial_rho_context": {"tile_spearman_area_fraction": ctx}}
+    ev["per_seed"] = {"tile_spearman_area_fraction": [0.40, 0.42, 0.43]}
+    (f / "evaluate.json").write_text(json.dumps(ev))
+    g = at.figures(f)
+    # reliability of a 3-seed mean: 3 b / (1 + 2 b) = 0.820, so 0.4848 / sqrt(0.820) = 0.535
+    assert g["rho_af_expected"] == pytest.approx(0.535, abs=0.001) and g["rho_af_between_seeds"] == 0.6039
+    assert at.bars(g)[-1][1] == "0.535 / 0.604"
+    ctx["expected"] = 0.6
+    (f / "evaluate.json").write_text(json.dumps(ev))
+    assert at.figures(f)["rho_af_expected"] == 0.6

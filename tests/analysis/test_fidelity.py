@@ -329,7 +329,7 @@ def _synthetic_setup(tmp_path):
     return paths
 
 
-def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
+def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys, monkeypatch):
     from napari_gdt.analysis.quality import KEYS
     from napari_gdt.cli import main
     from napari_gdt.models.bundle import read_card
@@ -356,7 +356,8 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     assert set(res["depth_normalised"]) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
     ctx = res["fidelity_details"]["spatial_rho_context"]
     assert set(ctx) == {"tile_spearman_nuclei", "tile_spearman_area_fraction"}
-    assert set(ctx["tile_spearman_area_fraction"]) == {"seed_mean", "between_seeds"}
+    want = {"seed_mean", "between_seeds", "n_seeds", "expected", "render_from_expected"}
+    assert set(ctx["tile_spearman_area_fraction"]) == want
     assert len(read_card(m)["baselines"]["fitted_on"]) == 2
     # the card's record is used next time, and says so
     assert (
@@ -380,6 +381,20 @@ def test_evaluate_cli_seeds_edits_baselines(tmp_path, capsys):
     )
     res = json.loads(capsys.readouterr().out)
     assert res["baselines_source"].startswith("model card")
+    # the table says how far one render and the model's expectation follow the real tissue (the synthetic
+    # model's seeds disagree, so no expectation is estimated and no line printed; then a context that has one)
+    assert ctx["tile_spearman_area_fraction"]["expected"] is None
+    args = ["evaluate", "--model", m, "--expression", p["score"][0], "--image", p["score"][1], "--tile", "32",
+            "--device", "cpu", "--seeds", "2"]  # fmt: skip
+    assert main(args) == 0
+    assert "the model's expectation" not in capsys.readouterr().out
+    from napari_gdt.analysis import quality
+
+    e = {"seed_mean": 0.4848, "between_seeds": 0.6039, "n_seeds": 2, "expected": 0.5678, "render_from_expected": 0.44}
+    monkeypatch.setattr(quality, "spatial_rho_context", lambda *a: {"tile_spearman_area_fraction": e})
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the model's expectation 0.568 (2-seed mean 0.485, two seeds agree at 0.604); ridge " in out
 
 
 def test_evaluate_cli_refuses_the_scored_section_as_training(tmp_path, capsys):
@@ -486,3 +501,36 @@ def test_spatial_rho_context_separates_signal_from_render_noise():
     assert 0.3 < ctx["between_seeds"] < per_render  # two noisy renders agree less than each with the truth
     assert one["seed_mean"] < ctx["seed_mean"]
     assert spatial_rho_context(seeds[:1], real) is None
+
+
+def test_spatial_rho_context_estimates_the_expected_pictures_rho():
+    """``expected`` recovers the ρ of the model's noiseless expectation from 2 or 3 noisy renders, and
+    ``render_from_expected`` one render's ρ (Spearman's correction for attenuation)."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from napari_gdt.analysis.quality import spatial_rho_context
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    expectation = rng.normal(size=n)
+    real = pd.DataFrame({c: expectation + rng.normal(0, 1.0, n) for c in ("density_per_mm2", "area_fraction")})
+    target = spearmanr(expectation, real["area_fraction"]).statistic  # about 0.69
+    for k in (2, 3):
+        seeds = [pd.DataFrame({c: expectation + rng.normal(0, 1.2, n) for c in real}) for _ in range(k)]
+        ctx = spatial_rho_context(seeds, real)["tile_spearman_area_fraction"]
+        assert ctx["n_seeds"] == k
+        assert ctx["seed_mean"] < target - 0.05  # the plain seed mean is attenuated by render noise
+        assert abs(ctx["expected"] - target) < 0.03
+        per_render = np.mean([spearmanr(t["area_fraction"], real["area_fraction"]).statistic for t in seeds])
+        assert abs(ctx["render_from_expected"] - per_render) < 0.03
+
+
+def test_expected_rho_refuses_a_seed_mean_that_is_mostly_noise():
+    from napari_gdt.analysis.quality import expected_rho
+
+    assert expected_rho(0.4848, 0.6039, 3)[0] == pytest.approx(0.535, abs=0.001)  # version 3 on C5
+    assert expected_rho(0.2, 0.3, 2) == (None, None)  # a 2-seed mean with reliability 0.46
+    assert expected_rho(0.2, 0.3, 3)[0] is not None  # three seeds: reliability 0.56
+    assert expected_rho(0.9, 0.5, 2)[0] == 1.0  # clipped
+    assert expected_rho(0.3, -0.1, 3) == (None, None) and expected_rho(None, 0.5, 3) == (None, None)

@@ -100,6 +100,21 @@ def _ratio(a, b):
     return float(a) / float(b)
 
 
+def expected_rho(seed_mean, between_seeds, n_seeds: int) -> tuple[float | None, float | None]:
+    """(ρ of the model's expectation, ρ of one render) from a ``n_seeds``-seed mean's ρ and the mean
+    ρ between two seeds (see :func:`spatial_rho_context`); ``(None, None)`` when not estimable: when
+    the seed mean holds more render noise than signal (reliability below 0.5), the correction would
+    mostly amplify noise."""
+    sm, b, k = seed_mean, between_seeds, int(n_seeds)
+    if sm is None or b is None or k < 2 or not np.isfinite(sm) or not np.isfinite(b) or b <= 0:
+        return None, None
+    reliability = k * b / (1.0 + (k - 1) * b)
+    if reliability < 0.5:
+        return None, None
+    exp = float(np.clip(sm / np.sqrt(reliability), -1.0, 1.0))
+    return exp, float(exp * np.sqrt(b))
+
+
 def spatial_rho_context(unit_tables: list, real_units) -> dict | None:
     """How much of ``tile_spearman_*`` is the generator's own randomness (two or more seeds).
 
@@ -107,19 +122,25 @@ def spatial_rho_context(unit_tables: list, real_units) -> dict | None:
     Spearman ρ of the per-unit values averaged over seeds against the real ones (the model's
     expected picture, closer to what a regression baseline predicts), and ``between_seeds`` the
     mean pairwise ρ between two seeds' renders (their reliability: how far one render can follow
-    anything). Context only: the acceptance figure stays the per-render ρ.
+    anything). ``expected`` corrects ``seed_mean`` for the render noise left in a k-seed mean
+    (Spearman's correction for attenuation): with ``b`` = ``between_seeds``, the mean of k renders
+    has reliability ``k b / (1 + (k - 1) b)``, so the ρ of the model's expectation is about
+    ``seed_mean / sqrt(k b / (1 + (k - 1) b))``, and one render's ρ about ``expected * sqrt(b)``
+    (``render_from_expected``). ``expected`` is what compares like with like against a regression
+    baseline (also an expectation). Context only: the acceptance figure stays the per-render ρ.
     """
     if len(unit_tables) < 2:
         return None
     out = {}
+    k = len(unit_tables)
     for col, key in (("density_per_mm2", "tile_spearman_nuclei"), ("area_fraction", "tile_spearman_area_fraction")):
         vals = np.stack([np.asarray(t[col], float) for t in unit_tables])
         pairs = [_spearman(vals[i], vals[j]) for i in range(len(vals)) for j in range(i + 1, len(vals))]
         pairs = [p for p in pairs if p is not None]
-        out[key] = {
-            "seed_mean": _spearman(vals.mean(axis=0), np.asarray(real_units[col], float)),
-            "between_seeds": float(np.mean(pairs)) if pairs else None,
-        }
+        sm = _spearman(vals.mean(axis=0), np.asarray(real_units[col], float))
+        b = float(np.mean(pairs)) if pairs else None
+        exp, rend = expected_rho(sm, b, k)
+        out[key] = {"seed_mean": sm, "between_seeds": b, "n_seeds": k, "expected": exp, "render_from_expected": rend}
     return out
 
 

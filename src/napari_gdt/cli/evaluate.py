@@ -269,6 +269,12 @@ def run(args):
         print(f"{k:30s} {pm(k):>16s} " + " ".join(f"{f((B.get(b) or {}).get(k)):>8s}" for b in ("flat", "library_size", "ridge")))
     for k in FIDELITY_KEYS:
         print(f"{k:30s} {pm(k):>16s}")
+    for k, c in ((res.get("fidelity_details") or {}).get("spatial_rho_context") or {}).items():
+        if c.get("expected") is not None:
+            print(
+                f"{k}: one render {f(res.get(k))}, the model's expectation {f(c['expected'])} ({c['n_seeds']}-seed mean "
+                f"{f(c['seed_mean'])}, two seeds agree at {f(c['between_seeds'])}); ridge {f((B.get('ridge') or {}).get(k))}"
+            )
     for k, v in (res.get("depth_normalised") or {}).items():
         print(f"{k + ' (depth normalised)':30s} {f(v):>16s}")
     if "c2st" in res:
