@@ -170,6 +170,14 @@ def register(sub):
         "make the texture, from pixel grain to about 80 px; 0 = off)",
     )
     p.add_argument(
+        "--lambda-gran",
+        type=float,
+        default=0.0,
+        help="weight of the squared log ratio between the generated windows' pattern spectrum of the soft nuclear mask "
+        "(what survives openings by 2-12 px squares: how wide the stained structures are) and a running mean of the "
+        "real windows' (holds the nuclei's size; 0 = off)",
+    )
+    p.add_argument(
         "--lambda-seed",
         type=float,
         default=0.0,

@@ -29,9 +29,12 @@ from ..models.registry import build as build_arch
 from .losses import (
     MultiScaleDiscriminator,
     PatchDiscriminator,
+    batch_nuclear_mask,
     d_hinge_loss,
     dapi_nuclear_channel,
     g_hinge_loss,
+    granulometry,
+    granulometry_loss,
     haematoxylin_loss,
     intensity_distribution_loss,
     nuclear_fraction_loss,
@@ -136,6 +139,10 @@ class TrainConfig:
     # network's features of standardised luminance and a running mean of the real batches' (decay tex_decay)
     lambda_tex: float = 0.0
     tex_decay: float = 0.99
+    # nuclear size: squared log ratio between the generated batch-mean pattern spectrum of the soft nuclear mask
+    # (means of its openings by 2-12 px squares) and a running mean of the real batches' (decay gran_decay)
+    lambda_gran: float = 0.0
+    gran_decay: float = 0.99
     keep_every: int = 0  # also keep the bundle of every Nth step as CKPT_DIR/step{N}.safetensors (0 = no)
 
 
@@ -166,6 +173,8 @@ EXTRA_LOSS_KEYS = (
     "spec_decay",
     "lambda_tex",
     "tex_decay",
+    "lambda_gran",
+    "gran_decay",
     "lambda_depth",
 )
 
@@ -317,6 +326,8 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.99))
         if cfg.lambda_prior > 0 and not getattr(self.G, "n_prior", 0):
             raise GDTError(f"--lambda-prior needs a generator with the composition prior ({cfg.model} with prior 1)")
+        if cfg.lambda_gran > 0 and out_ch != 3:
+            raise GDTError(f"--lambda-gran needs RGB H&E images (a haematoxylin mask); these have {out_ch} channel(s)")
         self._prior_target = None  # (mean, sd) of the real fraction the prior predicts, set by run()
         if (cfg.lambda_nuc > 0 or cfg.lambda_seed > 0 or cfg.lambda_prior > 0 or cfg.lambda_depth > 0) and cfg.nuc_thr <= 0:
             cfg.nuc_thr = nuclear_threshold(sections, sigma_px=cfg.nuc_sigma_px, background_px=cfg.nuc_bg_px)
@@ -365,6 +376,20 @@ class Trainer:
             self._tex_target = [d * p.to(c.device) + (1.0 - d) * c for p, c in zip(prev, cur)]
         return self._tex_target
 
+    @torch.no_grad()
+    def granulometry_target(self, real: torch.Tensor) -> torch.Tensor:
+        """The running mean of the real batches' pattern spectra (``--lambda-gran``), updated with ``real``.
+
+        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
+        """
+        cur = granulometry(batch_nuclear_mask(real)).mean(dim=0)
+        prev = getattr(self, "_gran_target", None)
+        if prev is None or prev.shape != cur.shape:
+            self._gran_target = cur
+        else:
+            self._gran_target = self.cfg.gran_decay * prev.to(cur.device) + (1.0 - self.cfg.gran_decay) * cur
+        return self._gran_target
+
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
@@ -385,6 +410,7 @@ class Trainer:
             "init_from": json.dumps(getattr(self, "init_info", None)),
             **({"spec_target": self._spec_target.cpu()} if getattr(self, "_spec_target", None) is not None else {}),
             **({"tex_target": [t.cpu() for t in self._tex_target]} if getattr(self, "_tex_target", None) else {}),
+            **({"gran_target": self._gran_target.cpu()} if getattr(self, "_gran_target", None) is not None else {}),
         }
 
     def save_checkpoint(self, path=None) -> Path:
@@ -426,6 +452,8 @@ class Trainer:
             self._spec_target = st["spec_target"].to(self.device)
         if "tex_target" in st:
             self._tex_target = [t.to(self.device) for t in st["tex_target"]]
+        if "gran_target" in st:
+            self._gran_target = st["gran_target"].to(self.device)
         if self.cfg.train_only_new_genes and getattr(self, "init_info", None):  # resumed: the same columns stay trainable
             self._new_cols = self._columns_of(self.init_info.get("new", []))
 
@@ -678,6 +706,10 @@ class Trainer:
         if cfg.lambda_tex > 0:
             tex = texture_loss(fake, target=self.texture_target(real))
             g_loss = g_loss + cfg.lambda_tex * tex
+        gran = torch.zeros(())
+        if cfg.lambda_gran > 0:
+            gran = granulometry_loss(fake, self.granulometry_target(real))
+            g_loss = g_loss + cfg.lambda_gran * gran
         cons = torch.zeros(())
         if cfg.lambda_seed > 0:  # a second render of the same windows: another seed and latent
             seed_b = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -716,6 +748,8 @@ class Trainer:
             out["spec"] = float(spec.detach())
         if cfg.lambda_tex > 0:
             out["tex"] = float(tex.detach())
+        if cfg.lambda_gran > 0:
+            out["gran"] = float(gran.detach())
         if cfg.lambda_depth > 0:
             out["depth"] = float(dep.detach())
         if cfg.lambda_seed > 0:

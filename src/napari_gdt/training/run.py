@@ -309,6 +309,7 @@ def _train_from_args(args, argv=None) -> int:
         lambda_seed=float(getattr(args, "lambda_seed", 0.0) or 0.0),
         lambda_spec=float(getattr(args, "lambda_spec", 0.0) or 0.0),
         lambda_tex=float(getattr(args, "lambda_tex", 0.0) or 0.0),
+        lambda_gran=float(getattr(args, "lambda_gran", 0.0) or 0.0),
         lambda_depth=float(getattr(args, "lambda_depth", 0.0) or 0.0),
         lambda_prior=float(getattr(args, "lambda_prior", 0.0) or 0.0),
         seed=int(args.seed),
