@@ -777,21 +777,24 @@ def test_spectral_loss_compares_texture_not_placement():
     assert float(spectral_loss(smooth, target=tgt)) == pytest.approx(far, rel=1e-6)
 
 
-def _two_legs_with_loss(pair, tmp_path, flag: str, value: str, key: str, logged: str):
+def _two_legs_with_loss(pair, tmp_path, flag: str, value: str, key: str, logged: str, *extra: str):
     """Train 2 steps with ``flag value``, then resume to 4 without it; both checkpoints and the first's config.
 
     Checks what every such loss must do: the weight is in the config, the loss is logged, and a resumed run
     keeps the checkpoint's weight when the command line does not set it.
     """
     out = tmp_path / "w.safetensors"
-    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", flag, value) == 0
+    assert _train(pair, out, "--steps", "2", "--ckpt-every", "2", "--no-eval", flag, value, *extra) == 0
     ck = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
     cfg = json.loads(ck["cfg"])
     assert cfg[key] == float(value)
     lines = [json.loads(x) for x in (tmp_path / "w.ckpt" / "log.jsonl").read_text().splitlines()]
     assert any(x.get(logged, 0) > 0 for x in lines if "step" in x)
     assert (
-        _train(pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt")) == 0
+        _train(
+            pair, out, "--steps", "4", "--ckpt-every", "2", "--no-eval", "--resume", str(tmp_path / "w.ckpt" / "last.pt"), *extra
+        )
+        == 0
     )
     ck2 = torch.load(tmp_path / "w.ckpt" / "last.pt", weights_only=True)
     assert json.loads(ck2["cfg"])[key] == float(value)
@@ -848,6 +851,36 @@ def test_texture_target_is_a_running_mean():
     assert all(torch.allclose(x, y) for x, y in zip(first, texture_grams(a)))
     second = Trainer.texture_target(t, b)
     assert all(torch.allclose(s, 0.9 * f + 0.1 * g) for s, f, g in zip(second, first, texture_grams(b)))
+
+
+def test_train_with_granulometry_loss(pair, tmp_path, capsys):
+    from napari_gdt.training.losses import GRANULOMETRY_SIZES
+
+    out = tmp_path / "small.safetensors"
+    assert _train(pair, out, "--steps", "2", "--no-eval", "--lambda-gran", "4") == 2  # 6 bins paint 18 px: one clear line
+    assert "too few for --lambda-gran's openings (23 px); use --patch-bins 7 or more" in capsys.readouterr().err
+    ck, ck2, cfg = _two_legs_with_loss(pair, tmp_path, "--lambda-gran", "4", "lambda_gran", "gran", "--patch-bins", "7")
+    assert cfg["gran_decay"] == 0.99
+    # the running real pattern spectrum is kept: the mask's mean and one column per opening, falling
+    tgt = ck["gran_target"]
+    assert tgt.shape == (1 + len(GRANULOMETRY_SIZES),) and torch.isfinite(tgt).all() and (tgt[1:] <= tgt[:-1] + 1e-6).all()
+    # resumed from the saved target: two more steps move it by 2 % of the way
+    assert float((ck2["gran_target"] - tgt).abs().max()) <= 0.02 * float(tgt.max()) + 1e-6
+
+
+def test_granulometry_target_is_a_running_mean():
+    from napari_gdt.training.loop import Trainer
+    from napari_gdt.training.losses import batch_nuclear_mask, granulometry
+
+    class T:  # the method alone, on a stand-in with the config it reads
+        cfg = type("C", (), {"gran_decay": 0.9})()
+
+    t = T()
+    a, b = torch.rand(2, 3, 64, 64), F.avg_pool2d(torch.rand(2, 3, 70, 70), 7, stride=1)
+    first = Trainer.granulometry_target(t, a)
+    assert torch.allclose(first, granulometry(batch_nuclear_mask(a)).mean(0))
+    second = Trainer.granulometry_target(t, b)
+    assert torch.allclose(second, 0.9 * first + 0.1 * granulometry(batch_nuclear_mask(b)).mean(0))
 
 
 def test_lambda_depth_needs_depth_aug(pair, tmp_path, capsys):
