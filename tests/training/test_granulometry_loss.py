@@ -63,3 +63,13 @@ def test_granulometry_refuses_small_windows_and_one_channel():
         granulometry(torch.rand(1, 1, 20, 20))
     with pytest.raises(ValueError, match="RGB H&E windows only"):
         granulometry_loss(torch.rand(1, 1, 64, 64), torch.ones(1 + len(GRANULOMETRY_SIZES)))
+
+
+def test_separable_pool_is_the_square_pool():
+    import torch.nn.functional as F
+
+    from napari_gdt.training.losses import _valid_max
+
+    x = torch.rand(2, 1, 40, 33)
+    for s in GRANULOMETRY_SIZES:
+        assert torch.equal(_valid_max(x, s), F.max_pool2d(x, s, stride=1))

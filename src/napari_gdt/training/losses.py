@@ -617,6 +617,12 @@ def texture_loss(fake: torch.Tensor, real: torch.Tensor | None = None, widths=TE
 GRANULOMETRY_SIZES = (2, 3, 4, 6, 8, 12)
 
 
+def _valid_max(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Max over ``size`` x ``size`` squares, valid (no padding), as two 1-D pools: the same values as one
+    square pool at a fraction of its cost."""
+    return F.max_pool2d(F.max_pool2d(x, (1, size), stride=1), (size, 1), stride=1)
+
+
 def granulometry(mask: torch.Tensor, sizes=GRANULOMETRY_SIZES) -> torch.Tensor:
     """Pattern spectrum of soft masks ``(B, 1, H, W)``: ``(B, 1 + len(sizes))``, the mean of the mask and of
     its grey openings by ``s`` x ``s`` squares (an erosion then a dilation: min and max pools, valid, so
@@ -633,7 +639,7 @@ def granulometry(mask: torch.Tensor, sizes=GRANULOMETRY_SIZES) -> torch.Tensor:
 
     out = [centre(mask, m - 1).mean(dim=(1, 2, 3))]
     for s in sizes:
-        opened = F.max_pool2d(-F.max_pool2d(-mask, int(s), stride=1), int(s), stride=1)
+        opened = _valid_max(-_valid_max(-mask, int(s)), int(s))
         out.append(centre(opened, m - int(s)).mean(dim=(1, 2, 3)))
     return torch.stack(out, dim=1)
 
