@@ -3,21 +3,18 @@ what-if recipes it scores are valid and name genes of the shipped model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def at():
-    spec = importlib.util.spec_from_file_location("acceptance_table", ROOT / "benchmarks" / "acceptance_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("acceptance_table")
 
 
 def _scored(folder: Path, density=1.0, rho=0.6, lum=0.55, knockout=-5.0, mem=(0.9, 0.8), cv=(1.0, 1.0, 1.0)):

@@ -3,21 +3,14 @@ must find a non-linear signal when there is one (else "nothing beats ridge" woul
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bp():
-    spec = importlib.util.spec_from_file_location("bench_predictors", ROOT / "benchmarks" / "bench_predictors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_predictors")
 
 
 def _pairs(fn, n_sections=3, n=160, genes=30, seed=0):

@@ -811,22 +811,6 @@ def test_train_with_spectral_loss(pair, tmp_path):
     assert float((ck2["spec_target"] - ck["spec_target"]).abs().max()) < 0.3
 
 
-def test_spectrum_target_is_a_running_mean(pair, tmp_path):
-    from napari_gdt.training.losses import spectrum_bands
-
-    class T:  # the method alone, on a stand-in with the config it reads
-        cfg = type("C", (), {"spec_bands": 8, "spec_decay": 0.9})()
-
-    from napari_gdt.training.loop import Trainer
-
-    t = T()
-    a, b = torch.rand(2, 3, 64, 64), F.avg_pool2d(torch.rand(2, 3, 70, 70), 7, stride=1)
-    first = Trainer.spectrum_target(t, a)
-    assert torch.allclose(first, spectrum_bands(a).mean(0))
-    second = Trainer.spectrum_target(t, b)
-    assert torch.allclose(second, 0.9 * first + 0.1 * spectrum_bands(b).mean(0))
-
-
 def test_train_with_texture_loss(pair, tmp_path):
     ck, ck2, cfg = _two_legs_with_loss(pair, tmp_path, "--lambda-tex", "3", "lambda_tex", "tex")
     assert cfg["tex_decay"] == 0.99
@@ -836,21 +820,6 @@ def test_train_with_texture_loss(pair, tmp_path):
     # resumed from the saved target (measured: at most 1.5 relative change when it restarts from a batch)
     rel = [float((b - a).norm() / a.norm()) for a, b in zip(tgt, ck2["tex_target"])]
     assert max(rel) < 0.1
-
-
-def test_texture_target_is_a_running_mean():
-    from napari_gdt.training.loop import Trainer
-    from napari_gdt.training.losses import texture_grams
-
-    class T:  # the method alone, on a stand-in with the config it reads
-        cfg = type("C", (), {"tex_decay": 0.9})()
-
-    t = T()
-    a, b = torch.rand(2, 3, 64, 64), F.avg_pool2d(torch.rand(2, 3, 70, 70), 7, stride=1)
-    first = Trainer.texture_target(t, a)
-    assert all(torch.allclose(x, y) for x, y in zip(first, texture_grams(a)))
-    second = Trainer.texture_target(t, b)
-    assert all(torch.allclose(s, 0.9 * f + 0.1 * g) for s, f, g in zip(second, first, texture_grams(b)))
 
 
 def test_train_with_granulometry_loss(pair, tmp_path, capsys):
@@ -868,19 +837,31 @@ def test_train_with_granulometry_loss(pair, tmp_path, capsys):
     assert float((ck2["gran_target"] - tgt).abs().max()) <= 0.02 * float(tgt.max()) + 1e-6
 
 
-def test_granulometry_target_is_a_running_mean():
+@pytest.mark.parametrize("method", ["spectrum_target", "texture_target", "granulometry_target"])
+def test_loss_targets_are_running_means(method):
     from napari_gdt.training.loop import Trainer
-    from napari_gdt.training.losses import batch_nuclear_mask, granulometry
+    from napari_gdt.training.losses import batch_nuclear_mask, granulometry, spectrum_bands, texture_grams
+
+    stat = {
+        "spectrum_target": lambda x: [spectrum_bands(x).mean(0)],
+        "texture_target": texture_grams,
+        "granulometry_target": lambda x: [granulometry(batch_nuclear_mask(x)).mean(0)],
+    }[method]
 
     class T:  # the method alone, on a stand-in with the config it reads
-        cfg = type("C", (), {"gran_decay": 0.9})()
+        cfg = type("C", (), {"spec_bands": 8, "spec_decay": 0.9, "tex_decay": 0.9, "gran_decay": 0.9})()
+        _running_mean = Trainer._running_mean
 
     t = T()
     a, b = torch.rand(2, 3, 64, 64), F.avg_pool2d(torch.rand(2, 3, 70, 70), 7, stride=1)
-    first = Trainer.granulometry_target(t, a)
-    assert torch.allclose(first, granulometry(batch_nuclear_mask(a)).mean(0))
-    second = Trainer.granulometry_target(t, b)
-    assert torch.allclose(second, 0.9 * first + 0.1 * granulometry(batch_nuclear_mask(b)).mean(0))
+
+    def listed(x):
+        return x if isinstance(x, list) else [x]
+
+    first = listed(getattr(Trainer, method)(t, a))
+    assert all(torch.allclose(x, y) for x, y in zip(first, stat(a), strict=True))  # starts at the first batch's
+    second = listed(getattr(Trainer, method)(t, b))
+    assert all(torch.allclose(s, 0.9 * f + 0.1 * g) for s, f, g in zip(second, first, stat(b), strict=True))
 
 
 def test_lambda_depth_needs_depth_aug(pair, tmp_path, capsys):

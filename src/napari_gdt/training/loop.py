@@ -350,48 +350,35 @@ class Trainer:
         self.history: list[dict] = []
         self._stop = False
 
+    def _running_mean(self, attr: str, cur, decay: float):
+        """Update the running mean ``self.<attr>`` (a tensor or a list of tensors) with ``cur``: it starts at
+        the first value, and restarts when the shapes change."""
+        many = isinstance(cur, list)
+        prev = getattr(self, attr, None)
+        cur_l, prev_l = (cur, prev) if many else ([cur], None if prev is None else [prev])
+        if prev_l is None or [p.shape for p in prev_l] != [c.shape for c in cur_l]:
+            new = cur_l
+        else:
+            new = [decay * p.to(c.device) + (1.0 - decay) * c for p, c in zip(prev_l, cur_l)]
+        setattr(self, attr, new if many else new[0])
+        return getattr(self, attr)
+
+    # Each running target starts at the first batch's and is kept in the checkpoint, so a resumed run goes on
+    # with the same target.
     @torch.no_grad()
     def spectrum_target(self, real: torch.Tensor) -> torch.Tensor:
-        """The running mean of the real batches' log power spectra (``--lambda-spec``), updated with ``real``.
-
-        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
-        """
-        cur = spectrum_bands(real, self.cfg.spec_bands).mean(dim=0)
-        prev = getattr(self, "_spec_target", None)
-        if prev is None or prev.shape != cur.shape:
-            self._spec_target = cur
-        else:
-            self._spec_target = self.cfg.spec_decay * prev.to(cur.device) + (1.0 - self.cfg.spec_decay) * cur
-        return self._spec_target
+        """The running mean of the real batches' log power spectra (``--lambda-spec``), updated with ``real``."""
+        return self._running_mean("_spec_target", spectrum_bands(real, self.cfg.spec_bands).mean(dim=0), self.cfg.spec_decay)
 
     @torch.no_grad()
     def texture_target(self, real: torch.Tensor) -> list[torch.Tensor]:
-        """The running mean of the real batches' Gram matrices (``--lambda-tex``), updated with ``real``.
-
-        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
-        """
-        cur = texture_grams(real)
-        prev = getattr(self, "_tex_target", None)
-        if prev is None or [p.shape for p in prev] != [c.shape for c in cur]:
-            self._tex_target = cur
-        else:
-            d = self.cfg.tex_decay
-            self._tex_target = [d * p.to(c.device) + (1.0 - d) * c for p, c in zip(prev, cur)]
-        return self._tex_target
+        """The running mean of the real batches' Gram matrices (``--lambda-tex``), updated with ``real``."""
+        return self._running_mean("_tex_target", texture_grams(real), self.cfg.tex_decay)
 
     @torch.no_grad()
     def granulometry_target(self, real: torch.Tensor) -> torch.Tensor:
-        """The running mean of the real batches' pattern spectra (``--lambda-gran``), updated with ``real``.
-
-        Starts at the first batch's; kept in the checkpoint, so a resumed run goes on with the same target.
-        """
-        cur = granulometry(batch_nuclear_mask(real)).mean(dim=0)
-        prev = getattr(self, "_gran_target", None)
-        if prev is None or prev.shape != cur.shape:
-            self._gran_target = cur
-        else:
-            self._gran_target = self.cfg.gran_decay * prev.to(cur.device) + (1.0 - self.cfg.gran_decay) * cur
-        return self._gran_target
+        """The running mean of the real batches' pattern spectra (``--lambda-gran``), updated with ``real``."""
+        return self._running_mean("_gran_target", granulometry(batch_nuclear_mask(real)).mean(dim=0), self.cfg.gran_decay)
 
     # ------------------------------------------------------------- checkpoints
     def state(self) -> dict:
