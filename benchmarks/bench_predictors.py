@@ -80,7 +80,7 @@ def _stack(ps, key):
     return np.concatenate([p[key] for p in ps])
 
 
-def predictors(target: str, n_pcs: int = 20) -> dict:
+def predictors(n_pcs: int = 20) -> dict:
     """name -> fit_predict(train_pairs, test_pair, setting) and its grid of settings."""
     from napari_gdt.analysis.baselines import _ridge_solve
 
@@ -121,7 +121,7 @@ def run(pairs: list[dict], target: str = "area_fraction", n_pcs: int = 20) -> di
         lt = np.log1p(p["X"].sum(axis=1))
         data.append({"X": p["X"], "y": p["Y"][target], "reldepth": lt - np.median(lt), "label": p["label"]})
     out: dict = {}
-    preds = predictors(target, n_pcs)
+    preds = predictors(n_pcs)
     for i, p in enumerate(pairs):
         tr_pairs = [q for j, q in enumerate(pairs) if j != i]
         rec = fit_baselines(tr_pairs)

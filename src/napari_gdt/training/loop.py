@@ -256,7 +256,7 @@ def smallest_patch_bins(geo, cfg: TrainConfig) -> tuple[str, int, int]:
         needs["--rec-pool"] = cfg.rec_pool
     if cfg.lambda_hem > 0:
         needs["--hem-pool"] = cfg.hem_pool
-    if getattr(cfg, "lambda_gran", 0) > 0:
+    if cfg.lambda_gran > 0:
         needs["--lambda-gran's openings"] = 2 * (max(GRANULOMETRY_SIZES) - 1) + 1
     what, need = max(needs.items(), key=lambda kv: kv[1])
     return what, need, next(b for b in range(1, 100000) if geo.out_len(b) >= need)
